@@ -1,0 +1,33 @@
+"""shoveling_ray: a distributed in-memory cache and shuffle manager for Ray clusters.
+
+One cache actor is pinned to every Ray node; :class:`Cache` routes ``set`` / ``get`` /
+``append`` to the node that owns each id, creates many empty ids spread over the cluster with
+``init``, and tells tasks where to run with ``scheduling_strategy``.
+"""
+
+from .cache import Cache
+from .errors import (
+    CacheClosed,
+    CacheFull,
+    CacheMiss,
+    ConsulError,
+    DataLost,
+    NodeUnavailable,
+    ShovelingError,
+)
+from .placement import STRATEGIES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cache",
+    "CacheClosed",
+    "CacheFull",
+    "CacheMiss",
+    "ConsulError",
+    "DataLost",
+    "NodeUnavailable",
+    "ShovelingError",
+    "STRATEGIES",
+    "__version__",
+]

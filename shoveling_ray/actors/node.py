@@ -1,0 +1,138 @@
+"""The cache actor pinned to one Ray node: its share of the data and the placement records
+of the ids whose home it is.
+
+The class is plain Python (testable without Ray); :data:`NodeActor` is its Ray actor. It runs
+one call at a time, which is what keeps each writer's appends in call order and makes each
+home the single point that decides where an id lives.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from ..errors import CacheFull
+from . import protocol as p
+from .storage import Store
+
+
+class _NodeActor:
+    """State of one node's share of a cache.
+
+    Args:
+        cache: the cache name.
+        node_id: hex id of the node the actor is pinned to.
+        max_memory: limit on stored bytes; ``None`` for none.
+        policy: ``"reject"`` or ``"lru"``.
+    """
+
+    def __init__(self, cache: str, node_id: str, max_memory: int | None, policy: str) -> None:
+        self.cache = cache
+        self.node_id = node_id
+        self.store = Store(node_id, max_memory, policy)
+        # Placement records of ids homed here but placed on another node by init.
+        self.records: dict[str, str] = {}
+
+    def ping(self) -> str:
+        return self.node_id
+
+    def _absent(self, cache_id: str, auth: bool) -> tuple:
+        target = self.records.get(cache_id)
+        if target is not None:
+            return p.REDIRECT, target
+        return (p.MISS, None) if auth else (p.REROUTE, None)
+
+    def get(self, items: list) -> list:
+        out = []
+        for cache_id, auth in items:
+            entry = self.store.get(cache_id)
+            if entry is None:
+                out.append(self._absent(cache_id, auth))
+            else:
+                out.append((p.OK, (entry.kind, entry.meta, entry.frames)))
+        return out
+
+    def exists(self, items: list) -> list:
+        return [(p.OK, True) if i in self.store else self._absent(i, a) for i, a in items]
+
+    def size(self, items: list) -> list:
+        out = []
+        for cache_id, auth in items:
+            entry = self.store.peek(cache_id)
+            out.append(self._absent(cache_id, auth) if entry is None else (p.OK, entry.raw))
+        return out
+
+    def locate(self, items: list) -> list:
+        return [(p.OK, self.node_id) if i in self.store else self._absent(i, a) for i, a in items]
+
+    def _write(self, items: list, apply) -> list:
+        out = []
+        for item in items:
+            cache_id, auth = item[0], item[1]
+            if cache_id not in self.store:
+                if cache_id in self.records or not auth:
+                    out.append(self._absent(cache_id, auth))
+                    continue
+            try:
+                apply(item)
+            except CacheFull as exc:
+                out.append((p.FULL, (exc.limit, exc.used, exc.needed)))
+            except TypeError:
+                out.append((p.WRONG_TYPE, None))
+            else:
+                out.append((p.OK, None))
+        return out
+
+    def set(self, items: list) -> list:
+        """Items are ``(cache_id, auth, kind, meta, frames)``."""
+        return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], it[4]))
+
+    def append(self, items: list) -> list:
+        """Items are ``(cache_id, auth, frames)``."""
+        return self._write(items, lambda it: self.store.append(it[0], it[2]))
+
+    def delete(self, items: list) -> list:
+        """Delete data held here; at a home, drop the record and redirect to its node."""
+        out = []
+        for cache_id, auth in items:
+            if self.store.delete(cache_id):
+                out.append((p.OK, True))
+                continue
+            target = self.records.pop(cache_id, None)
+            out.append((p.REDIRECT, target) if target is not None else (p.OK, False))
+        return out
+
+    def place(self, items: list) -> list:
+        """At a home: decide where new ids live. Items are ``(cache_id, target)``.
+
+        An id that exists here or has a record keeps its node; otherwise it is created here
+        (target is this node) or recorded as living on ``target``. Returns the node per id.
+        """
+        out = []
+        for cache_id, target in items:
+            if cache_id in self.store:
+                out.append(self.node_id)
+            elif cache_id in self.records:
+                out.append(self.records[cache_id])
+            else:
+                if target == self.node_id:
+                    self.store.create_empty(cache_id)
+                else:
+                    self.records[cache_id] = target
+                out.append(target)
+        return out
+
+    def create_empty(self, cache_ids: list) -> int:
+        """Create ids as empty bytes where absent; returns how many were created."""
+        return sum(self.store.create_empty(i) for i in cache_ids)
+
+    def ids(self, prefix: str) -> list:
+        return list(self.store.ids(prefix))
+
+    def stats(self) -> dict:
+        return self.store.stats()
+
+    def configure(self, max_memory: int | None, policy: str) -> None:
+        self.store.configure(max_memory, policy)
+
+
+NodeActor = ray.remote(num_cpus=0, max_restarts=0)(_NodeActor)

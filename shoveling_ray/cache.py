@@ -1,0 +1,495 @@
+"""The client: :class:`Cache` routes ``set`` / ``get`` / ``append`` to the node actor that owns
+each id, creates many ids spread over the cluster, and says where tasks should run.
+
+Routing. Every id has a *home*: the node its hash slot maps to in the cache's slot table
+(:mod:`shoveling_ray.placement.hashing`). An id first written by ``set`` / ``append`` lives on
+its home. An id created by ``init`` lives where the strategy put it, and its home keeps a
+placement record pointing there. A client goes to the home, is redirected at most once, and
+remembers the placement, so steady-state routing is one actor call per node touched. A
+remembered placement that went stale (the id was deleted and placed again elsewhere) is
+answered with a reroute and the client asks the home again.
+
+This module does not store data (``actors``), decide placement (``placement``) or encode values
+(``codec``); it validates arguments before any remote call and maps every Ray error to the
+:mod:`shoveling_ray.errors` tree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from . import codec
+from .actors import protocol as p
+from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
+from .actors.storage import check_max_memory, check_policy
+from .errors import CacheClosed, CacheFull, CacheMiss, NodeUnavailable, ShovelingError
+from .membership import ray_nodes
+from .placement import DEFAULT_REMOTE_SCORE, assign, check_strategy, slot_of
+
+_MISSING: Any = object()
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+#: Redirects and reroutes one operation may follow before giving up.
+_MAX_ROUNDS = 6
+#: Placements a pickled handle carries along (enough for a shuffle's partitions).
+_PICKLED_PLACEMENTS = 20_000
+NODE_ID_STRATEGIES = ("default",)
+
+
+def _check_id(cache_id: Any) -> str:
+    if not isinstance(cache_id, str):
+        raise TypeError(f"cache ids must be str, not {type(cache_id).__name__}")
+    if not cache_id:
+        raise ValueError("cache ids must not be empty")
+    return cache_id
+
+
+def _check_ids(cache_ids: Any, what: str = "ids") -> list[str]:
+    if isinstance(cache_ids, (str, bytes)) or not isinstance(cache_ids, Iterable):
+        raise TypeError(f"{what} must be an iterable of str ids, not {type(cache_ids).__name__}")
+    ids = list(cache_ids)
+    for cache_id in ids:
+        _check_id(cache_id)
+    return ids
+
+
+def _check_mapping(mapping: Any) -> Mapping:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"expected a mapping of id -> value, not {type(mapping).__name__}")
+    _check_ids(mapping.keys())
+    return mapping
+
+
+class Cache:
+    """A distributed in-memory cache with one actor on every Ray node.
+
+    ``Cache(name)`` attaches to the cache of that name, starting it (one actor per alive node,
+    no CPU reserved) if it does not run yet. Any process of the job that opens the same name,
+    or receives a pickled handle, sees the same ids, placements and data. The actors are
+    detached: the cache lives until :meth:`close` or the end of the Ray cluster, not until the
+    process that started it exits.
+
+    Example::
+
+        import shoveling_ray as sr
+        cache = sr.Cache("parts")
+        placed = cache.init([f"p{i}" for i in range(64)])      # {id: node_id}
+        cache.append("p0", b"record")
+        task.options(scheduling_strategy=cache.scheduling_strategy("p0")).remote(cache, "p0")
+
+    Args:
+        name: cache name: letters, digits, ``_``, ``.``, ``-``; at most 128 characters.
+        max_memory: bytes each node's actor may hold. ``None`` keeps the running cache's
+            setting (for a new cache: each node's object store capacity). Given explicitly, it
+            is applied to every node of a running cache too.
+        eviction: ``"reject"`` (raise :class:`CacheFull`) or ``"lru"``; ``None`` keeps the
+            running cache's setting (for a new cache: ``"reject"``).
+        compression: ``"auto"`` (lz4 when the data shrinks), ``"lz4"`` or ``None``; a
+            property of this client's writes, readers decode any.
+
+    Raises:
+        TypeError / ValueError: a bad argument, before Ray is touched.
+        ShovelingError: the cache could not be started.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_memory: int | None = None,
+        eviction: str | None = None,
+        compression: str | None = "auto",
+    ) -> None:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                f"cache name must be 1-128 characters of letters, digits, '_', '.', '-', got {name!r}"
+            )
+        settings = {}
+        if max_memory is not None:
+            settings["max_memory"] = check_max_memory(max_memory)
+        if eviction is not None:
+            settings["policy"] = check_policy(eviction)
+        codec.check_compression(compression)
+        self._name = name
+        self._compression = compression
+        self._placements: dict[str, str] = {}
+        self._closed = False
+        if not ray.is_initialized():
+            ray.init()
+        self._coordinator = self._remote(self._start_coordinator)
+        self._apply_view(self._remote(lambda: ray.get(self._coordinator.join.remote(settings))))
+
+    def _start_coordinator(self) -> ray.actor.ActorHandle:
+        head = next((n.node_id for n in ray_nodes() if n.is_head and n.alive), None)
+        strategy = NodeAffinitySchedulingStrategy(head, soft=True) if head else None
+        # get_if_exists makes concurrent openers of one name share a single coordinator.
+        return Coordinator.options(
+            name=coordinator_name(self._name),
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            scheduling_strategy=strategy,
+        ).remote(self._name, None, "reject")
+
+    # -- pickling: a handle passed to tasks keeps its view and the placements it knows -------
+
+    def __reduce__(self):
+        placements = dict(list(self._placements.items())[:_PICKLED_PLACEMENTS])
+        state = (self._name, self._compression, self._coordinator, self._view, placements, self._closed)
+        return _restore, state
+
+    def __repr__(self) -> str:
+        return f"Cache({self._name!r}, nodes={len(self._members)})"
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _apply_view(self, view: dict) -> None:
+        self._view = view
+        self._members: dict[str, ray.actor.ActorHandle] = view["members"]
+        self._table: list[str] = view["table"]
+
+    def _refresh(self) -> None:
+        self._apply_view(self._remote(lambda: ray.get(self._coordinator.join.remote(None))))
+
+    def _remote(self, fn):
+        """Run ``fn`` mapping Ray's errors to shoveling_ray's."""
+        if self._closed:
+            raise CacheClosed(f"cache {self._name!r} was closed")
+        try:
+            return fn()
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, ShovelingError):
+                raise exc.cause from None
+            raise ShovelingError(f"cache {self._name!r}: {exc.cause!r}") from exc
+        except ray.exceptions.RayActorError as exc:
+            raise CacheClosed(f"cache {self._name!r} is closed or its coordinator died") from exc
+        except ray.exceptions.RayError as exc:
+            raise ShovelingError(f"cache {self._name!r}: {exc}") from exc
+
+    def _home(self, cache_id: str) -> str:
+        return self._table[slot_of(cache_id)]
+
+    # -- the routing engine ----------------------------------------------------------------
+
+    def _run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
+        """Send ``items`` (``(cache_id, *payload)``) to their nodes, following redirects.
+
+        Returns ``(status, value, node)`` per item, in order; never ``REDIRECT``/``REROUTE``.
+        """
+        if self._closed:
+            raise CacheClosed(f"cache {self._name!r} was closed")
+        results: list[tuple | None] = [None] * len(items)
+        pending = []
+        for index, item in enumerate(items):
+            node = self._placements.get(item[0]) if cached else None
+            pending.append((index, node or self._home(item[0]), node is None))
+        for _ in range(_MAX_ROUNDS):
+            groups: dict[str, list[tuple[int, bool]]] = defaultdict(list)
+            for index, node, auth in pending:
+                groups[node].append((index, auth))
+            answers = self._send(method, items, groups)
+            pending = []
+            for node, group in groups.items():
+                for (index, _auth), (status, value) in zip(group, answers[node]):
+                    cache_id = items[index][0]
+                    if status == p.REDIRECT:
+                        self._placements[cache_id] = value
+                        pending.append((index, value, True))
+                    elif status == p.REROUTE:
+                        self._placements.pop(cache_id, None)
+                        pending.append((index, self._home(cache_id), True))
+                    else:
+                        if status == p.OK and node != self._home(cache_id):
+                            self._placements[cache_id] = node
+                        results[index] = (status, value, node)
+            if not pending:
+                return results  # type: ignore[return-value]
+        raise ShovelingError(f"cache {self._name!r}: placements kept moving during {method}; try again")
+
+    def _send(self, method: str, items: list[tuple], groups: dict[str, list]) -> dict[str, list]:
+        refs = {}
+        for node, group in groups.items():
+            handle = self._members.get(node)
+            if handle is None:
+                self._refresh()
+                raise NodeUnavailable(node, [items[i][0] for i, _ in group], "not a member of the cache")
+            batch = [(items[i][0], auth, *items[i][1:]) for i, auth in group]
+            refs[node] = getattr(handle, method).remote(batch)
+        answers = {}
+        for node, ref in refs.items():
+            try:
+                answers[node] = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                self._refresh()
+                ids = [items[i][0] for i, _ in groups[node]]
+                raise NodeUnavailable(node, ids, "its cache actor died") from exc
+            except ray.exceptions.RayError as exc:
+                raise ShovelingError(f"cache {self._name!r}: {method} on node {node} failed: {exc}") from exc
+        return answers
+
+    def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
+        for (cache_id, *_), (status, value, node) in zip(items, results):
+            if status == p.FULL:
+                limit, used, needed = value
+                raise CacheFull(node, limit, used, needed, cache_id)
+            if status == p.WRONG_TYPE:
+                raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
+
+    # -- values ----------------------------------------------------------------------------
+
+    def set(self, cache_id: str, data: Any) -> None:
+        """Store ``data`` under ``cache_id``, replacing any value.
+
+        Raises:
+            TypeError / ValueError: bad id or unsupported value (nothing is sent).
+            CacheFull: the owning node's limit would be exceeded; the old value stays.
+            NodeUnavailable: the owning node's actor does not answer.
+        """
+        self.set_many({_check_id(cache_id): data})
+
+    def set_many(self, mapping: Mapping[str, Any]) -> None:
+        """Store many values, one actor call per node. See :meth:`set`.
+
+        All values are encoded before anything is sent. If some values do not fit, the
+        others are still stored and the first :class:`CacheFull` is raised.
+        """
+        _check_mapping(mapping)
+        items = [(i, *codec.encode(v, self._compression)) for i, v in mapping.items()]
+        self._raise_write_errors(items, self._run("set", items))
+
+    def append(self, cache_id: str, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes to ``cache_id``, creating it if absent.
+
+        Appends from one process to one id land in call order.
+
+        Raises:
+            TypeError: ``data`` is not bytes-like (nothing is sent), or the stored value is not
+                bytes (nothing changes).
+            CacheFull: the owning node's limit would be exceeded; nothing changes.
+        """
+        self.append_many({_check_id(cache_id): data})
+
+    def append_many(self, mapping: Mapping[str, bytes | bytearray | memoryview]) -> None:
+        """Append to many ids, one actor call per node. See :meth:`append`."""
+        _check_mapping(mapping)
+        items = [(i, codec.encode_append(d, self._compression)) for i, d in mapping.items()]
+        self._raise_write_errors(items, self._run("append", items))
+
+    def get(self, cache_id: str, default: Any = _MISSING) -> Any:
+        """The value of ``cache_id``.
+
+        Returns:
+            ``bytes`` for bytes-like values, a numpy array for arrays, the msgpack round trip
+            of anything else (tuples come back as lists); ``default`` if absent and given.
+
+        Raises:
+            CacheMiss: absent and no default (a ``KeyError``).
+        """
+        return self.get_many([_check_id(cache_id)], default)[cache_id]
+
+    def get_many(self, cache_ids: Iterable[str], default: Any = _MISSING) -> dict[str, Any]:
+        """Values of many ids, one actor call per node, as ``{id: value}`` in the given order.
+
+        Raises:
+            CacheMiss: an id is absent and no default was given (names the first such id).
+        """
+        ids = list(dict.fromkeys(_check_ids(cache_ids)))
+        results = self._run("get", [(i,) for i in ids])
+        out = {}
+        for cache_id, (status, value, _node) in zip(ids, results):
+            if status == p.OK:
+                out[cache_id] = codec.decode(*value)
+            elif default is _MISSING:
+                raise CacheMiss(cache_id, self._name)
+            else:
+                out[cache_id] = default
+        return out
+
+    def delete(self, cache_id: str) -> bool:
+        """Delete ``cache_id`` and its placement. Returns whether it existed."""
+        (status, value, _node), = self._run("delete", [(_check_id(cache_id),)], cached=False)
+        self._placements.pop(cache_id, None)
+        return bool(value)
+
+    def exists(self, cache_id: str) -> bool:
+        """Whether ``cache_id`` exists (ids created by ``init`` exist while empty)."""
+        (status, _value, _node), = self._run("exists", [(_check_id(cache_id),)])
+        return status == p.OK
+
+    def size(self, cache_id: str) -> int:
+        """Raw (uncompressed) size of the value in bytes.
+
+        Raises:
+            CacheMiss: the id does not exist.
+        """
+        (status, value, _node), = self._run("size", [(_check_id(cache_id),)])
+        if status != p.OK:
+            raise CacheMiss(cache_id, self._name)
+        return value
+
+    def ids(self, prefix: str = "") -> list[str]:
+        """All ids starting with ``prefix``, sorted."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
+        found = self._each_node("ids", prefix)
+        return sorted(i for ids in found.values() for i in ids)
+
+    # -- placement -------------------------------------------------------------------------
+
+    def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes") -> dict[str, str]:
+        """Create ids (empty bytes) spread over the cluster.
+
+        Ids that already exist keep their node and data; new ids are spread by ``strategy``:
+
+        - ``uniform_nodes``: per-node counts differ by at most one;
+        - ``uniform_cpu``: in proportion to each node's CPUs;
+        - ``uniform_memory``: in proportion to each node's free cache memory.
+
+        Nodes that joined the cluster since the cache started get their actor first.
+
+        Returns:
+            ``{cache_id: node_id}`` for every id given.
+
+        Raises:
+            ValueError: unknown strategy (names the valid ones), or an empty id.
+            TypeError: ids not an iterable of str.
+        """
+        check_strategy(strategy)
+        ids = list(dict.fromkeys(_check_ids(list_ids, "list_ids")))
+        self._refresh()
+        located = self._run("locate", [(i,) for i in ids], cached=False)
+        placed = {i: r[1] for i, r in zip(ids, located) if r[0] == p.OK}
+        new = [i for i in ids if i not in placed]
+        if new:
+            targets = assign(len(new), self._weights(strategy))
+            homes: dict[str, list] = defaultdict(list)
+            for cache_id, target in zip(new, targets):
+                homes[self._home(cache_id)].append((cache_id, target))
+            actual = self._each_node("place", by_node=homes)
+            creates: dict[str, list] = defaultdict(list)
+            for home, group in homes.items():
+                for (cache_id, target), node in zip(group, actual[home]):
+                    placed[cache_id] = node
+                    if node == target != home:
+                        creates[node].append(cache_id)
+            self._each_node("create_empty", by_node=creates)
+        for cache_id, node in placed.items():
+            if node != self._home(cache_id):
+                self._placements[cache_id] = node
+        return {i: placed[i] for i in ids}
+
+    def _weights(self, strategy: str) -> dict[str, float]:
+        if strategy == "uniform_cpu":
+            return {m: self._view["info"][m]["cpus"] for m in self._members}
+        if strategy == "uniform_memory":
+            stats = self.stats()
+            return {m: max((s["limit"] or 0) - s["used"], 0) for m, s in stats.items()}
+        return {m: 1.0 for m in self._members}
+
+    def _each_node(self, method: str, *args: Any, by_node: Mapping[str, list] | None = None) -> dict[str, Any]:
+        """Call ``method`` on every member (or each node of ``by_node`` with its list)."""
+        if self._closed:
+            raise CacheClosed(f"cache {self._name!r} was closed")
+        calls = by_node if by_node is not None else {m: None for m in self._members}
+        refs = {}
+        for node, arg in calls.items():
+            handle = self._members.get(node)
+            if handle is None:
+                raise NodeUnavailable(node, reason="not a member of the cache")
+            call = getattr(handle, method)
+            refs[node] = call.remote(arg) if by_node is not None else call.remote(*args)
+        out = {}
+        for node, ref in refs.items():
+            try:
+                out[node] = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                self._refresh()
+                raise NodeUnavailable(node, reason="its cache actor died") from exc
+            except ray.exceptions.RayError as exc:
+                raise ShovelingError(f"cache {self._name!r}: {method} on node {node} failed: {exc}") from exc
+        return out
+
+    def node_ids(self, cache_id: str) -> list[str]:
+        """Ray node ids (hex) that hold ``cache_id``; empty if it does not exist."""
+        (status, value, _node), = self._run("locate", [(_check_id(cache_id),)])
+        return [value] if status == p.OK else []
+
+    def node_id(self, cache_id: str, strategy: str = "default") -> str:
+        """The Ray node id (hex) best placed to work on ``cache_id``.
+
+        ``default``: the node holding the data; for an id that does not exist yet, the node
+        where a ``set`` / ``append`` would create it.
+
+        Raises:
+            ValueError: unknown strategy.
+        """
+        _check_id(cache_id)
+        if strategy not in NODE_ID_STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(NODE_ID_STRATEGIES)}")
+        holders = self.node_ids(cache_id)
+        return holders[0] if holders else self._home(cache_id)
+
+    def _node_cache_score(self, node_id: str, cache_id: str) -> float:
+        """Distance between ``node_id`` and the data of ``cache_id``; lower is nearer.
+
+        0.0 on a node that holds the data (or, for an id that does not exist, on the node
+        that would create it). Without Consul every other node scores
+        :data:`~shoveling_ray.placement.DEFAULT_REMOTE_SCORE` (0.001, one nominal LAN round
+        trip in seconds), since Ray alone knows no distances.
+        """
+        if not isinstance(node_id, str):
+            raise TypeError(f"node_id must be a hex str, not {type(node_id).__name__}")
+        return 0.0 if node_id == self.node_id(cache_id) else DEFAULT_REMOTE_SCORE
+
+    def scheduling_strategy(self, cache_id: str) -> NodeAffinitySchedulingStrategy:
+        """A soft node-affinity strategy for a task or actor that works on ``cache_id``.
+
+        Example::
+
+            reduce.options(scheduling_strategy=cache.scheduling_strategy("p3")).remote(cache, "p3")
+        """
+        return NodeAffinitySchedulingStrategy(self.node_id(cache_id), soft=True)
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def nodes(self) -> list[str]:
+        """Hex ids of the nodes with a cache actor."""
+        return sorted(self._members)
+
+    def stats(self) -> dict[str, dict]:
+        """Per node: ``used`` (stored bytes), ``raw`` (bytes before compression), ``limit``,
+        ``ids``, ``evictions`` and ``policy``."""
+        return self._each_node("stats")
+
+    def close(self) -> None:
+        """Stop the cache: every node actor and the data they hold.
+
+        Other handles to the same cache raise :class:`CacheClosed` afterwards. Closing twice is
+        harmless.
+        """
+        if self._closed:
+            return
+        try:
+            ray.get(self._coordinator.shutdown.remote())
+            ray.kill(self._coordinator)
+        except ray.exceptions.RayError:
+            pass  # already gone: closing is idempotent
+        self._closed = True
+
+
+def _restore(name, compression, coordinator, view, placements, closed) -> Cache:
+    cache = Cache.__new__(Cache)
+    cache._name, cache._compression, cache._coordinator = name, compression, coordinator
+    cache._placements, cache._closed = placements, closed
+    cache._apply_view(view)
+    return cache
+

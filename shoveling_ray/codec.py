@@ -1,0 +1,178 @@
+"""Value encoding: raw bytes, numpy arrays and msgpack objects, with optional lz4 framing.
+
+An encoded value is ``(kind, meta, frames)``:
+
+- ``kind``: :data:`KIND_BYTES`, :data:`KIND_NUMPY` or :data:`KIND_MSGPACK`.
+- ``meta``: ``b""``, or for numpy the msgpack of ``[dtype descr, shape]``.
+- ``frames``: a list of ``(codec, raw_size, payload)``; ``codec`` is :data:`CODEC_RAW` or
+  :data:`CODEC_LZ4` (an lz4 block without stored size), ``payload`` a bytes-like object.
+  Large values are cut into frames of at most :data:`FRAME_BYTES` so lz4's 2 GiB block limit
+  never applies; ``append`` adds frames, so actors never decompress or concatenate.
+
+Compression happens in the client, so less is moved and less is held. This module is plain
+data in, plain data out: it imports no Ray and is unit-tested without a cluster. It does not
+decide where values live (see ``placement``) nor how much memory they may use (``actors``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lz4.block
+import msgpack
+import numpy as np
+
+KIND_BYTES, KIND_NUMPY, KIND_MSGPACK = 0, 1, 2
+CODEC_RAW, CODEC_LZ4 = 0, 1
+COMPRESSIONS = ("auto", "lz4", None)
+
+#: Largest frame; larger values are split so each lz4 block stays far below 2 GiB.
+FRAME_BYTES = 64 << 20
+#: ``auto`` leaves values smaller than this uncompressed: lz4 rarely wins on them.
+AUTO_MIN_BYTES = 256
+#: ``auto`` compresses a sample of this size first and skips data that does not shrink.
+AUTO_SAMPLE_BYTES = 64 << 10
+#: ``auto`` keeps a compressed frame only if it is at most this fraction of the raw size.
+AUTO_MAX_RATIO = 0.9
+
+Frame = tuple  # (codec: int, raw_size: int, payload: bytes-like)
+Encoded = tuple  # (kind: int, meta: bytes, frames: list[Frame])
+
+
+def check_compression(compression: Any) -> None:
+    """Raise ``ValueError`` unless ``compression`` is ``"auto"``, ``"lz4"`` or ``None``."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of 'auto', 'lz4' or None, not {compression!r}")
+
+
+def _as_buffer(data: Any) -> bytes | np.ndarray | None:
+    """Bytes-like input as ``bytes`` or a flat uint8 array (zero-copy), else ``None``."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        view = memoryview(data)
+        if not view.c_contiguous:
+            return view.tobytes()
+        return np.frombuffer(view.cast("B"), dtype=np.uint8)
+    return None
+
+
+def _nbytes(payload: Any) -> int:
+    return payload.nbytes if isinstance(payload, np.ndarray) else len(payload)
+
+
+def _frames(buf: Any, compression: str | None) -> list[Frame]:
+    """Cut ``buf`` into frames and compress them as ``compression`` says."""
+    size = _nbytes(buf)
+    view = memoryview(buf).cast("B") if isinstance(buf, np.ndarray) else memoryview(buf)
+    chunks = [view[i : i + FRAME_BYTES] for i in range(0, size, FRAME_BYTES)] or [view[:0]]
+    if compression is None or (compression == "auto" and not _worth_compressing(view, size)):
+        return [(CODEC_RAW, _nbytes(c), _keep(buf, c, len(chunks))) for c in chunks]
+    frames = []
+    for chunk in chunks:
+        packed = lz4.block.compress(chunk, store_size=False)
+        if compression == "auto" and len(packed) > AUTO_MAX_RATIO * len(chunk):
+            frames.append((CODEC_RAW, len(chunk), _keep(buf, chunk, len(chunks))))
+        else:
+            frames.append((CODEC_LZ4, len(chunk), packed))
+    return frames
+
+
+def _keep(buf: Any, chunk: memoryview, n_chunks: int) -> Any:
+    # A memoryview cannot be pickled: hand Ray the original object or a zero-copy array view.
+    if n_chunks == 1:
+        return buf
+    return np.frombuffer(chunk, dtype=np.uint8)
+
+
+def _worth_compressing(view: memoryview, size: int) -> bool:
+    if size < AUTO_MIN_BYTES:
+        return False
+    sample = view[:AUTO_SAMPLE_BYTES]
+    return len(lz4.block.compress(sample, store_size=False)) <= AUTO_MAX_RATIO * len(sample)
+
+
+def encode(value: Any, compression: str | None = "auto") -> Encoded:
+    """Encode a value for storage.
+
+    Args:
+        value: bytes-like (bytes, bytearray, memoryview), a numpy array of a non-object dtype,
+            or any msgpack-able value (None, bool, int, float, str, list, tuple, dict).
+        compression: ``"auto"`` (compress when it pays), ``"lz4"`` (always) or ``None``.
+
+    Returns:
+        ``(kind, meta, frames)`` as described in the module docstring.
+
+    Raises:
+        TypeError: the value is of an unsupported type (an object array, a set, a custom class).
+        ValueError: msgpack cannot represent the value (an int outside 64 bits, say).
+    """
+    buf = _as_buffer(value)
+    if buf is not None:
+        return KIND_BYTES, b"", _frames(buf, compression)
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError("numpy arrays of dtype object cannot be stored; convert them first")
+        arr = np.ascontiguousarray(value)
+        meta = msgpack.packb([np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape)])
+        flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
+        return KIND_NUMPY, meta, _frames(flat, compression)
+    try:
+        packed = msgpack.packb(value, use_bin_type=True)
+    except TypeError as exc:
+        raise TypeError(
+            f"cannot store a value of type {type(value).__name__}: use bytes, a numpy array "
+            f"or a msgpack-able value (None, bool, int, float, str, list, dict) ({exc})"
+        ) from None
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"cannot encode value with msgpack: {exc}") from None
+    return KIND_MSGPACK, b"", _frames(packed, compression)
+
+
+def encode_append(data: Any, compression: str | None = "auto") -> list[Frame]:
+    """Encode bytes-like ``data`` for ``append``.
+
+    Raises:
+        TypeError: ``data`` is not bytes, bytearray or memoryview.
+    """
+    buf = _as_buffer(data)
+    if buf is None:
+        raise TypeError(f"append takes bytes-like data (bytes, bytearray, memoryview), not {type(data).__name__}")
+    return _frames(buf, compression)
+
+
+def _raw_payload(frame: Frame) -> Any:
+    codec, raw_size, payload = frame
+    if codec == CODEC_LZ4:
+        return lz4.block.decompress(payload, uncompressed_size=raw_size)
+    return payload
+
+
+def decode(kind: int, meta: bytes, frames: list[Frame]) -> Any:
+    """Inverse of :func:`encode` (and of a sequence of :func:`encode_append`)."""
+    parts = [_raw_payload(f) for f in frames]
+    if kind == KIND_NUMPY:
+        descr, shape = msgpack.unpackb(meta, raw=False)
+        dtype = np.lib.format.descr_to_dtype(descr)
+        if len(parts) == 1 and isinstance(parts[0], np.ndarray):
+            flat = parts[0]
+        else:
+            flat = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        return flat.view(dtype).reshape(shape)
+    if len(parts) == 1 and isinstance(parts[0], bytes):
+        data = parts[0]
+    else:
+        data = b"".join(parts)
+    if kind == KIND_MSGPACK:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return data
+
+
+def stored_size(frames: list[Frame]) -> int:
+    """Bytes the frames occupy as stored (after compression)."""
+    return sum(_nbytes(f[2]) for f in frames)
+
+
+def raw_size(frames: list[Frame]) -> int:
+    """Bytes the frames stand for before compression."""
+    return sum(f[1] for f in frames)

@@ -1,0 +1,87 @@
+"""The exception tree of shoveling_ray.
+
+Every error that shoveling_ray raises on purpose derives from :class:`ShovelingError`, so one
+``except sr.ShovelingError`` catches them all. Lower-layer errors (Ray's, HTTP's) are mapped
+at the boundary with ``raise ... from exc``; none reaches a user raw::
+
+    ShovelingError
+     ├── CacheMiss          (also a KeyError) the id does not exist
+     ├── CacheFull          a node's max_memory would be exceeded under the reject policy,
+     │                      or the value is larger than the limit
+     ├── DataLost           the node that held the data is gone
+     ├── NodeUnavailable    a node's cache actor does not answer
+     ├── ConsulError        Consul was required but did not answer, or refused a request
+     └── CacheClosed        the cache was closed
+
+Bad arguments (wrong id type, unknown strategy, unsupported value) are plain ``TypeError`` /
+``ValueError``, raised before anything is sent.
+"""
+
+from __future__ import annotations
+
+
+class ShovelingError(Exception):
+    """Base class of every error shoveling_ray raises on purpose."""
+
+
+class CacheMiss(ShovelingError, KeyError):
+    """The cache id does not exist. Also a ``KeyError``, so ``except KeyError`` works."""
+
+    def __init__(self, cache_id: str, cache: str | None = None) -> None:
+        super().__init__(cache_id)
+        self.cache_id = cache_id
+        self.cache = cache
+
+    def __str__(self) -> str:
+        where = f" in cache {self.cache!r}" if self.cache else ""
+        return f"cache id {self.cache_id!r} does not exist{where}"
+
+
+class CacheFull(ShovelingError):
+    """A node's cache is full under the ``reject`` policy, or a value exceeds the limit.
+
+    Attributes:
+        node_id: hex id of the Ray node whose limit was hit.
+        limit: that node's ``max_memory`` in bytes.
+        used: bytes held on that node when the write was refused.
+        needed: bytes the refused write would have added.
+    """
+
+    def __init__(self, node_id: str, limit: int, used: int, needed: int, cache_id: str = "") -> None:
+        self.node_id, self.limit, self.used, self.needed = node_id, limit, used, needed
+        self.cache_id = cache_id
+        what = f"writing {cache_id!r}" if cache_id else "the write"
+        super().__init__(
+            f"cache full on node {node_id}: {what} needs {needed} bytes, "
+            f"{used} of max_memory={limit} bytes are in use"
+        )
+
+
+class DataLost(ShovelingError):
+    """The node that held the data is gone and no copy is left."""
+
+
+class NodeUnavailable(ShovelingError):
+    """A node's cache actor does not answer (node dead, actor killed, or unreachable).
+
+    Attributes:
+        node_id: hex id of the Ray node.
+        cache_ids: the ids whose operation could not be served.
+    """
+
+    def __init__(self, node_id: str, cache_ids: list[str] | tuple[str, ...] = (), reason: str = "") -> None:
+        self.node_id = node_id
+        self.cache_ids = list(cache_ids)
+        shown = ", ".join(repr(i) for i in self.cache_ids[:5])
+        more = f" (+{len(self.cache_ids) - 5} more)" if len(self.cache_ids) > 5 else ""
+        ids = f" for ids {shown}{more}" if self.cache_ids else ""
+        tail = f": {reason}" if reason else ""
+        super().__init__(f"node {node_id} is unavailable{ids}{tail}")
+
+
+class ConsulError(ShovelingError):
+    """Consul was required but is unreachable, or it refused a request."""
+
+
+class CacheClosed(ShovelingError):
+    """The cache was closed; open it again with ``Cache(name)``."""

@@ -1,0 +1,25 @@
+"""Where cache ids live: pure functions, no Ray import, unit-tested without a cluster.
+
+- :mod:`.hashing`: the slot table that places ids first written by ``set`` / ``append``.
+- :mod:`.strategies`: how ``init`` spreads many ids over nodes.
+- :mod:`.scoring`: distances between nodes (Consul network coordinates) and data.
+"""
+
+from .hashing import SLOTS, build_slot_table, home_index, reassign_slots, slot_of
+from .scoring import DEFAULT_REMOTE_SCORE, Coordinate, rtt_seconds
+from .strategies import STRATEGIES, apportion, assign, check_strategy
+
+__all__ = [
+    "SLOTS",
+    "build_slot_table",
+    "home_index",
+    "reassign_slots",
+    "slot_of",
+    "DEFAULT_REMOTE_SCORE",
+    "Coordinate",
+    "rtt_seconds",
+    "STRATEGIES",
+    "apportion",
+    "assign",
+    "check_strategy",
+]
