@@ -113,7 +113,7 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("numpy arrays of dtype object cannot be stored; convert them first")
-        arr = np.ascontiguousarray(value)
+        arr = value if value.flags.c_contiguous else value.copy(order="C")
         meta = msgpack.packb([np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape)])
         flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
         return KIND_NUMPY, meta, _frames(flat, compression)
@@ -158,7 +158,7 @@ def decode(kind: int, meta: bytes, frames: list[Frame]) -> Any:
             flat = parts[0]
         else:
             flat = np.frombuffer(b"".join(parts), dtype=np.uint8)
-        return flat.view(dtype).reshape(shape)
+        return flat.view(dtype).reshape(tuple(shape))
     if len(parts) == 1 and isinstance(parts[0], bytes):
         data = parts[0]
     else:

@@ -33,7 +33,8 @@ class _NodeActor:
         self.records: dict[str, str] = {}
 
     def ping(self) -> str:
-        return self.node_id
+        """The node this actor really runs on, as Ray reports it."""
+        return ray.get_runtime_context().get_node_id()
 
     def _absent(self, cache_id: str, auth: bool) -> tuple:
         target = self.records.get(cache_id)

@@ -1,0 +1,117 @@
+import math
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoveling_ray.placement import (
+    SLOTS,
+    STRATEGIES,
+    Coordinate,
+    apportion,
+    assign,
+    build_slot_table,
+    check_strategy,
+    home_index,
+    reassign_slots,
+    rtt_seconds,
+    slot_of,
+)
+
+NODES = ["aa", "bb", "cc"]
+
+
+def test_slot_of_is_stable_across_processes():
+    # CRC-32 of the UTF-8 bytes: a fixed value, unlike Python's salted hash().
+    assert slot_of("partition-0") == 1620033673 % SLOTS
+    assert 0 <= slot_of("ü" * 100) < SLOTS
+
+
+def test_slot_table_is_deterministic_and_balanced():
+    table = build_slot_table(NODES)
+    assert table == build_slot_table(list(reversed(NODES)))
+    counts = Counter(table)
+    assert set(counts) == set(NODES)
+    assert all(abs(c - SLOTS / 3) < SLOTS * 0.05 for c in counts.values())
+
+
+def test_reassign_moves_only_dead_slots():
+    table = build_slot_table(NODES)
+    new = reassign_slots(table, ["aa", "cc"])
+    assert "bb" not in new
+    for old, now in zip(table, new):
+        if old != "bb":
+            assert now == old
+    assert abs(new.count("aa") - new.count("cc")) < SLOTS * 0.1
+
+
+def test_reassign_with_no_survivor_rebuilds_and_empty_is_error():
+    assert set(reassign_slots(build_slot_table(["x"]), ["y", "z"])) == {"y", "z"}
+    with pytest.raises(ValueError):
+        reassign_slots(build_slot_table(["x"]), [])
+    with pytest.raises(ValueError):
+        build_slot_table([])
+
+
+def test_home_index_matches_table():
+    table = build_slot_table(NODES)
+    ids = [f"id{i}" for i in range(100)]
+    assert home_index(ids, table) == [table[slot_of(i)] for i in ids]
+
+
+@given(st.integers(0, 5000), st.lists(st.integers(1, 64), min_size=1, max_size=10))
+def test_apportion_is_exact_and_within_one_of_the_quota(total, ws):
+    weights = {f"n{i}": w for i, w in enumerate(ws)}
+    counts = apportion(total, weights)
+    assert sum(counts.values()) == total
+    mass = sum(ws)
+    for node, w in weights.items():
+        assert abs(counts[node] - total * w / mass) < 1
+
+
+@given(st.integers(0, 3000), st.integers(1, 12))
+def test_uniform_counts_differ_by_at_most_one(total, n):
+    counts = Counter(assign(total, {f"n{i}": 1 for i in range(n)}))
+    values = [counts.get(f"n{i}", 0) for i in range(n)]
+    assert max(values) - min(values) <= 1
+
+
+def test_assign_interleaves_neighbours():
+    nodes = assign(9, {"a": 1, "b": 1, "c": 1})
+    assert all(nodes[i] != nodes[i + 1] for i in range(8))
+
+
+def test_zero_and_negative_weights():
+    assert apportion(4, {"a": 0, "b": 0}) == {"a": 2, "b": 2}
+    assert apportion(4, {"a": -5, "b": 1}) == {"a": 0, "b": 4}
+    with pytest.raises(ValueError):
+        apportion(3, {})
+
+
+def test_check_strategy_names_valid_ones():
+    for s in STRATEGIES:
+        assert check_strategy(s) == s
+    with pytest.raises(ValueError, match="uniform_nodes, uniform_cpu, uniform_memory"):
+        check_strategy("round_robin")
+
+
+def test_rtt_formula_known_values():
+    a = Coordinate(vec=(0.0, 0.0), height=0.001, adjustment=0.0)
+    b = Coordinate(vec=(0.003, 0.004), height=0.002, adjustment=0.0)
+    assert rtt_seconds(a, b) == pytest.approx(0.005 + 0.003)
+    # Adjustments are added while the sum stays positive...
+    a2 = Coordinate(vec=(0.0, 0.0), height=0.001, adjustment=0.0005)
+    assert rtt_seconds(a2, b) == pytest.approx(0.0085)
+    # ...and ignored when they would make it non-positive.
+    a3 = Coordinate(vec=(0.0, 0.0), height=0.001, adjustment=-0.01)
+    assert rtt_seconds(a3, b) == pytest.approx(0.008)
+    assert rtt_seconds(a, a) == pytest.approx(0.002)
+
+
+def test_rtt_from_consul_json_and_dimension_check():
+    c = Coordinate.from_consul({"Vec": [0.001] * 8, "Error": 0.2, "Adjustment": 0.0001, "Height": 1e-5})
+    d = Coordinate.from_consul({"Vec": [0.0] * 8, "Error": 0.2, "Adjustment": 0.0, "Height": 1e-5})
+    assert rtt_seconds(c, d) == pytest.approx(math.sqrt(8) * 0.001 + 2e-5 + 0.0001)
+    with pytest.raises(ValueError, match="dimensions"):
+        rtt_seconds(c, Coordinate(vec=(0.0,)))

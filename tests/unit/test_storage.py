@@ -1,0 +1,124 @@
+import pytest
+
+from shoveling_ray import CacheFull
+from shoveling_ray.actors.storage import Store, check_max_memory, check_policy
+from shoveling_ray.codec import KIND_BYTES, KIND_MSGPACK, encode
+
+
+def put(store, cache_id, data):
+    store.set(cache_id, *encode(data, None))
+
+
+def test_accounting_follows_set_append_delete():
+    s = Store("n", None)
+    put(s, "a", b"x" * 10)
+    s.append("a", encode(b"y" * 5, None)[2])
+    s.append("b", encode(b"z" * 3, None)[2])
+    assert s.stats()["used"] == 18 and s.stats()["ids"] == 2
+    put(s, "a", b"w")
+    assert s.used == 4
+    assert s.delete("a") and not s.delete("a")
+    assert s.used == 3 and s.raw == 3
+
+
+def test_raw_and_stored_differ_under_compression():
+    s = Store("n", None)
+    s.set("a", *encode(b"a" * 10_000, "lz4"))
+    assert s.raw == 10_000 and s.used < 200
+
+
+def test_reject_raises_and_keeps_everything():
+    s = Store("node1", 100, "reject")
+    put(s, "a", b"x" * 60)
+    with pytest.raises(CacheFull) as err:
+        put(s, "b", b"y" * 50)
+    assert err.value.node_id == "node1" and err.value.limit == 100 and err.value.needed == 50
+    with pytest.raises(CacheFull):
+        s.append("a", encode(b"y" * 41, None)[2])
+    assert s.used == 60 and "b" not in s and s.get("a").raw == 60
+    put(s, "a", b"z" * 100)  # replacing within the limit is fine
+    assert s.used == 100
+
+
+def test_lru_evicts_least_recently_used():
+    s = Store("n", 100, "lru")
+    for k in "abc":
+        put(s, k, k.encode() * 30)
+    s.get("a")  # a is now most recent: b goes first
+    put(s, "d", b"d" * 30)
+    assert "b" not in s and {"a", "c", "d"} <= set(s.ids())
+    assert s.evictions == 1 and s.used == 90
+
+
+def test_lru_refuses_value_larger_than_limit_and_evicts_nothing():
+    s = Store("n", 100, "lru")
+    put(s, "a", b"a" * 50)
+    with pytest.raises(CacheFull):
+        put(s, "big", b"b" * 101)
+    assert "a" in s and s.evictions == 0
+
+
+def test_lru_keeps_the_entry_being_written():
+    s = Store("n", 100, "lru")
+    put(s, "a", b"a" * 50)
+    put(s, "b", b"b" * 40)
+    s.append("a", encode(b"a" * 40, None)[2])  # needs room: b goes, a stays
+    assert "b" not in s and s.get("a").raw == 90
+
+
+def test_empty_entries_are_not_evicted():
+    s = Store("n", 10, "lru")
+    s.create_empty("e")
+    put(s, "a", b"a" * 10)
+    put(s, "b", b"b" * 10)
+    assert "e" in s and "a" not in s
+
+
+def test_lowering_limit_applies_policy():
+    s = Store("n", None, "lru")
+    for k in "abcd":
+        put(s, k, b"x" * 25)
+    s.configure(50, "lru")
+    assert s.used <= 50 and s.evictions == 2
+    r = Store("n", None, "reject")
+    for k in "abcd":
+        put(r, k, b"x" * 25)
+    r.configure(50, "reject")
+    assert r.used == 100  # nothing silently lost...
+    with pytest.raises(CacheFull):
+        put(r, "e", b"x")  # ...but no new bytes either
+    assert r.delete("a") and r.delete("b") and r.delete("c")
+    put(r, "e", b"x")
+
+
+def test_append_to_non_bytes_is_type_error_and_changes_nothing():
+    s = Store("n", None)
+    s.set("m", *encode({"k": 1}))
+    with pytest.raises(TypeError, match="not bytes"):
+        s.append("m", encode(b"x")[2])
+    assert s.get("m").kind == KIND_MSGPACK
+
+
+def test_create_empty_never_overwrites():
+    s = Store("n", None)
+    put(s, "a", b"data")
+    assert not s.create_empty("a") and s.get("a").raw == 4
+    assert s.create_empty("b") and s.get("b").kind == KIND_BYTES and s.get("b").raw == 0
+
+
+def test_ids_prefix():
+    s = Store("n", None)
+    for k in ("p1", "p2", "q1"):
+        s.create_empty(k)
+    assert sorted(s.ids("p")) == ["p1", "p2"]
+
+
+def test_argument_checks():
+    with pytest.raises(ValueError):
+        check_policy("fifo")
+    with pytest.raises(TypeError):
+        check_max_memory("1GB")
+    with pytest.raises(TypeError):
+        check_max_memory(True)
+    with pytest.raises(ValueError):
+        check_max_memory(-1)
