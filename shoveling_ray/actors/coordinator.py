@@ -69,6 +69,10 @@ class _Coordinator:
         for node_id in dead:
             log.warning("cache %s: node %s is dead and leaves the member list", self.cache, node_id)
             del self.members[node_id]
+        for node_id in self._dead_actors():
+            # The node lives but its actor died (killed, crashed): start a fresh one there.
+            log.warning("cache %s: the actor on node %s died; its data is lost", self.cache, node_id)
+            del self.members[node_id]
         started = {}
         for node in nodes.values():
             if node.alive and node.node_id not in self.members:
@@ -92,6 +96,18 @@ class _Coordinator:
         if started:
             self.version += 1
         return self.view()
+
+    def _dead_actors(self) -> list[str]:
+        pings = {m: h.ping.remote() for m, h in self.members.items()}
+        dead = []
+        for node_id, ref in pings.items():
+            try:
+                ray.get(ref, timeout=ACTOR_START_TIMEOUT)
+            except ray.exceptions.RayActorError:
+                dead.append(node_id)
+            except ray.exceptions.GetTimeoutError:
+                pass  # busy, not dead
+        return dead
 
     def _start(self, node: NodeInfo) -> ray.actor.ActorHandle:
         return NodeActor.options(
