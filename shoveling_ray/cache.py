@@ -30,6 +30,8 @@ from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
 from .actors.storage import check_max_memory, check_policy
 from .errors import CacheClosed, CacheFull, CacheMiss, NodeUnavailable, ShovelingError
 from .membership import ray_nodes
+from .membership.consul import DEFAULT_SERVICE, resolve
+from .membership.watch import ConsulView
 from .placement import DEFAULT_REMOTE_SCORE, assign, check_strategy, slot_of
 
 _MISSING: Any = object()
@@ -38,6 +40,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _MAX_ROUNDS = 6
 #: Placements a pickled handle carries along (enough for a shuffle's partitions).
 _PICKLED_PLACEMENTS = 20_000
+#: Seconds between checks of Consul health while waiting for an actor's answer.
+_HEALTH_POLL = 0.25
 NODE_ID_STRATEGIES = ("default",)
 
 
@@ -91,9 +95,16 @@ class Cache:
             running cache's setting (for a new cache: ``"reject"``).
         compression: ``"auto"`` (lz4 when the data shrinks), ``"lz4"`` or ``None``; a
             property of this client's writes, readers decode any.
+        consul: ``None`` (auto: use Consul when ``CONSUL_HTTP_ADDR`` is set or an agent
+            answers on 127.0.0.1:8500), an agent address (``"host:port"`` or an ``http(s)://``
+            URL: Consul required), or ``False`` (Ray alone). Decided by whoever starts the
+            cache; later openers follow the running cache.
+        consul_token: ACL token; defaults to ``CONSUL_HTTP_TOKEN``.
+        consul_service: the Consul service the actors register as.
 
     Raises:
         TypeError / ValueError: a bad argument, before Ray is touched.
+        ConsulError: Consul was required and its agent does not answer.
         ShovelingError: the cache could not be started.
     """
 
@@ -104,6 +115,9 @@ class Cache:
         max_memory: int | None = None,
         eviction: str | None = None,
         compression: str | None = "auto",
+        consul: str | bool | None = None,
+        consul_token: str | None = None,
+        consul_service: str = DEFAULT_SERVICE,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(
@@ -115,18 +129,22 @@ class Cache:
         if eviction is not None:
             settings["policy"] = check_policy(eviction)
         codec.check_compression(compression)
+        consul_config = resolve(consul, consul_token, consul_service)
         self._name = name
         self._compression = compression
         self._placements: dict[str, str] = {}
         self._closed = False
+        self._consul_view: ConsulView | None = None
         if not ray.is_initialized():
             ray.init()
-        self._coordinator = self._remote(self._start_coordinator)
+        self._coordinator = self._remote(lambda: self._start_coordinator(consul_config))
         self._apply_view(self._remote(lambda: ray.get(self._coordinator.join.remote(settings))))
 
-    def _start_coordinator(self) -> ray.actor.ActorHandle:
+    def _start_coordinator(self, consul_config) -> ray.actor.ActorHandle:
+        # Pinned to the head node: the cluster's GCS lives there, so the coordinator dies only
+        # with the cluster (soft affinity was seen to spill it to worker nodes).
         head = next((n.node_id for n in ray_nodes() if n.is_head and n.alive), None)
-        strategy = NodeAffinitySchedulingStrategy(head, soft=True) if head else None
+        strategy = NodeAffinitySchedulingStrategy(head, soft=False) if head else None
         # get_if_exists makes concurrent openers of one name share a single coordinator.
         return Coordinator.options(
             name=coordinator_name(self._name),
@@ -134,7 +152,7 @@ class Cache:
             get_if_exists=True,
             lifetime="detached",
             scheduling_strategy=strategy,
-        ).remote(self._name, None, "reject")
+        ).remote(self._name, None, "reject", consul_config)
 
     # -- pickling: a handle passed to tasks keeps its view and the placements it knows -------
 
@@ -152,6 +170,28 @@ class Cache:
         self._view = view
         self._members: dict[str, ray.actor.ActorHandle] = view["members"]
         self._table: list[str] = view["table"]
+
+    @property
+    def _consul(self) -> ConsulView | None:
+        """This process's view of Consul health and coordinates, started on first use."""
+        if self._consul_view is None and self._view["consul"] is not None:
+            self._consul_view = ConsulView(self._view["consul"], self._name)
+        return self._consul_view
+
+    def _check_healthy(self, node: str, ids: list[str]) -> None:
+        view = self._consul
+        if view is not None and view.critical(node):
+            raise NodeUnavailable(node, ids, "its Consul health check is critical")
+
+    def _wait(self, ref: ray.ObjectRef, node: str, ids: list[str]) -> Any:
+        """``ray.get(ref)``; with Consul, give up as soon as the node's check turns critical."""
+        if self._consul is None:
+            return ray.get(ref)
+        while True:
+            try:
+                return ray.get(ref, timeout=_HEALTH_POLL)
+            except ray.exceptions.GetTimeoutError:
+                self._check_healthy(node, ids)
 
     def _refresh(self) -> None:
         self._apply_view(self._remote(lambda: ray.get(self._coordinator.join.remote(None))))
@@ -218,12 +258,13 @@ class Cache:
             if handle is None:
                 self._refresh()
                 raise NodeUnavailable(node, [items[i][0] for i, _ in group], "not a member of the cache")
+            self._check_healthy(node, [items[i][0] for i, _ in group])
             batch = [(items[i][0], auth, *items[i][1:]) for i, auth in group]
             refs[node] = getattr(handle, method).remote(batch)
         answers = {}
         for node, ref in refs.items():
             try:
-                answers[node] = ray.get(ref)
+                answers[node] = self._wait(ref, node, [items[i][0] for i, _ in groups[node]])
             except ray.exceptions.RayActorError as exc:
                 self._refresh()
                 ids = [items[i][0] for i, _ in groups[node]]
@@ -401,12 +442,13 @@ class Cache:
             handle = self._members.get(node)
             if handle is None:
                 raise NodeUnavailable(node, reason="not a member of the cache")
+            self._check_healthy(node, [])
             call = getattr(handle, method)
             refs[node] = call.remote(arg) if by_node is not None else call.remote(*args)
         out = {}
         for node, ref in refs.items():
             try:
-                out[node] = ray.get(ref)
+                out[node] = self._wait(ref, node, [])
             except ray.exceptions.RayActorError as exc:
                 self._refresh()
                 raise NodeUnavailable(node, reason="its cache actor died") from exc
@@ -423,7 +465,8 @@ class Cache:
         """The Ray node id (hex) best placed to work on ``cache_id``.
 
         ``default``: the node holding the data; for an id that does not exist yet, the node
-        where a ``set`` / ``append`` would create it.
+        where a ``set`` / ``append`` would create it. With Consul, if that node's check is
+        critical, the passing node nearest to it by network coordinates.
 
         Raises:
             ValueError: unknown strategy.
@@ -431,20 +474,40 @@ class Cache:
         _check_id(cache_id)
         if strategy not in NODE_ID_STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(NODE_ID_STRATEGIES)}")
-        holders = self.node_ids(cache_id)
+        holder = self._holder(cache_id)
+        view = self._consul
+        if view is None or not view.critical(holder):
+            return holder
+        passing = [m for m in sorted(self._members) if not view.critical(m)]
+        return min(passing, key=lambda m: self._distance(m, holder), default=holder)
+
+    def _holder(self, cache_id: str) -> str:
+        try:
+            holders = self.node_ids(cache_id)
+        except NodeUnavailable as exc:
+            return exc.node_id  # where the data is, even if that node cannot serve it now
         return holders[0] if holders else self._home(cache_id)
+
+    def _distance(self, node_id: str, holder: str) -> float:
+        if node_id == holder:
+            return 0.0
+        view = self._consul
+        rtt = view.distance(node_id, holder) if view is not None else None
+        return DEFAULT_REMOTE_SCORE if rtt is None else rtt
 
     def _node_cache_score(self, node_id: str, cache_id: str) -> float:
         """Distance between ``node_id`` and the data of ``cache_id``; lower is nearer.
 
-        0.0 on a node that holds the data (or, for an id that does not exist, on the node
-        that would create it). Without Consul every other node scores
-        :data:`~shoveling_ray.placement.DEFAULT_REMOTE_SCORE` (0.001, one nominal LAN round
-        trip in seconds), since Ray alone knows no distances.
+        0.0 on the node that holds the data (for an id that does not exist yet: the node that
+        would create it). Elsewhere, with Consul, the round-trip time in seconds that Consul's
+        network coordinates estimate between the two nodes' agents (Consul's own formula, the
+        figure ``consul rtt`` prints). Without Consul, or before coordinates exist, every other
+        node scores :data:`~shoveling_ray.placement.DEFAULT_REMOTE_SCORE` (0.001 s, one
+        nominal LAN round trip), since Ray alone knows no distances.
         """
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a hex str, not {type(node_id).__name__}")
-        return 0.0 if node_id == self.node_id(cache_id) else DEFAULT_REMOTE_SCORE
+        return self._distance(node_id, self._holder(_check_id(cache_id)))
 
     def scheduling_strategy(self, cache_id: str) -> NodeAffinitySchedulingStrategy:
         """A soft node-affinity strategy for a task or actor that works on ``cache_id``.
@@ -483,6 +546,8 @@ class Cache:
             ray.kill(self._coordinator)
         except ray.exceptions.RayError:
             pass  # already gone: closing is idempotent
+        if self._consul_view is not None:
+            self._consul_view.close()
         self._closed = True
 
 
@@ -490,6 +555,7 @@ def _restore(name, compression, coordinator, view, placements, closed) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
     cache._placements, cache._closed = placements, closed
+    cache._consul_view = None
     cache._apply_view(view)
     return cache
 

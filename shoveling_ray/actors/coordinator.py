@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..errors import ShovelingError
 from ..membership import NodeInfo, ray_nodes
+from ..membership.consul import ConsulConfig
 from ..placement import build_slot_table, reassign_slots
 from .node import NodeActor
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 NAMESPACE = "shoveling_ray"
 #: Seconds to wait for a new node actor to answer before leaving its node out.
 ACTOR_START_TIMEOUT = 120.0
+#: Seconds actors get to deregister from Consul before they are killed.
+SHUTDOWN_GRACE = 10.0
 
 
 def actor_name(cache: str, node_id: str) -> str:
@@ -41,10 +44,12 @@ class _Coordinator:
         cache: the cache name.
         max_memory: limit per node in bytes; ``None`` = each node's object store capacity.
         policy: ``"reject"`` or ``"lru"``.
+        consul: Consul settings for the actors, or ``None`` for Ray alone.
     """
 
-    def __init__(self, cache: str, max_memory: int | None, policy: str) -> None:
+    def __init__(self, cache: str, max_memory: int | None, policy: str, consul: ConsulConfig | None) -> None:
         self.cache = cache
+        self.consul = consul
         self.max_memory = max_memory
         self.policy = policy
         self.members: dict[str, ray.actor.ActorHandle] = {}
@@ -116,7 +121,7 @@ class _Coordinator:
             get_if_exists=True,
             lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-        ).remote(self.cache, node.node_id, self._limit(node), self.policy)
+        ).remote(self.cache, node.node_id, self._limit(node), self.policy, self.consul)
 
     def _configure(self, max_memory: int | None, policy: str) -> None:
         self.max_memory, self.policy = max_memory, policy
@@ -129,10 +134,16 @@ class _Coordinator:
             "members": dict(self.members),
             "info": {m: i.to_dict() for m, i in self.info.items()},
             "table": self.table,
+            "consul": self.consul,
         }
 
     def shutdown(self) -> None:
-        """Stop every node actor of the cache (their data goes with them)."""
+        """Stop every node actor of the cache (their data goes with them).
+
+        Each actor is first asked to deregister from Consul, then killed.
+        """
+        polite = [h.shutdown.remote() for h in self.members.values()]
+        ray.wait(polite, num_returns=len(polite), timeout=SHUTDOWN_GRACE)
         for handle in self.members.values():
             ray.kill(handle)
         self.members.clear()

@@ -8,11 +8,30 @@ home the single point that decides where an id lives.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import threading
+
 import ray
 
 from ..errors import CacheFull
+from ..membership.consul import ConsulAgent, ConsulConfig
+from ..membership.registration import ConfigFollower, Heartbeat
 from . import protocol as p
 from .storage import Store
+
+log = logging.getLogger(__name__)
+
+
+def _locked(method):
+    # Calls run one at a time already; the lock orders them with the Consul config thread.
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        with self._lock:
+            return method(self, *args)
+
+    return wrapper
 
 
 class _NodeActor:
@@ -23,14 +42,43 @@ class _NodeActor:
         node_id: hex id of the node the actor is pinned to.
         max_memory: limit on stored bytes; ``None`` for none.
         policy: ``"reject"`` or ``"lru"``.
+        consul: Consul settings, or ``None`` for Ray alone. The actor talks to the agent its
+            node names in ``CONSUL_HTTP_ADDR``, else to the one in ``consul``.
     """
 
-    def __init__(self, cache: str, node_id: str, max_memory: int | None, policy: str) -> None:
+    def __init__(
+        self, cache: str, node_id: str, max_memory: int | None, policy: str, consul: ConsulConfig | None = None
+    ) -> None:
         self.cache = cache
         self.node_id = node_id
         self.store = Store(node_id, max_memory, policy)
         # Placement records of ids homed here but placed on another node by init.
         self.records: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._base = {"max-memory": max_memory, "eviction": policy}
+        self._kv: dict = {}
+        self._threads: list = []
+        if consul is not None:
+            local = os.environ.get("CONSUL_HTTP_ADDR")
+            agent = ConsulAgent(consul.at(local) if local else consul)
+            address = ray.util.get_node_ip_address()
+            self._threads = [Heartbeat(agent, cache, node_id, address), ConfigFollower(agent, cache, self._follow)]
+            self._threads[0].beat()  # registered before the first call is served
+            for thread in self._threads:
+                thread.start()
+
+    def _follow(self, kv_config: dict) -> None:
+        with self._lock:
+            self._kv = kv_config
+            self._apply()
+
+    def _apply(self) -> None:
+        config = {**self._base, **self._kv}
+        before = self.store.evictions
+        self.store.configure(config["max-memory"], config["eviction"])
+        log.info("cache %s: max-memory=%s eviction=%s", self.cache, config["max-memory"], config["eviction"])
+        if self.store.evictions > before:
+            log.warning("cache %s: the new limit evicted %d ids", self.cache, self.store.evictions - before)
 
     def ping(self) -> str:
         """The node this actor really runs on, as Ray reports it."""
@@ -42,6 +90,7 @@ class _NodeActor:
             return p.REDIRECT, target
         return (p.MISS, None) if auth else (p.REROUTE, None)
 
+    @_locked
     def get(self, items: list) -> list:
         out = []
         for cache_id, auth in items:
@@ -52,9 +101,11 @@ class _NodeActor:
                 out.append((p.OK, (entry.kind, entry.meta, entry.frames)))
         return out
 
+    @_locked
     def exists(self, items: list) -> list:
         return [(p.OK, True) if i in self.store else self._absent(i, a) for i, a in items]
 
+    @_locked
     def size(self, items: list) -> list:
         out = []
         for cache_id, auth in items:
@@ -62,6 +113,7 @@ class _NodeActor:
             out.append(self._absent(cache_id, auth) if entry is None else (p.OK, entry.raw))
         return out
 
+    @_locked
     def locate(self, items: list) -> list:
         return [(p.OK, self.node_id) if i in self.store else self._absent(i, a) for i, a in items]
 
@@ -83,14 +135,17 @@ class _NodeActor:
                 out.append((p.OK, None))
         return out
 
+    @_locked
     def set(self, items: list) -> list:
         """Items are ``(cache_id, auth, kind, meta, frames)``."""
         return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], it[4]))
 
+    @_locked
     def append(self, items: list) -> list:
         """Items are ``(cache_id, auth, frames)``."""
         return self._write(items, lambda it: self.store.append(it[0], it[2]))
 
+    @_locked
     def delete(self, items: list) -> list:
         """Delete data held here; at a home, drop the record and redirect to its node."""
         out = []
@@ -102,6 +157,7 @@ class _NodeActor:
             out.append((p.REDIRECT, target) if target is not None else (p.OK, False))
         return out
 
+    @_locked
     def place(self, items: list) -> list:
         """At a home: decide where new ids live. Items are ``(cache_id, target)``.
 
@@ -122,18 +178,29 @@ class _NodeActor:
                 out.append(target)
         return out
 
+    @_locked
     def create_empty(self, cache_ids: list) -> int:
         """Create ids as empty bytes where absent; returns how many were created."""
         return sum(self.store.create_empty(i) for i in cache_ids)
 
+    @_locked
     def ids(self, prefix: str) -> list:
         return list(self.store.ids(prefix))
 
+    @_locked
     def stats(self) -> dict:
         return self.store.stats()
 
+    @_locked
     def configure(self, max_memory: int | None, policy: str) -> None:
-        self.store.configure(max_memory, policy)
+        """New base settings; keys set in Consul KV still override them."""
+        self._base = {"max-memory": max_memory, "eviction": policy}
+        self._apply()
+
+    def shutdown(self) -> None:
+        """Stop the Consul threads and deregister this actor's instance."""
+        for thread in self._threads:
+            thread.stop()
 
 
 NodeActor = ray.remote(num_cpus=0, max_restarts=0)(_NodeActor)

@@ -1,0 +1,158 @@
+"""What a node's cache actor does in Consul: keep its instance registered and passing, and
+follow its configuration in Consul's key/value store.
+
+Two daemon threads per actor, both on the agent of the actor's own node:
+
+- :class:`Heartbeat` registers the instance (check starts passing), marks the TTL check
+  passing every ``CHECK_TTL / 5`` seconds and re-registers when the agent forgot it (agent
+  restarted). When the agent stops answering it logs once and keeps trying.
+- :class:`ConfigFollower` runs blocking queries on ``shoveling/<cache>/`` (index + wait, a
+  client timeout longer than the wait, exponential backoff on errors) and hands the effective
+  ``max-memory`` / ``eviction`` to a callback. A malformed value is logged and ignored: the
+  previous value of that key stays in force. A node key overrides the cache-wide key.
+
+Neither thread touches the cache's data; the actor applies the configuration under its lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ..actors.storage import POLICIES
+from ..errors import ConsulError
+from .consul import CHECK_TTL, ConsulAgent, service_id
+
+log = logging.getLogger(__name__)
+
+#: Seconds a blocking KV query waits on the server before returning unchanged.
+KV_WAIT_SECONDS = 5
+MAX_BACKOFF = 5.0
+CONFIG_KEYS = ("max-memory", "eviction")
+
+
+def parse_config_value(key: str, raw: bytes) -> int | str:
+    """Parse one configuration value from KV.
+
+    Raises:
+        ValueError: ``max-memory`` is not a non-negative integer, or ``eviction`` is not a
+            known policy.
+    """
+    text = raw.decode("utf-8", "replace").strip()
+    if key == "max-memory":
+        if not text.isdigit():
+            raise ValueError(f"max-memory must be a non-negative integer number of bytes, got {text!r}")
+        return int(text)
+    if text not in POLICIES:
+        raise ValueError(f"eviction must be one of {', '.join(POLICIES)}, got {text!r}")
+    return text
+
+
+class Heartbeat(threading.Thread):
+    """Keeps one actor's instance registered and its TTL check passing."""
+
+    def __init__(self, agent: ConsulAgent, cache: str, ray_node_id: str, address: str) -> None:
+        super().__init__(name=f"shoveling-heartbeat-{cache}", daemon=True)
+        self.agent, self.cache, self.ray_node_id, self.address = agent, cache, ray_node_id, address
+        self.service_id = service_id(cache, ray_node_id)
+        self.stopped = threading.Event()
+        self._registered = False
+        self._degraded = False
+
+    def beat(self) -> None:
+        """One round: register if needed, else pass the TTL check."""
+        try:
+            if not self._registered:
+                self.agent.register(self.service_id, self.cache, self.ray_node_id, self.address)
+                self._registered = True
+            else:
+                self.agent.pass_ttl(self.service_id)
+        except ConsulError as exc:
+            # Unknown check (agent restarted) or agent down: register again next round.
+            self._registered = False
+            if not self._degraded:
+                log.warning("cache %s: Consul heartbeat failing, serving on: %s", self.cache, exc)
+                self._degraded = True
+            return
+        if self._degraded:
+            log.warning("cache %s: Consul agent answers again; instance %s registered", self.cache, self.service_id)
+            self._degraded = False
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.beat()
+            self.stopped.wait(CHECK_TTL / 5)
+
+    def stop(self) -> None:
+        """Stop beating and deregister (best effort)."""
+        self.stopped.set()
+        try:
+            self.agent.deregister(self.service_id)
+        except ConsulError as exc:
+            log.warning("cache %s: could not deregister %s: %s", self.cache, self.service_id, exc)
+
+
+class ConfigFollower(threading.Thread):
+    """Follows ``shoveling/<cache>/config/*`` and ``shoveling/<cache>/node/<node>/config/*``.
+
+    Args:
+        agent: the node's agent.
+        cache: the cache name.
+        apply: called with ``{"max-memory": int, "eviction": str}`` holding the keys that are
+            set and valid (node over cache-wide), whenever that changes.
+    """
+
+    def __init__(self, agent: ConsulAgent, cache: str, apply: Callable[[dict], None]) -> None:
+        super().__init__(name=f"shoveling-config-{cache}", daemon=True)
+        self.agent, self.cache, self.apply = agent, cache, apply
+        self.prefix = f"shoveling/{cache}/"
+        self.stopped = threading.Event()
+        self.node_name: str | None = None
+        self._valid: dict[str, int | str] = {}  # last valid value per KV key
+        self._seen: dict[str, bytes] = {}  # last raw value per KV key, to log a bad one once
+        self._applied: dict | None = None
+
+    def effective(self, tree: dict[str, bytes]) -> dict:
+        """The configuration ``tree`` (KV keys to raw values) stands for, logging bad values."""
+        for key in [k for k in self._seen if k not in tree]:
+            del self._seen[key]
+            self._valid.pop(key, None)
+        for key, raw in tree.items():
+            name = key.rsplit("/", 1)[-1]
+            if name not in CONFIG_KEYS or "/config/" not in key or self._seen.get(key) == raw:
+                continue
+            self._seen[key] = raw
+            try:
+                self._valid[key] = parse_config_value(name, raw)
+            except ValueError as exc:
+                log.warning("cache %s: ignoring %s: %s (the previous value stays)", self.cache, key, exc)
+        config = {}
+        for name in CONFIG_KEYS:
+            for key in (f"{self.prefix}node/{self.node_name}/config/{name}", f"{self.prefix}config/{name}"):
+                if key in self._valid:
+                    config[name] = self._valid[key]
+                    break
+        return config
+
+    def run(self) -> None:
+        index, backoff = None, 0.1
+        while not self.stopped.is_set():
+            try:
+                if self.node_name is None:
+                    self.node_name = self.agent.node_name()
+                index, tree = self.agent.kv_tree(self.prefix, index=index, wait=f"{KV_WAIT_SECONDS}s")
+            except ConsulError as exc:
+                log.debug("cache %s: KV query failed, retrying in %.1fs: %s", self.cache, backoff, exc)
+                index = None
+                self.stopped.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = 0.1
+            config = self.effective(tree)
+            if config != self._applied:
+                self._applied = config
+                self.apply(config)
+
+    def stop(self) -> None:
+        self.stopped.set()

@@ -1,0 +1,324 @@
+"""Consul orchestration against real agents: a server on 127.0.0.1 and clients on 127.0.0.2
+and 127.0.0.3, each paired with one Ray node through CONSUL_HTTP_ADDR (one set-up a module)."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+import shoveling_ray as sr
+from shoveling_ray.membership.consul import CHECK_TTL, ConsulAgent, parse_address, resolve
+from tests.conftest import start_cluster, stop_cluster, wait_for
+from tests.consul_agents import ConsulAgents, http_json
+
+pytestmark = pytest.mark.consul
+SERVICE = "shoveling-worker"
+
+
+@pytest.fixture(scope="module")
+def agents():
+    a = ConsulAgents(clients=2).start()
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(agents):
+    c = start_cluster([{"num_cpus": 1, "env_vars": {"CONSUL_HTTP_ADDR": a.http}} for a in agents.agents])
+    yield c
+    stop_cluster(c)
+
+
+@ray.remote(num_cpus=0)
+def consul_addr_here():
+    import os
+
+    return os.environ.get("CONSUL_HTTP_ADDR")
+
+
+@pytest.fixture(scope="module")
+def pairing(cluster, agents):
+    """Ray node id -> the Consul node name of the agent its processes see in CONSUL_HTTP_ADDR."""
+    by_addr = {a.http: a.name for a in agents.agents}
+    out = {}
+    for node in ray.nodes():
+        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        out[node["NodeID"]] = by_addr[ray.get(consul_addr_here.options(scheduling_strategy=strategy).remote())]
+    assert sorted(out.values()) == sorted(by_addr.values())
+    return out
+
+
+def instances(agents, cache_name, passing=None):
+    """{ray_node_id: (consul node, status)} of a cache's instances, from the server's catalog."""
+    query = f"/v1/health/service/{SERVICE}?tag={cache_name}" + ("&passing=1" if passing else "")
+    out = {}
+    for e in http_json(agents.server.http, query):
+        status = "passing" if all(c["Status"] == "passing" for c in e["Checks"]) else "critical"
+        out[e["Service"]["Meta"]["ray_node_id"]] = (e["Node"]["Node"], status, e["Service"])
+    return out
+
+
+def dig_records(ip="127.0.0.1"):
+    out = subprocess.run(
+        ["dig", f"@{ip}", "-p", "8600", f"{SERVICE}.service.consul", "SRV", "+short"],
+        check=True, capture_output=True, text=True, timeout=20,
+    )
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+# -- turning it on ---------------------------------------------------------------------------
+
+
+def test_address_parsing_and_required_consul_errors(cluster):
+    assert parse_address("10.0.0.1:8500") == ("http", "10.0.0.1", 8500)
+    assert parse_address("https://consul.local") == ("https", "consul.local", 8501)
+    assert parse_address("http://h:1234/") == ("http", "h", 1234)
+    for bad in ("", "ftp://h:1", "h:notaport", "http://h:1/v1/x"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+    with pytest.raises(sr.ConsulError, match="127.0.0.9:8500"):
+        sr.Cache("required", consul="127.0.0.9:8500")
+    with pytest.raises(TypeError):
+        sr.Cache("required", consul=8500)
+
+
+def test_auto_finds_the_local_agent_and_false_turns_it_off(cluster, agents):
+    assert resolve(None).address == "http://127.0.0.1:8500"
+    assert resolve(False) is None
+    off = sr.Cache("no-consul", consul=False)
+    try:
+        off.set("a", b"1")
+        assert instances(agents, "no-consul") == {}
+    finally:
+        off.close()
+
+
+# -- membership and health -------------------------------------------------------------------
+
+
+def test_each_actor_registers_on_its_own_nodes_agent_and_passes(cluster, agents, pairing):
+    cache = sr.Cache("reg")
+    try:
+        seen = instances(agents, "reg")
+        assert set(seen) == set(cache.nodes()) == set(pairing)
+        for ray_node, (consul_node, status, service) in seen.items():
+            assert consul_node == pairing[ray_node]
+            assert status == "passing"
+            assert service["Meta"] == {"ray_node_id": ray_node, "cache": "reg"}
+            assert "reg" in service["Tags"]
+        time.sleep(CHECK_TTL + 1)  # the heartbeat keeps it passing past the TTL
+        assert {s for _, s, _ in instances(agents, "reg").values()} == {"passing"}
+        # one instance per actor: registering again (a second opener) does not duplicate
+        sr.Cache("reg")
+        assert len(http_json(agents.server.http, f"/v1/health/service/{SERVICE}?tag=reg")) == 3
+    finally:
+        cache.close()
+    assert instances(agents, "reg") == {}  # close() deregisters
+
+
+def test_dns_lists_one_record_per_live_actor(cluster, agents):
+    cache = sr.Cache("dns")
+    try:
+        wait_for(lambda: len(dig_records()) == 3, timeout=20, what="3 SRV records")
+        victim = cache.nodes()[1]
+        ray.kill(cache._members[victim])
+        wait_for(lambda: len(dig_records()) == 2, timeout=3 * CHECK_TTL, what="the SRV count to drop")
+    finally:
+        cache.close()
+
+
+def test_killed_actor_turns_critical_within_ttl_and_is_reported(cluster, agents):
+    cache = sr.Cache("dead")
+    try:
+        placed = cache.init([f"d{i}" for i in range(9)])
+        victim = sorted(set(placed.values()))[-1]
+        ids = [i for i, n in placed.items() if n == victim]
+        for i in placed:
+            cache.append(i, b"x")
+        ray.kill(cache._members[victim])
+        killed = time.monotonic()
+        wait_for(lambda: instances(agents, "dead")[victim][1] == "critical", timeout=3 * CHECK_TTL,
+                 what="the instance to turn critical")
+        took = time.monotonic() - killed
+        assert took <= CHECK_TTL + 3
+        wait_for(lambda: cache._consul.critical(victim), timeout=10, what="the client to see it")
+        started = time.monotonic()
+        with pytest.raises(sr.NodeUnavailable) as err:
+            cache.get(ids[0])
+        assert err.value.node_id == victim and time.monotonic() - started < 5
+        others = [i for i, n in placed.items() if n != victim]
+        assert cache.get_many(others) == {i: b"x" for i in others}
+    finally:
+        cache.close()
+
+
+def test_removed_ray_node_leaves_routing(cluster, agents, pairing):
+    node = cluster.add_node(num_cpus=1, env_vars={"CONSUL_HTTP_ADDR": agents.agents[2].http})
+    cluster.wait_for_nodes()
+    cache = sr.Cache("gone")
+    try:
+        placed = cache.init([f"g{i}" for i in range(8)])
+        assert node.node_id in placed.values()
+        assert instances(agents, "gone")[node.node_id][1] == "passing"
+        on_it = [i for i, n in placed.items() if n == node.node_id]
+        cluster.remove_node(node)
+        removed = time.monotonic()
+        wait_for(lambda: cache._consul.critical(node.node_id), timeout=3 * CHECK_TTL, what="critical")
+        print(f"removed node critical after {time.monotonic() - removed:.1f}s")
+        with pytest.raises(sr.NodeUnavailable):
+            cache.get(on_it[0])
+        wait_for(lambda: (cache._refresh(), node.node_id not in cache.nodes())[1], timeout=60,
+                 what="Ray to drop the node")
+        print(f"removed node out of routing after {time.monotonic() - removed:.1f}s")
+        assert node.node_id not in cache.init(["after-removal"]).values()
+    finally:
+        cache.close()
+
+
+# -- configuration from KV -------------------------------------------------------------------
+
+
+def test_kv_config_is_followed_live(cluster, agents, pairing):
+    cache = sr.Cache("kv", compression=None, eviction="reject")
+    kv = ConsulAgent(resolve("127.0.0.1:8500"))
+    try:
+        kv.kv_put("shoveling/kv/config/max-memory", "1000")
+        wait_for(lambda: all(s["limit"] == 1000 for s in cache.stats().values()), timeout=15, what="limit 1000")
+        with pytest.raises(sr.CacheFull):
+            cache.set("a", b"x" * 2000)
+        kv.kv_put("shoveling/kv/config/max-memory", "100000")
+        wait_for(lambda: all(s["limit"] == 100000 for s in cache.stats().values()), timeout=15, what="limit up")
+        cache.set("a", b"x" * 2000)
+        # malformed: logged and ignored, the previous value stays in force
+        kv.kv_put("shoveling/kv/config/max-memory", "lots")
+        kv.kv_put("shoveling/kv/config/eviction", "random")
+        time.sleep(2)
+        stats = cache.stats()
+        assert all(s["limit"] == 100000 and s["policy"] == "reject" for s in stats.values()), [(s["limit"], s["policy"]) for s in stats.values()]
+        # a node key overrides the cache-wide one on that node only
+        holder = cache.node_ids("a")[0]
+        kv.kv_put(f"shoveling/kv/node/{pairing[holder]}/config/max-memory", "1500")
+        wait_for(lambda: cache.stats()[holder]["limit"] == 1500, timeout=15, what="node override")
+        assert all(s["limit"] == 100000 for n, s in cache.stats().items() if n != holder)
+        # below current usage under reject: nothing lost, new bytes refused
+        assert cache.get("a") == b"x" * 2000
+        with pytest.raises(sr.CacheFull):
+            cache.append("a", b"y")
+        # switching to lru applies the policy at once: evicts down to the limit
+        kv.kv_put(f"shoveling/kv/node/{pairing[holder]}/config/eviction", "lru")
+        wait_for(lambda: cache.stats()[holder]["evictions"] == 1, timeout=15, what="eviction")
+        assert not cache.exists("a")
+        kv.kv_delete(f"shoveling/kv/node/{pairing[holder]}/config/max-memory")
+        wait_for(lambda: cache.stats()[holder]["limit"] == 100000, timeout=15, what="fallback to cache-wide")
+    finally:
+        kv.kv_delete("shoveling/kv/config/max-memory")
+        cache.close()
+
+
+# -- coordinates -----------------------------------------------------------------------------
+
+
+def inject(agents, coords):
+    for node, vec in coords.items():
+        coord = {"Vec": list(vec) + [0.0] * (8 - len(vec)), "Error": 0.1, "Adjustment": 0.0, "Height": 1e-5}
+        http_json(agents.server.http, "/v1/coordinate/update", "PUT", {"Node": node, "Coord": coord})
+
+
+def visible(agents, coords):
+    nodes = {n["Node"]: n["Coord"]["Vec"][: 2] for n in http_json(agents.server.http, "/v1/coordinate/nodes")}
+    return all(nodes.get(node) == list(vec) for node, vec in coords.items())
+
+
+def inject_until_visible(agents, coords, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inject(agents, coords)
+        for _ in range(20):
+            if visible(agents, coords):
+                return
+            time.sleep(0.25)
+    pytest.fail("injected coordinates never became visible")
+
+
+def test_rtt_matches_consul_rtt(cluster, agents):
+    coords = {"consul-1": (0.0, 0.0), "consul-2": (0.003, 0.004), "consul-3": (0.05, 0.0)}
+    inject_until_visible(agents, coords)
+    cache = sr.Cache("rtt")
+    try:
+        nodes = {consul: ray for ray, (consul, _s, _x) in instances(agents, "rtt").items()}
+        wait_for(lambda: cache._consul.consul_node(nodes["consul-2"]) is not None, timeout=15, what="health view")
+        inject_until_visible(agents, coords)
+        ours = cache._consul.distance(nodes["consul-1"], nodes["consul-2"])
+        printed = agents.rtt_cli("consul-1", "consul-2")
+        ms = float(re.search(r"rtt: ([0-9.]+) ms", printed).group(1))
+        assert ours * 1000 == pytest.approx(ms, abs=0.0015), printed
+        assert ours == pytest.approx(0.005 + 2e-5)
+    finally:
+        cache.close()
+
+
+def test_scores_and_node_id_follow_coordinates(cluster, agents):
+    cache = sr.Cache("near")
+    try:
+        by_consul = {consul: ray for ray, (consul, _s, _x) in instances(agents, "near").items()}
+        holder = by_consul["consul-1"]
+        near, far = by_consul["consul-2"], by_consul["consul-3"]
+        cache_id = next(i for i in (f"n{k}" for k in range(10_000)) if cache.node_id(i) == holder)
+        cache.set(cache_id, b"data")
+        wait_for(lambda: cache._consul.consul_node(far) is not None, timeout=15, what="health view")
+
+        def ranking():
+            scores = {n: cache._node_cache_score(n, cache_id) for n in cache.nodes()}
+            return sorted(scores, key=scores.get), scores
+
+        layout = {"consul-1": (0.0, 0.0), "consul-2": (0.002, 0.0), "consul-3": (0.2, 0.0)}
+        inject_until_visible(agents, layout)
+        order, scores = wait_for(lambda: (r := ranking())[0] == [holder, near, far] and r, timeout=10, what="rank")
+        assert scores[holder] == 0.0 and scores[near] == pytest.approx(0.002 + 2e-5, rel=1e-3)
+        assert cache.node_id(cache_id) == holder
+        # the coordinates move: the ranking follows within seconds
+        moved = {"consul-1": (0.0, 0.0), "consul-2": (0.3, 0.0), "consul-3": (0.001, 0.0)}
+        inject_until_visible(agents, moved)
+        wait_for(lambda: ranking()[0] == [holder, far, near], timeout=10, what="the new ranking")
+        # the holder's actor dies: node_id prefers the nearest passing node
+        ray.kill(cache._members[holder])
+        wait_for(lambda: cache._consul.critical(holder), timeout=3 * CHECK_TTL, what="critical holder")
+        inject_until_visible(agents, moved)
+        assert cache.node_id(cache_id) == far
+        assert not math.isinf(cache._node_cache_score(far, cache_id))
+    finally:
+        cache.close()
+
+
+# -- Consul going away -----------------------------------------------------------------------
+
+
+def test_agent_down_cache_serves_and_reregisters_when_back(cluster, agents, pairing):
+    cache = sr.Cache("outage")
+    agent = agents.agents[2]
+    ray_node = next(r for r, c in pairing.items() if c == agent.name)
+    try:
+        ids = [i for i in (f"o{k}" for k in range(10_000)) if cache.node_id(i) == ray_node][:3]
+        cache.set(ids[0], b"before")
+        agent.stop()
+        cache.set(ids[1], b"during")
+        assert cache.get(ids[0]) == b"before" and cache.get(ids[1]) == b"during"
+        time.sleep(2)
+        assert cache.get_many(ids[:2]) == {ids[0]: b"before", ids[1]: b"during"}
+        shutil.rmtree(agent.data_dir)  # the agent comes back having forgotten the registration
+        agent.start()
+        restarted = time.monotonic()
+        wait_for(lambda: instances(agents, "outage", passing=True).get(ray_node), timeout=60,
+                 what="the actor to re-register")
+        print(f"re-registered {time.monotonic() - restarted:.1f}s after the agent restarted")
+        cache.set(ids[2], b"after")
+        assert cache.get(ids[2]) == b"after"
+    finally:
+        cache.close()
