@@ -7,6 +7,16 @@ cd "$(dirname "$0")/.."
 echo "== installing shoveling_ray with its test extras"
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
+if ! command -v dig >/dev/null 2>&1; then
+  echo "== installing dnsutils (dig, for the Consul DNS test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsutils >/dev/null
+fi
+
+echo "== providing a consul binary (built from source once, then cached)"
+CONSUL_BIN=$(bash scripts/provide-consul.sh)
+export CONSUL_BIN
+"$CONSUL_BIN" version | head -1
+
 echo "== running the tests"
 set +e
 python3 -m pytest -ra "$@"

@@ -46,11 +46,13 @@ def http_json(address: str, path: str, method: str = "GET", body: object = None,
 
 
 class Agent:
-    def __init__(self, binary: str, name: str, ip: str, workdir: Path, server: bool, join: str | None) -> None:
+    def __init__(
+        self, binary: str, name: str, ip: str, workdir: Path, server: bool, join: str | None, extra_hcl: str = ""
+    ) -> None:
         self.binary, self.name, self.ip, self.server, self.join = binary, name, ip, server, join
         self.data_dir = workdir / name
         self.config = workdir / f"{name}.hcl"
-        self.config.write_text(SERVER_HCL if server else CLIENT_HCL)
+        self.config.write_text((SERVER_HCL if server else CLIENT_HCL) + extra_hcl)
         self.log = open(workdir / f"{name}.log", "ab")
         self.process: subprocess.Popen | None = None
 
