@@ -17,9 +17,10 @@ This module does not store data (``actors``), decide placement (``placement``) o
 from __future__ import annotations
 
 import re
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -32,7 +33,12 @@ from .errors import CacheClosed, CacheFull, CacheMiss, NodeUnavailable, Shovelin
 from .membership import ray_nodes
 from .membership.consul import DEFAULT_SERVICE, resolve
 from .membership.watch import ConsulView
-from .placement import DEFAULT_REMOTE_SCORE, assign, check_strategy, slot_of
+from .objects import fetch
+from .wire import no_gc, pack, unpack
+from .placement import DEFAULT_REMOTE_SCORE, SLOTS, assign, check_strategy, slot_of
+
+if TYPE_CHECKING:
+    from .writer import BufferedWriter
 
 _MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -221,57 +227,55 @@ class Cache:
 
         Returns ``(status, value, node)`` per item, in order; never ``REDIRECT``/``REROUTE``.
         """
+        with no_gc():
+            return self._rounds(method, items, cached)
+
+    def _rounds(self, method: str, items: list[tuple], cached: bool) -> list[tuple]:
         if self._closed:
             raise CacheClosed(f"cache {self._name!r} was closed")
-        results: list[tuple | None] = [None] * len(items)
-        pending = []
+        table, placements, crc = self._table, self._placements, zlib.crc32
+        homes = [table[crc(item[0].encode()) % SLOTS] for item in items]
+        results: list = [None] * len(items)
+        groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         for index, item in enumerate(items):
-            node = self._placements.get(item[0]) if cached else None
-            pending.append((index, node or self._home(item[0]), node is None))
+            node = placements.get(item[0]) if cached else None
+            group = groups[node or homes[index]]
+            group[0].append(index)
+            group[1].append(node is None)
         for _ in range(_MAX_ROUNDS):
-            groups: dict[str, list[tuple[int, bool]]] = defaultdict(list)
-            for index, node, auth in pending:
-                groups[node].append((index, auth))
             answers = self._send(method, items, groups)
-            pending = []
-            for node, group in groups.items():
-                for (index, _auth), (status, value) in zip(group, answers[node]):
-                    cache_id = items[index][0]
-                    if status == p.REDIRECT:
-                        self._placements[cache_id] = value
-                        pending.append((index, value, True))
-                    elif status == p.REROUTE:
-                        self._placements.pop(cache_id, None)
-                        pending.append((index, self._home(cache_id), True))
-                    else:
-                        if status == p.OK and node != self._home(cache_id):
-                            self._placements[cache_id] = node
+            retry: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+            for node, (indices, _auths) in groups.items():
+                for index, (status, value) in zip(indices, answers[node]):
+                    if status == p.OK or status == p.MISS:
+                        if status == p.OK and node != homes[index]:
+                            placements[items[index][0]] = node
                         results[index] = (status, value, node)
-            if not pending:
-                return results  # type: ignore[return-value]
+                    elif status == p.REDIRECT:
+                        placements[items[index][0]] = value
+                        retry[value][0].append(index)
+                        retry[value][1].append(True)
+                    elif status == p.REROUTE:
+                        placements.pop(items[index][0], None)
+                        retry[homes[index]][0].append(index)
+                        retry[homes[index]][1].append(True)
+                    else:
+                        results[index] = (status, value, node)
+            if not retry:
+                return results
+            groups = retry
         raise ShovelingError(f"cache {self._name!r}: placements kept moving during {method}; try again")
 
-    def _send(self, method: str, items: list[tuple], groups: dict[str, list]) -> dict[str, list]:
-        refs = {}
-        for node, group in groups.items():
-            handle = self._members.get(node)
-            if handle is None:
-                self._refresh()
-                raise NodeUnavailable(node, [items[i][0] for i, _ in group], "not a member of the cache")
-            self._check_healthy(node, [items[i][0] for i, _ in group])
-            batch = [(items[i][0], auth, *items[i][1:]) for i, auth in group]
-            refs[node] = getattr(handle, method).remote(batch)
-        answers = {}
-        for node, ref in refs.items():
-            try:
-                answers[node] = self._wait(ref, node, [items[i][0] for i, _ in groups[node]])
-            except ray.exceptions.RayActorError as exc:
-                self._refresh()
-                ids = [items[i][0] for i, _ in groups[node]]
-                raise NodeUnavailable(node, ids, "its cache actor died") from exc
-            except ray.exceptions.RayError as exc:
-                raise ShovelingError(f"cache {self._name!r}: {method} on node {node} failed: {exc}") from exc
-        return answers
+    def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]]) -> dict[str, list]:
+        """One ``batch`` call per node; returns the ``(status, value)`` list per node."""
+        refs, ids = {}, {}
+        for node, (indices, auths) in groups.items():
+            ids[node] = [items[i][0] for i in indices]
+            handle = self._handle(node, ids[node])
+            batch = [(items[i][0], auth, *items[i][1:]) for i, auth in zip(indices, auths)]
+            refs[node] = handle.batch.remote(method, *pack(batch))
+        replies = self._gather(method, refs, ids)
+        return {node: _with_refs(unpack(blob, buffers), stored) for node, (blob, buffers, stored) in replies.items()}
 
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         for (cache_id, *_), (status, value, node) in zip(items, results):
@@ -300,7 +304,8 @@ class Cache:
         others are still stored and the first :class:`CacheFull` is raised.
         """
         _check_mapping(mapping)
-        items = [(i, *codec.encode(v, self._compression)) for i, v in mapping.items()]
+        with no_gc():
+            items = [(i, *codec.encode(v, self._compression)) for i, v in mapping.items()]
         self._raise_write_errors(items, self._run("set", items))
 
     def append(self, cache_id: str, data: bytes | bytearray | memoryview) -> None:
@@ -341,14 +346,17 @@ class Cache:
         """
         ids = list(dict.fromkeys(_check_ids(cache_ids)))
         results = self._run("get", [(i,) for i in ids])
+        found = [r[1] for r in results if r[0] == p.OK]
+        frames = iter(fetch([value[2] for value in found]))
         out = {}
-        for cache_id, (status, value, _node) in zip(ids, results):
-            if status == p.OK:
-                out[cache_id] = codec.decode(*value)
-            elif default is _MISSING:
-                raise CacheMiss(cache_id, self._name)
-            else:
-                out[cache_id] = default
+        with no_gc():
+            for cache_id, (status, value, _node) in zip(ids, results):
+                if status == p.OK:
+                    out[cache_id] = codec.decode(value[0], value[1], next(frames))
+                elif default is _MISSING:
+                    raise CacheMiss(cache_id, self._name)
+                else:
+                    out[cache_id] = default
         return out
 
     def delete(self, cache_id: str) -> bool:
@@ -379,6 +387,22 @@ class Cache:
             raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
         found = self._each_node("ids", prefix)
         return sorted(i for ids in found.values() for i in ids)
+
+    def writer(self, max_bytes: int = 8 << 20) -> BufferedWriter:
+        """A buffered writer for many small appends (shuffles).
+
+        Example::
+
+            with cache.writer() as w:
+                for key, record in records:
+                    w.append(partition_of(key), record)
+
+        Args:
+            max_bytes: bytes buffered before a flush (one ``append_many``, one call per node).
+        """
+        from .writer import BufferedWriter  # writer.py imports this module
+
+        return BufferedWriter(self, max_bytes)
 
     # -- placement -------------------------------------------------------------------------
 
@@ -433,25 +457,41 @@ class Cache:
         return {m: 1.0 for m in self._members}
 
     def _each_node(self, method: str, *args: Any, by_node: Mapping[str, list] | None = None) -> dict[str, Any]:
-        """Call ``method`` on every member (or each node of ``by_node`` with its list)."""
+        """Call ``method`` on every member, or through ``batch`` on each node of ``by_node``
+        with its list of items."""
         if self._closed:
             raise CacheClosed(f"cache {self._name!r} was closed")
         calls = by_node if by_node is not None else {m: None for m in self._members}
         refs = {}
-        for node, arg in calls.items():
-            handle = self._members.get(node)
-            if handle is None:
-                raise NodeUnavailable(node, reason="not a member of the cache")
-            self._check_healthy(node, [])
-            call = getattr(handle, method)
-            refs[node] = call.remote(arg) if by_node is not None else call.remote(*args)
+        for node, items in calls.items():
+            handle = self._handle(node, [])
+            if by_node is None:
+                refs[node] = getattr(handle, method).remote(*args)
+            else:
+                refs[node] = handle.batch.remote(method, *pack(items))
+        out = self._gather(method, refs, {node: [] for node in refs})
+        if by_node is None:
+            return out
+        return {node: unpack(blob, buffers) for node, (blob, buffers, _refs) in out.items()}
+
+    def _handle(self, node: str, ids: list[str]) -> ray.actor.ActorHandle:
+        """The actor of ``node``, if it is a member and not known to be down."""
+        handle = self._members.get(node)
+        if handle is None:
+            self._refresh()
+            raise NodeUnavailable(node, ids, "not a member of the cache")
+        self._check_healthy(node, ids)
+        return handle
+
+    def _gather(self, method: str, refs: dict[str, ray.ObjectRef], ids: dict[str, list[str]]) -> dict[str, Any]:
+        """Wait for one call per node, mapping Ray's errors to shoveling_ray's."""
         out = {}
         for node, ref in refs.items():
             try:
-                out[node] = self._wait(ref, node, [])
+                out[node] = self._wait(ref, node, ids[node])
             except ray.exceptions.RayActorError as exc:
                 self._refresh()
-                raise NodeUnavailable(node, reason="its cache actor died") from exc
+                raise NodeUnavailable(node, ids[node], "its cache actor died") from exc
             except ray.exceptions.RayError as exc:
                 raise ShovelingError(f"cache {self._name!r}: {method} on node {node} failed: {exc}") from exc
         return out
@@ -549,6 +589,19 @@ class Cache:
         if self._consul_view is not None:
             self._consul_view.close()
         self._closed = True
+
+
+def _with_refs(results: list, refs: list) -> list:
+    """Put the ObjectRefs that travelled beside a ``get`` reply back into its frames."""
+    if not refs:
+        return results
+    out = []
+    for status, value in results:
+        if status == p.OK and any(len(f) == 4 for f in value[2]):
+            frames = [(f[0], f[1], refs[f[2]], f[3]) if len(f) == 4 else f for f in value[2]]
+            value = (value[0], value[1], frames)
+        out.append((status, value))
+    return out
 
 
 def _restore(name, compression, coordinator, view, placements, closed) -> Cache:

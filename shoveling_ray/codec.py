@@ -6,6 +6,8 @@ An encoded value is ``(kind, meta, frames)``:
 - ``meta``: ``b""``, or for numpy the msgpack of ``[dtype descr, shape]``.
 - ``frames``: a list of ``(codec, raw_size, payload)``; ``codec`` is :data:`CODEC_RAW` or
   :data:`CODEC_LZ4` (an lz4 block without stored size), ``payload`` a bytes-like object.
+  A frame whose payload the cache keeps in Ray's object store travels and is stored as
+  ``(codec, raw_size, ref, stored_size)``; this module never looks inside ``ref``.
   Large values are cut into frames of at most :data:`FRAME_BYTES` so lz4's 2 GiB block limit
   never applies; ``append`` adds frames, so actors never decompress or concatenate.
 
@@ -34,6 +36,8 @@ AUTO_MIN_BYTES = 256
 AUTO_SAMPLE_BYTES = 64 << 10
 #: ``auto`` keeps a compressed frame only if it is at most this fraction of the raw size.
 AUTO_MAX_RATIO = 0.9
+#: Payloads of at least this size are kept as uint8 arrays, so that they travel out of band.
+LARGE_PAYLOAD = 64 << 10
 
 Frame = tuple  # (codec: int, raw_size: int, payload: bytes-like)
 Encoded = tuple  # (kind: int, meta: bytes, frames: list[Frame])
@@ -67,20 +71,24 @@ def _frames(buf: Any, compression: str | None) -> list[Frame]:
     view = memoryview(buf).cast("B") if isinstance(buf, np.ndarray) else memoryview(buf)
     chunks = [view[i : i + FRAME_BYTES] for i in range(0, size, FRAME_BYTES)] or [view[:0]]
     if compression is None or (compression == "auto" and not _worth_compressing(view, size)):
-        return [(CODEC_RAW, _nbytes(c), _keep(buf, c, len(chunks))) for c in chunks]
+        return [(CODEC_RAW, len(c), _payload(buf, c, len(chunks))) for c in chunks]
     frames = []
     for chunk in chunks:
         packed = lz4.block.compress(chunk, store_size=False)
         if compression == "auto" and len(packed) > AUTO_MAX_RATIO * len(chunk):
-            frames.append((CODEC_RAW, len(chunk), _keep(buf, chunk, len(chunks))))
+            frames.append((CODEC_RAW, len(chunk), _payload(buf, chunk, len(chunks))))
         else:
-            frames.append((CODEC_LZ4, len(chunk), packed))
+            frames.append((CODEC_LZ4, len(chunk), _payload(packed, memoryview(packed), 1)))
     return frames
 
 
-def _keep(buf: Any, chunk: memoryview, n_chunks: int) -> Any:
-    # A memoryview cannot be pickled: hand Ray the original object or a zero-copy array view.
-    if n_chunks == 1:
+def _payload(buf: Any, chunk: memoryview, n_chunks: int) -> Any:
+    """A picklable payload for ``chunk`` of ``buf``, without copying.
+
+    Large payloads become uint8 arrays, which pickle protocol 5 (and so Ray) moves out of band;
+    a memoryview cannot be pickled at all.
+    """
+    if n_chunks == 1 and (isinstance(buf, np.ndarray) or len(chunk) < LARGE_PAYLOAD):
         return buf
     return np.frombuffer(chunk, dtype=np.uint8)
 
@@ -168,9 +176,14 @@ def decode(kind: int, meta: bytes, frames: list[Frame]) -> Any:
     return data
 
 
+def payload_size(payload: Any) -> int:
+    """Bytes of a bytes-like or numpy payload."""
+    return _nbytes(payload)
+
+
 def stored_size(frames: list[Frame]) -> int:
     """Bytes the frames occupy as stored (after compression)."""
-    return sum(_nbytes(f[2]) for f in frames)
+    return sum(f[3] if len(f) == 4 else _nbytes(f[2]) for f in frames)
 
 
 def raw_size(frames: list[Frame]) -> int:

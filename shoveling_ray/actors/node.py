@@ -16,6 +16,8 @@ import threading
 import ray
 
 from ..errors import CacheFull
+from ..objects import adopt
+from ..wire import no_gc, pack, unpack
 from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
 from . import protocol as p
@@ -84,6 +86,17 @@ class _NodeActor:
         """The node this actor really runs on, as Ray reports it."""
         return ray.get_runtime_context().get_node_id()
 
+    def batch(self, method: str, blob: bytes, buffers: list) -> tuple:
+        """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`).
+
+        Returns ``(blob, buffers, refs)``: the packed results, with every ObjectRef of a
+        stored frame moved to ``refs`` and its place in the frame taken by its index there.
+        """
+        with no_gc():
+            results = getattr(self, method)(unpack(blob, buffers))
+            refs = _refs_beside(results) if method == "get" else []
+            return (*pack(results), refs)
+
     def _absent(self, cache_id: str, auth: bool) -> tuple:
         target = self.records.get(cache_id)
         if target is not None:
@@ -138,12 +151,12 @@ class _NodeActor:
     @_locked
     def set(self, items: list) -> list:
         """Items are ``(cache_id, auth, kind, meta, frames)``."""
-        return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], it[4]))
+        return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], adopt(it[4])))
 
     @_locked
     def append(self, items: list) -> list:
         """Items are ``(cache_id, auth, frames)``."""
-        return self._write(items, lambda it: self.store.append(it[0], it[2]))
+        return self._write(items, lambda it: self.store.append(it[0], adopt(it[2])))
 
     @_locked
     def delete(self, items: list) -> list:
@@ -201,6 +214,22 @@ class _NodeActor:
         """Stop the Consul threads and deregister this actor's instance."""
         for thread in self._threads:
             thread.stop()
+
+
+def _refs_beside(results: list) -> list:
+    """Move the ObjectRefs out of ``get`` results (in place); returns them in index order."""
+    refs: list = []
+    for index, (status, value) in enumerate(results):
+        if status == p.OK and any(len(f) == 4 for f in value[2]):
+            frames = []
+            for f in value[2]:
+                if len(f) == 4:
+                    frames.append((f[0], f[1], len(refs), f[3]))
+                    refs.append(f[2])
+                else:
+                    frames.append(f)
+            results[index] = (status, (value[0], value[1], frames))
+    return refs
 
 
 NodeActor = ray.remote(num_cpus=0, max_restarts=0)(_NodeActor)

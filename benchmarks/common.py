@@ -1,0 +1,66 @@
+"""Shared helpers for the side-by-side benchmarks: a local multi-node cluster, a timer that
+reports the median of repeats, and a results file that ``report.py`` turns into a table and
+a chart. Benchmarks print ratios against a baseline measured in the same run; they are not
+tests and assert nothing about time."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MB = 1 << 20
+
+
+def start(nodes: int = 2, object_store_mb: int = 2048) -> Cluster:
+    """A local cluster of ``nodes`` one-CPU nodes; this process connects to the head."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": object_store_mb * MB})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=1, object_store_memory=object_store_mb * MB)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster
+
+
+def stop(cluster: Cluster) -> None:
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def timed(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+class Report:
+    """Rows of (case, ours, baseline, unit, ratio, target) printed as they come and saved."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows: list[dict] = []
+
+    def add(self, case: str, ours: float, baseline: float, unit: str, target: float | None, higher_is_better=True):
+        ratio = ours / baseline if higher_is_better else baseline / ours
+        row = {"case": case, "ours": ours, "baseline": baseline, "unit": unit, "ratio": ratio, "target": target}
+        self.rows.append(row)
+        verdict = "" if target is None else ("  ok" if ratio >= target else f"  MISSED (target {target}x)")
+        print(f"{case:<58} ours {ours:>12.1f} {unit:<8} baseline {baseline:>12.1f} {unit:<8} ratio {ratio:6.2f}x{verdict}")
+        return ratio
+
+    def save(self) -> Path:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        path.write_text(json.dumps(self.rows, indent=1))
+        return path

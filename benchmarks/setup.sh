@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install what the benchmarks need beyond the package: redis-server (Debian), redis-py,
+# matplotlib, and Ray Data for the sort baseline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
