@@ -6,6 +6,7 @@ tests and assert nothing about time."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("SHOVELING_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 MB = 1 << 20
 
 

@@ -4,12 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== installing shoveling_ray with its test extras"
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "== installing shoveling_ray with its test and benchmark extras"
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 
-if ! command -v dig >/dev/null 2>&1; then
-  echo "== installing dnsutils (dig, for the Consul DNS test)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsutils >/dev/null
+missing=()
+command -v dig >/dev/null 2>&1 || missing+=(dnsutils)              # the Consul DNS test
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # the benchmark smoke test
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 echo "== providing a consul binary (built from source once, then cached)"

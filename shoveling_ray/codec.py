@@ -115,6 +115,8 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
         TypeError: the value is of an unsupported type (an object array, a set, a custom class).
         ValueError: msgpack cannot represent the value (an int outside 64 bits, say).
     """
+    if type(value) is bytes and (compression is None or (compression == "auto" and len(value) < AUTO_MIN_BYTES)):
+        return KIND_BYTES, b"", [(CODEC_RAW, len(value), value)]  # the common small case, fast
     buf = _as_buffer(value)
     if buf is not None:
         return KIND_BYTES, b"", _frames(buf, compression)

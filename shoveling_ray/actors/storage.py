@@ -61,8 +61,12 @@ class Entry:
 
     def __init__(self, kind: int, meta: bytes, frames: list) -> None:
         self.kind, self.meta, self.frames = kind, meta, frames
-        self.nbytes = stored_size(frames)
-        self.raw = raw_size(frames)
+        if len(frames) == 1 and len(frames[0]) == 3 and type(frames[0][2]) is bytes:
+            self.raw = frames[0][1]  # the common small case, without the generic walk
+            self.nbytes = len(frames[0][2])
+        else:
+            self.nbytes = stored_size(frames)
+            self.raw = raw_size(frames)
 
 
 class Store:

@@ -482,3 +482,54 @@ def test_concurrent_appends_from_four_nodes_lose_nothing(cache):
             last[writer] = seq
             seen[(writer, seq)] += 1
     assert len(seen) == 4 * 2000 and set(seen.values()) == {1}
+
+
+# -- large values through the object store; the buffered writer -------------------------------
+
+
+@ray.remote(num_cpus=0)
+class Writer:
+    def write(self, cache, cache_id, arr):
+        cache.set(cache_id, arr)
+        return ray.get_runtime_context().get_node_id()
+
+
+def test_large_values_live_on_the_holder_and_survive_the_writer(cache):
+    arr = np.random.default_rng(3).random(600_000)  # 4.8 MB, incompressible
+    blob = os.urandom(3 << 20)
+    for node in cache.nodes():
+        cache_id = next(i for i in (f"large/{node[:6]}/{k}" for k in range(10_000)) if cache.node_id(i) == node)
+        writer_node = next(n for n in cache.nodes() if n != node)
+        writer = Writer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(writer_node, soft=False)).remote()
+        assert ray.get(writer.write.remote(cache, cache_id, arr)) == writer_node
+        ray.kill(writer)  # the value must not depend on the process that wrote it
+        out = cache.get(cache_id)
+        np.testing.assert_array_equal(out, arr)
+        assert cache.node_ids(cache_id) == [node]
+        assert cache.stats()[node]["used"] >= arr.nbytes
+        cache.append(f"{cache_id}/log", blob)
+        cache.append(f"{cache_id}/log", b"tail")
+        assert cache.get(f"{cache_id}/log") == blob + b"tail"
+        assert cache.delete(cache_id)
+        assert cache.get(cache_id, None) is None
+
+
+def test_buffered_writer_keeps_order_bounds_its_buffer_and_flushes_on_exit(cache):
+    ids = [f"w/{i}" for i in range(10)]
+    cache.init(ids)
+    with cache.writer(max_bytes=5000) as w:
+        for seq in range(3000):
+            w.append(ids[seq % 10], f"{seq};".encode())
+            assert w.buffered_bytes < 5000
+        assert w.flushes >= 2
+    for i, cache_id in enumerate(ids):
+        assert [int(x) for x in cache.get(cache_id).decode().rstrip(";").split(";")] == list(range(i, 3000, 10))
+    with pytest.raises(TypeError):
+        cache.writer().append("w/0", "text")
+    with pytest.raises(ValueError):
+        cache.writer(max_bytes=0)
+    with pytest.raises(RuntimeError):
+        with cache.writer() as w:
+            w.append("w/0", b"!")
+            raise RuntimeError("mapper failed")
+    assert cache.get("w/0").endswith(b"!")  # flushed on the way out
