@@ -8,8 +8,9 @@ An encoded value is ``(kind, meta, frames)``:
   :data:`CODEC_LZ4` (an lz4 block without stored size), ``payload`` a bytes-like object.
   A frame whose payload the cache keeps in Ray's object store travels and is stored as
   ``(codec, raw_size, ref, stored_size)``; this module never looks inside ``ref``.
-  Large values are cut into frames of at most :data:`FRAME_BYTES` so lz4's 2 GiB block limit
-  never applies; ``append`` adds frames, so actors never decompress or concatenate.
+  Values to compress are cut into frames of at most :data:`FRAME_BYTES` so lz4's 2 GiB block
+  limit never applies; uncompressed values stay one frame. ``append`` adds frames, so actors
+  never decompress or concatenate.
 
 Compression happens in the client, so less is moved and less is held. This module is plain
 data in, plain data out: it imports no Ray and is unit-tested without a cluster. It does not
@@ -28,7 +29,7 @@ KIND_BYTES, KIND_NUMPY, KIND_MSGPACK = 0, 1, 2
 CODEC_RAW, CODEC_LZ4 = 0, 1
 COMPRESSIONS = ("auto", "lz4", None)
 
-#: Largest frame; larger values are split so each lz4 block stays far below 2 GiB.
+#: Largest compressed frame; larger values are split so each lz4 block stays far below 2 GiB.
 FRAME_BYTES = 64 << 20
 #: ``auto`` leaves values smaller than this uncompressed: lz4 rarely wins on them.
 AUTO_MIN_BYTES = 256
@@ -69,9 +70,9 @@ def _frames(buf: Any, compression: str | None) -> list[Frame]:
     """Cut ``buf`` into frames and compress them as ``compression`` says."""
     size = _nbytes(buf)
     view = memoryview(buf).cast("B") if isinstance(buf, np.ndarray) else memoryview(buf)
-    chunks = [view[i : i + FRAME_BYTES] for i in range(0, size, FRAME_BYTES)] or [view[:0]]
     if compression is None or (compression == "auto" and not _worth_compressing(view, size)):
-        return [(CODEC_RAW, len(c), _payload(buf, c, len(chunks))) for c in chunks]
+        return [(CODEC_RAW, size, _payload(buf, view, 1))]  # one frame: readers get it without a join
+    chunks = [view[i : i + FRAME_BYTES] for i in range(0, size, FRAME_BYTES)] or [view[:0]]
     frames = []
     for chunk in chunks:
         packed = lz4.block.compress(chunk, store_size=False)

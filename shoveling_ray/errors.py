@@ -36,6 +36,9 @@ class CacheMiss(ShovelingError, KeyError):
         where = f" in cache {self.cache!r}" if self.cache else ""
         return f"cache id {self.cache_id!r} does not exist{where}"
 
+    def __reduce__(self):  # picklable across Ray tasks with its fields
+        return type(self), (self.cache_id, self.cache)
+
 
 class CacheFull(ShovelingError):
     """A node's cache is full under the ``reject`` policy, or a value exceeds the limit.
@@ -55,6 +58,9 @@ class CacheFull(ShovelingError):
             f"cache full on node {node_id}: {what} needs {needed} bytes, "
             f"{used} of max_memory={limit} bytes are in use"
         )
+
+    def __reduce__(self):
+        return type(self), (self.node_id, self.limit, self.used, self.needed, self.cache_id)
 
 
 class DataLost(ShovelingError):
@@ -77,6 +83,10 @@ class NodeUnavailable(ShovelingError):
         ids = f" for ids {shown}{more}" if self.cache_ids else ""
         tail = f": {reason}" if reason else ""
         super().__init__(f"node {node_id} is unavailable{ids}{tail}")
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.node_id, self.cache_ids, self.reason)
 
 
 class ConsulError(ShovelingError):

@@ -93,9 +93,10 @@ def test_large_values_are_cut_into_frames(monkeypatch):
     assert len(frames) == 6
     assert codec.decode(kind, meta, frames) == data
     arr = np.arange(1000, dtype=np.int64)
-    enc = codec.encode(arr, None)
+    enc = codec.encode(arr, "lz4")
     assert len(enc[2]) == 8
     np.testing.assert_array_equal(codec.decode(*enc), arr)
+    assert len(codec.encode(arr, None)[2]) == 1  # uncompressed values stay one frame
 
 
 def test_appended_frames_concatenate():

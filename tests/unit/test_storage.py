@@ -122,3 +122,16 @@ def test_argument_checks():
         check_max_memory(True)
     with pytest.raises(ValueError):
         check_max_memory(-1)
+
+
+def test_errors_pickle_with_their_fields():
+    import pickle
+
+    from shoveling_ray import CacheMiss, NodeUnavailable
+
+    full = pickle.loads(pickle.dumps(CacheFull("n1", 10, 5, 7, "x")))
+    assert (full.node_id, full.limit, full.used, full.needed, full.cache_id) == ("n1", 10, 5, 7, "x")
+    miss = pickle.loads(pickle.dumps(CacheMiss("k", "c")))
+    assert isinstance(miss, KeyError) and miss.cache_id == "k" and str(miss) == str(CacheMiss("k", "c"))
+    gone = pickle.loads(pickle.dumps(NodeUnavailable("n", ["a"], "dead")))
+    assert gone.cache_ids == ["a"] and str(gone) == str(NodeUnavailable("n", ["a"], "dead"))
