@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the benchmarks need beyond the package: redis-server (Debian), redis-py,
-# matplotlib, and Ray Data for the sort baseline.
+# matplotlib, psutil, and Ray Data for the sort baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[bench]'

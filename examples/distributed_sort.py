@@ -36,15 +36,19 @@ def generate(seed: int, block: int, count: int) -> np.ndarray:
     """``count`` records of block ``block``: an (count, 100) uint8 array, deterministic."""
     rng = np.random.default_rng([seed, block])
     records = np.empty((count, RECORD), dtype=np.uint8)
-    records[:, :KEY] = rng.integers(0, 256, (count, KEY), dtype=np.uint8)  # keys first: sampling
-    records[:, KEY:] = rng.integers(0, 256, (count, RECORD - KEY), dtype=np.uint8)
+    records[:, :KEY] = _random_bytes(rng, count, KEY)  # keys first, so sampling can skip payloads
+    records[:, KEY:] = _random_bytes(rng, count, RECORD - KEY)
     return records
+
+
+def _random_bytes(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
+    return np.frombuffer(rng.bytes(rows * width), dtype=np.uint8).reshape(rows, width)
 
 
 def block_keys(seed: int, block: int, count: int) -> np.ndarray:
     """The keys' 8-byte prefixes of a block, without generating the payloads."""
     rng = np.random.default_rng([seed, block])
-    return prefixes(rng.integers(0, 256, (count, KEY), dtype=np.uint8))
+    return prefixes(_random_bytes(rng, count, KEY))
 
 
 def prefixes(keys_or_records: np.ndarray) -> np.ndarray:
@@ -85,8 +89,9 @@ def make_map(seed: int, splitters: np.ndarray):
         part = np.searchsorted(splitters, prefixes(records), side="right")
         order = np.argsort(part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(len(splitters) + 2))
-        grouped = records[order]
-        return {p: grouped[bounds[p] : bounds[p + 1]].tobytes() for p in range(len(splitters) + 1)}
+        grouped = records[order].reshape(-1)
+        # memoryviews of one sorted copy: no per-partition copy before the cache's own
+        return {p: memoryview(grouped[bounds[p] * RECORD : bounds[p + 1] * RECORD]) for p in range(len(splitters) + 1)}
 
     return map_block
 
@@ -95,7 +100,7 @@ def make_reduce(cache: sr.Cache, partitions: list[str]):
     def reduce_partition(index: int, data: bytes) -> dict:
         records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD)
         out = sort_records(records)
-        cache.set(partitions[index], out.tobytes())  # stored back sorted, on the same node
+        cache.set(partitions[index], memoryview(out.reshape(-1)))  # stored back sorted, on this node
         keys = out[:, :KEY]
         p, t = prefixes(out), np.ascontiguousarray(out[:, 8:KEY]).view(">u2").ravel()
         ordered = bool(np.all((p[1:] > p[:-1]) | ((p[1:] == p[:-1]) & (t[1:] >= t[:-1]))))
@@ -124,8 +129,11 @@ def bar(phase: str, done: int, total: int) -> None:
 
 
 def distributed_sort(cache: sr.Cache, n: int, seed: int = 0, partitions: int | None = None,
-                     block_records: int = 250_000, progress=print) -> dict:
-    """Sort n records through ``cache``; returns the summary (validated: see ``ok``)."""
+                     block_records: int = 250_000, progress=print, progress_bar=None) -> dict:
+    """Sort n records through ``cache``; returns the summary (validated: see ``ok``).
+
+    ``progress`` gets a line per phase; ``progress_bar`` (e.g. :func:`bar`) task counts.
+    """
     times = {}
     blocks = blocks_of(n, block_records)
     partitions = partitions or max(2 * len(cache.nodes()), min(len(blocks), 64))
@@ -137,10 +145,10 @@ def distributed_sort(cache: sr.Cache, n: int, seed: int = 0, partitions: int | N
     progress(f"sampled {len(samples):,} keys into {partitions} partitions")
 
     with Shuffle(cache, partitions) as shuffle:
-        t = time.perf_counter()
         reduce_fn = make_reduce(cache, shuffle.partitions)
-        shuffle_results = shuffle.run(blocks, make_map(seed, splitters), reduce_fn, progress=bar)
-        times["map+shuffle+reduce"] = time.perf_counter() - t
+        shuffle_results = shuffle.run(blocks, make_map(seed, splitters), reduce_fn, progress=progress_bar)
+        times["generate+map+push"] = shuffle.times["map"]
+        times["reduce+sort"] = shuffle.times["reduce"]
         progress(f"shuffled and sorted {n:,} records")
 
         t = time.perf_counter()
@@ -186,7 +194,9 @@ def main() -> None:
         ray.init(address=cluster.address, log_to_driver=False)
     cache = sr.Cache("distributed-sort")
     t = time.perf_counter()
-    summary = distributed_sort(cache, n, args.seed, args.partitions, progress=lambda m: print(f"  {m}", flush=True))
+    summary = distributed_sort(
+        cache, n, args.seed, args.partitions, progress=lambda m: print(f"  {m}", flush=True), progress_bar=bar
+    )
     total = time.perf_counter() - t
     print(f"\nsorted {summary['records']:,} records ({summary['bytes'] / 1e9:.2f} GB) in {total:.2f} s")
     for phase, seconds in summary["times"].items():

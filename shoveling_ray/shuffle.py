@@ -18,6 +18,7 @@ task failed. ``run`` returns the reduce results in partition order.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -76,6 +77,9 @@ class Shuffle:
         self.placement = cache.init(self.partitions, strategy=strategy)
         #: After ``run``: the node each reducer ran on, in partition order.
         self.reducer_nodes: list[str] = []
+        #: After ``run``: seconds of the map phase (mappers, partitioning, pushing the data to
+        #: the partitions' nodes) and of the reduce phase (reading and reducing in place).
+        self.times: dict[str, float] = {}
 
     def run(
         self,
@@ -98,7 +102,9 @@ class Shuffle:
         """
         map_task = _map_task.options(**(map_options or {}))
         try:
+            started = time.perf_counter()
             _wait_all([map_task.remote(self.cache, self.partitions, map_fn, item) for item in inputs], "map", progress)
+            self.times["map"] = time.perf_counter() - started
             refs = [
                 _reduce_task.options(
                     scheduling_strategy=self.cache.scheduling_strategy(pid), **(reduce_options or {})
@@ -106,6 +112,7 @@ class Shuffle:
                 for index, pid in enumerate(self.partitions)
             ]
             done = _wait_all(refs, "reduce", progress)
+            self.times["reduce"] = time.perf_counter() - started - self.times["map"]
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, ShovelingError):
                 raise exc.cause from None  # CacheFull names the node and its limit

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.ray
         ("bench_large.py", ["--sizes", "2", "--repeat", "1"]),
         ("bench_small.py", ["--ids", "200", "--appends", "2000", "--repeat", "1"]),
         ("bench_compression_memory.py", ["--size-mb", "2", "--values", "5", "--repeat", "1"]),
+        ("bench_sort.py", ["--records", "40000", "--block", "10000"]),
     ],
 )
 def test_benchmark_runs_at_a_tiny_size(script, args, tmp_path):
