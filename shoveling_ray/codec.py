@@ -38,7 +38,7 @@ AUTO_SAMPLE_BYTES = 64 << 10
 #: ``auto`` keeps a compressed frame only if it is at most this fraction of the raw size.
 AUTO_MAX_RATIO = 0.9
 #: Payloads of at least this size are kept as uint8 arrays, so that they travel out of band.
-LARGE_PAYLOAD = 64 << 10
+OUT_OF_BAND_PAYLOAD = 64 << 10
 
 Frame = tuple  # (codec: int, raw_size: int, payload: bytes-like)
 Encoded = tuple  # (kind: int, meta: bytes, frames: list[Frame])
@@ -89,7 +89,7 @@ def _payload(buf: Any, chunk: memoryview, n_chunks: int) -> Any:
     Large payloads become uint8 arrays, which pickle protocol 5 (and so Ray) moves out of band;
     a memoryview cannot be pickled at all.
     """
-    if n_chunks == 1 and (isinstance(buf, np.ndarray) or len(chunk) < LARGE_PAYLOAD):
+    if n_chunks == 1 and (isinstance(buf, np.ndarray) or len(chunk) < OUT_OF_BAND_PAYLOAD):
         return buf
     return np.frombuffer(chunk, dtype=np.uint8)
 

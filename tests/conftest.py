@@ -43,6 +43,18 @@ def stop_cluster(cluster: Cluster) -> None:
     cluster.shutdown()
 
 
+def module_cluster(nodes: list[dict]):
+    """A module-scoped ``cluster`` fixture over ``nodes`` (see :func:`start_cluster`)."""
+
+    @pytest.fixture(scope="module")
+    def cluster():
+        c = start_cluster(nodes)
+        yield c
+        stop_cluster(c)
+
+    return cluster
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -59,7 +71,3 @@ def node_of_actor(cache, node_id: str) -> str:
     """The node a cache's actor for ``node_id`` really runs on (asked from inside it)."""
     return ray.get(cache._members[node_id].ping.remote())
 
-
-@pytest.fixture(scope="session")
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"

@@ -13,7 +13,7 @@ Without Consul no distance is known; every node other than a holder then scores
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: Score of a node that does not hold the data when no coordinates are known (seconds).
@@ -52,7 +52,3 @@ def rtt_seconds(a: Coordinate, b: Coordinate) -> float:
     adjusted = raw + a.adjustment + b.adjustment
     return adjusted if adjusted > 0.0 else raw
 
-
-def nearest(candidates: Sequence[str], distance: Mapping[str, float]) -> str:
-    """The candidate with the smallest distance; ties go to the candidate listed first."""
-    return min(enumerate(candidates), key=lambda ic: (distance.get(ic[1], math.inf), ic[0]))[1]

@@ -13,7 +13,7 @@ If every weight is zero (no node has CPUs, say) the strategy falls back to ``uni
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 STRATEGIES = ("uniform_nodes", "uniform_cpu", "uniform_memory")
 
@@ -67,7 +67,3 @@ def assign(n: int, weights: Mapping[str, float]) -> list[str]:
     keyed.sort()
     return [node for _, node in keyed]
 
-
-def uniform_weights(nodes: Sequence[str]) -> dict[str, float]:
-    """Equal weights, for ``uniform_nodes``."""
-    return {node: 1.0 for node in nodes}

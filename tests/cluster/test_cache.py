@@ -14,7 +14,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import shoveling_ray as sr
 from shoveling_ray.placement import DEFAULT_REMOTE_SCORE
-from tests.conftest import MB, node_of_actor, start_cluster, stop_cluster
+from tests.conftest import MB, node_of_actor, module_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -27,11 +27,7 @@ NODES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    c = start_cluster(NODES)
-    yield c
-    stop_cluster(c)
+cluster = module_cluster(NODES)
 
 
 @pytest.fixture(scope="module")

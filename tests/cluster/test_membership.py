@@ -8,16 +8,12 @@ import pytest
 import ray
 
 import shoveling_ray as sr
-from tests.conftest import node_of_actor, start_cluster, stop_cluster, wait_for
+from tests.conftest import node_of_actor, module_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    c = start_cluster([{"num_cpus": 1}, {"num_cpus": 1}, {"num_cpus": 1}])
-    yield c
-    stop_cluster(c)
+cluster = module_cluster([{"num_cpus": 1}, {"num_cpus": 1}, {"num_cpus": 1}])
 
 
 def alive():

@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray
 
 import shoveling_ray as sr
 from shoveling_ray.shuffle import Shuffle
-from tests.conftest import MB, start_cluster, stop_cluster
+from tests.conftest import MB, module_cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import distributed_sort as ds  # noqa: E402
@@ -22,11 +21,7 @@ ray.cloudpickle.register_pickle_by_value(ds)
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    c = start_cluster([{"num_cpus": 1, "object_store_memory": 300 * MB} for _ in range(3)])
-    yield c
-    stop_cluster(c)
+cluster = module_cluster([{"num_cpus": 1, "object_store_memory": 300 * MB} for _ in range(3)])
 
 
 @pytest.fixture(scope="module")
