@@ -17,7 +17,6 @@ This module does not store data (``actors``), decide placement (``placement``) o
 from __future__ import annotations
 
 import re
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,7 @@ from .membership.consul import DEFAULT_SERVICE, resolve
 from .membership.watch import ConsulView
 from .objects import fetch
 from .wire import no_gc, pack, unpack
-from .placement import DEFAULT_REMOTE_SCORE, SLOTS, assign, check_strategy, slot_of
+from .placement import DEFAULT_REMOTE_SCORE, assign, check_strategy, home_index, slot_of
 
 if TYPE_CHECKING:
     from .writer import BufferedWriter
@@ -233,8 +232,8 @@ class Cache:
     def _rounds(self, method: str, items: list[tuple], cached: bool) -> list[tuple]:
         if self._closed:
             raise CacheClosed(f"cache {self._name!r} was closed")
-        table, placements, crc = self._table, self._placements, zlib.crc32
-        homes = [table[crc(item[0].encode()) % SLOTS] for item in items]
+        placements = self._placements
+        homes = home_index([item[0] for item in items], self._table)
         results: list = [None] * len(items)
         groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         for index, item in enumerate(items):
