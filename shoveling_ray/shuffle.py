@@ -29,6 +29,10 @@ from .cache import Cache
 from .errors import ShovelingError
 
 
+#: Seconds to wait for the other tasks of a failed phase to end before cleaning up.
+_STRAGGLER_TIMEOUT = 60.0
+
+
 @ray.remote
 def _map_task(cache: Cache, partitions: list[str], map_fn: Callable, item: Any) -> str:
     out = map_fn(item)
@@ -45,13 +49,21 @@ def _reduce_task(cache: Cache, partition: str, index: int, reduce_fn: Callable) 
 
 
 def _wait_all(refs: list, phase: str, progress: Callable[[str, int, int], None] | None) -> list:
-    if progress is not None:
-        pending = list(refs)
-        progress(phase, 0, len(refs))
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-            progress(phase, len(refs) - len(pending), len(refs))
-    return ray.get(refs)
+    try:
+        if progress is not None:
+            pending = list(refs)
+            progress(phase, 0, len(refs))
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+                progress(phase, len(refs) - len(pending), len(refs))
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError:
+        # One task failed: stop the others and let them end before the partitions are
+        # deleted, or a straggling mapper would write a partition back after the cleanup.
+        for ref in refs:
+            ray.cancel(ref)
+        ray.wait(refs, num_returns=len(refs), timeout=_STRAGGLER_TIMEOUT)
+        raise
 
 
 class Shuffle:
