@@ -18,7 +18,9 @@ fi
 echo "== providing a consul binary (built from source once, then cached)"
 CONSUL_BIN=$(bash scripts/provide-consul.sh)
 export CONSUL_BIN
-"$CONSUL_BIN" version | head -1
+# (not `| head -1`: under pipefail, consul writing after head exits is SIGPIPE, exit 141)
+consul_version=$("$CONSUL_BIN" version)
+echo "${consul_version%%$'\n'*}"
 
 echo "== running the tests"
 set +e
