@@ -58,12 +58,24 @@ def test_a_dead_node_raises_node_unavailable_then_leaves_routing(cluster):
     cache.close()
 
 
+def _dead(actor) -> bool:
+    try:
+        ray.get(actor.ping.remote(), timeout=5)
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:
+        pass
+    return False
+
+
 def test_a_killed_actor_is_reported_and_replaced(cluster):
     cache = sr.Cache("killed")
     node = cache.nodes()[0]
     ids = [i for i in (f"k{n}" for n in range(1000)) if cache.node_id(i) == node][:3]
     cache.set(ids[0], b"gone")
-    ray.kill(cache._members[node])
+    victim = cache._members[node]
+    ray.kill(victim)
+    wait_for(lambda: _dead(victim), what="the killed actor to be dead")  # ray.kill is asynchronous
     with pytest.raises(sr.NodeUnavailable):
         cache.get(ids[0])
     assert node in cache.nodes()
