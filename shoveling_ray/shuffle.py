@@ -8,6 +8,8 @@ Built on the public :class:`~shoveling_ray.Cache` API only::
 
 - ``map_fn(input) -> {partition index: bytes}`` runs as one Ray task per input and sends its
   output with one ``append_many`` (one actor call per node). Partition in numpy, not per record.
+  It may also return ``({partition index: bytes}, result)``: the results (say, a checksum of
+  the input) are kept in ``map_results``, in input order.
 - ``reduce_fn(partition index, data: bytes) -> result`` runs as one Ray task per partition,
   scheduled with ``cache.scheduling_strategy(partition)``, so it reads its partition from its
   own node without a transfer.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,6 +30,7 @@ import ray
 
 from .cache import Cache
 from .errors import ShovelingError
+from .heap import keep_freed_memory
 
 
 #: Seconds to wait for the other tasks of a failed phase to end before cleaning up.
@@ -34,35 +38,67 @@ _STRAGGLER_TIMEOUT = 60.0
 
 
 @ray.remote
-def _map_task(cache: Cache, partitions: list[str], map_fn: Callable, item: Any) -> str:
+def _map_task(cache: Cache, partitions: list[str], nodes: list[str], map_fn: Callable, item: Any) -> tuple:
+    keep_freed_memory()
+    started = time.perf_counter()
     out = map_fn(item)
+    result = None
+    if isinstance(out, tuple) and len(out) == 2:
+        out, result = out
     if not isinstance(out, dict):
-        raise TypeError(f"map_fn must return a dict of partition index -> bytes, not {type(out).__name__}")
+        raise TypeError(
+            f"map_fn must return a dict of partition index -> bytes (or (dict, result)), not {type(out).__name__}"
+        )
+    mapped = time.perf_counter()
+    here = ray.get_runtime_context().get_node_id()
     cache.append_many({partitions[p]: data for p, data in out.items() if len(data)})
-    return ray.get_runtime_context().get_node_id()
+    stats = {
+        "map_seconds": mapped - started,
+        "push_seconds": time.perf_counter() - mapped,
+        "bytes": sum(len(data) for data in out.values()),
+        "remote_bytes": sum(len(data) for p, data in out.items() if nodes[p] != here),
+    }
+    return here, result, stats
 
 
 @ray.remote
-def _reduce_task(cache: Cache, partition: str, index: int, reduce_fn: Callable) -> tuple[str, Any]:
+def _reduce_task(cache: Cache, partition: str, index: int, reduce_fn: Callable) -> tuple:
+    keep_freed_memory()
+    started = time.perf_counter()
     data = cache.get(partition)
-    return ray.get_runtime_context().get_node_id(), reduce_fn(index, data)
+    read = time.perf_counter()
+    result = reduce_fn(index, data)
+    stats = {"read_seconds": read - started, "reduce_seconds": time.perf_counter() - read}
+    return ray.get_runtime_context().get_node_id(), result, stats
 
 
-def _wait_all(refs: list, phase: str, progress: Callable[[str, int, int], None] | None) -> list:
+def _run_all(submit: list[Callable[[], ray.ObjectRef]], phase: str, limit: int, progress) -> list:
+    """Run the tasks ``submit`` starts, at most ``limit`` at a time; their results, in order.
+
+    The limit matters: a task blocked in ``ray.get`` (an ``append_many`` waiting for its
+    actors) lends its CPU to the next queued task, and Ray starts extra worker processes for
+    them, which costs more than it overlaps.
+    """
+    refs: list[ray.ObjectRef] = []
+    pending: list[ray.ObjectRef] = []
+    if progress is not None:
+        progress(phase, 0, len(submit))
     try:
-        if progress is not None:
-            pending = list(refs)
-            progress(phase, 0, len(refs))
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-                progress(phase, len(refs) - len(pending), len(refs))
+        while len(refs) < len(submit) or pending:
+            while len(refs) < len(submit) and len(pending) < limit:
+                refs.append(submit[len(refs)]())
+                pending.append(refs[-1])
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            ray.get(ready)  # raises as soon as a task failed
+            if progress is not None:
+                progress(phase, len(refs) - len(pending), len(submit))
         return ray.get(refs)
     except ray.exceptions.RayTaskError:
         # One task failed: stop the others and let them end before the partitions are
         # deleted, or a straggling mapper would write a partition back after the cleanup.
-        for ref in refs:
+        for ref in pending:
             ray.cancel(ref)
-        ray.wait(refs, num_returns=len(refs), timeout=_STRAGGLER_TIMEOUT)
+        ray.wait(pending, num_returns=len(pending), timeout=_STRAGGLER_TIMEOUT)
         raise
 
 
@@ -89,6 +125,13 @@ class Shuffle:
         self.placement = cache.init(self.partitions, strategy=strategy)
         #: After ``run``: the node each reducer ran on, in partition order.
         self.reducer_nodes: list[str] = []
+        #: After ``run``: what ``map_fn`` returned beside its partitions, in input order.
+        self.map_results: list[Any] = []
+        #: After ``run``: sums over the tasks: seconds in ``map_fn`` (``map_seconds``), in
+        #: ``append_many`` (``push_seconds``), in ``get`` (``read_seconds``), in ``reduce_fn``
+        #: (``reduce_seconds``); bytes mapped (``bytes``) and of them sent to another node
+        #: (``remote_bytes``).
+        self.task_stats: dict[str, float] = {}
         #: After ``run``: seconds of the map phase (mappers, partitioning, pushing the data to
         #: the partitions' nodes) and of the reduce phase (reading and reducing in place).
         self.times: dict[str, float] = {}
@@ -102,35 +145,55 @@ class Shuffle:
         map_options: dict | None = None,
         reduce_options: dict | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        max_in_flight: int | None = None,
     ) -> list[Any]:
         """Map every input, then reduce every partition; returns the reduce results.
 
         Args:
             map_options / reduce_options: extra ``.options(...)`` for the tasks (``num_cpus``).
             progress: called as ``progress("map" | "reduce", done, total)`` as tasks finish.
+            max_in_flight: tasks submitted at a time; the cluster's CPU count by default.
 
         Raises:
             ShovelingError: a task failed (the cause is chained).
         """
+        if max_in_flight is None:
+            max_in_flight = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        elif isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
+        limit = max_in_flight
         map_task = _map_task.options(**(map_options or {}))
         try:
             started = time.perf_counter()
-            _wait_all([map_task.remote(self.cache, self.partitions, map_fn, item) for item in inputs], "map", progress)
+            nodes = [self.placement[pid] for pid in self.partitions]
+            submit = [partial(map_task.remote, self.cache, self.partitions, nodes, map_fn, item) for item in inputs]
+            mapped = _run_all(submit, "map", limit, progress)
             self.times["map"] = time.perf_counter() - started
-            refs = [
-                _reduce_task.options(
-                    scheduling_strategy=self.cache.scheduling_strategy(pid), **(reduce_options or {})
-                ).remote(self.cache, pid, index, reduce_fn)
+            submit = [
+                partial(
+                    _reduce_task.options(
+                        scheduling_strategy=self.cache.scheduling_strategy(pid), **(reduce_options or {})
+                    ).remote,
+                    self.cache,
+                    pid,
+                    index,
+                    reduce_fn,
+                )
                 for index, pid in enumerate(self.partitions)
             ]
-            done = _wait_all(refs, "reduce", progress)
+            done = _run_all(submit, "reduce", limit, progress)
             self.times["reduce"] = time.perf_counter() - started - self.times["map"]
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, ShovelingError):
                 raise exc.cause from None  # CacheFull names the node and its limit
             raise ShovelingError(f"shuffle {self.prefix}: a task failed: {exc.cause!r}") from exc.cause
-        self.reducer_nodes = [node for node, _ in done]
-        return [result for _, result in done]
+        self.map_results = [result for _, result, _ in mapped]
+        self.reducer_nodes = [node for node, _, _ in done]
+        self.task_stats = {}
+        for _, _, stats in mapped + done:
+            for key, value in stats.items():
+                self.task_stats[key] = self.task_stats.get(key, 0) + value
+        return [result for _, result, _ in done]
 
     def cleanup(self) -> None:
         """Delete the partitions (their data and placement records)."""

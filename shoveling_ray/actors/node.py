@@ -16,6 +16,7 @@ import threading
 import ray
 
 from ..errors import CacheFull
+from ..heap import keep_freed_memory
 from ..objects import adopt
 from ..wire import no_gc, pack, unpack
 from ..membership.consul import ConsulAgent, ConsulConfig
@@ -51,6 +52,7 @@ class _NodeActor:
     def __init__(
         self, cache: str, node_id: str, max_memory: int | None, policy: str, consul: ConsulConfig | None = None
     ) -> None:
+        keep_freed_memory()
         self.cache = cache
         self.node_id = node_id
         self.store = Store(node_id, max_memory, policy)

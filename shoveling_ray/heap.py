@@ -1,0 +1,36 @@
+"""Keep freed memory in the process instead of handing it back to the kernel.
+
+glibc returns freed blocks above its trim threshold to the kernel at once. A shuffle frees and
+allocates blocks of the same sizes over and over, and on virtual machines that report free
+pages to the host (Firecracker, many clouds) touching memory the kernel handed back costs
+about as much as the work on it: a gigabyte of fresh pages was measured at 2-3 s here, the same
+pages kept in the process at 0.15 s. :func:`keep_freed_memory` raises glibc's thresholds so
+that blocks up to 32 MiB come from the heap and up to ``KEEP_BYTES`` of freed heap stays.
+
+Called in the processes shoveling_ray runs in (node actors, shuffle tasks). A no-op where the
+C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+#: Freed heap memory a process keeps for reuse (glibc's trim threshold).
+KEEP_BYTES = 512 * 2**20
+#: Blocks up to this size come from the heap (the largest mmap threshold glibc accepts).
+HEAP_BLOCK_BYTES = 32 * 2**20
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Apply the thresholds once per process; whether they were applied."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))
