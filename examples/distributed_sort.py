@@ -60,7 +60,7 @@ def prefixes(keys_or_records: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(keys_or_records[:, :8]).view(">u8").ravel().astype(np.uint64)
 
 
-def _tails(records: np.ndarray) -> np.ndarray:
+def tails(records: np.ndarray) -> np.ndarray:
     """Key bytes 8 and 9 as a big-endian uint16: with the prefix, orders like the whole key."""
     return np.ascontiguousarray(records[:, 8:KEY]).view(">u2").ravel()
 
@@ -103,7 +103,7 @@ def sort_order(records: np.ndarray) -> np.ndarray:
     if len(tied):
         at = np.union1d(tied, tied + 1)  # tied runs, each contiguous, runs in key order
         members = order[at]
-        order[at] = members[np.lexsort((_tails(records[members]), prefix[members]))]
+        order[at] = members[np.lexsort((tails(records[members]), prefix[members]))]
     return order
 
 
@@ -115,7 +115,7 @@ def sort_records(records: np.ndarray) -> np.ndarray:
 
 def is_sorted(records: np.ndarray) -> bool:
     """Whether the records are in key order."""
-    p, t = prefixes(records), _tails(records)
+    p, t = prefixes(records), tails(records)
     return bool(np.all((p[1:] > p[:-1]) | ((p[1:] == p[:-1]) & (t[1:] >= t[:-1]))))
 
 
@@ -204,6 +204,7 @@ def distributed_sort(cache: sr.Cache, n: int, seed: int = 0, partitions: int | N
             "ok": count == n and got == expected and boundaries and all(r["ordered"] for r in shuffle_results),
             "checksum_matches": got == expected,
             "partitions": partitions,
+            "blocks": len(blocks),
             "per_node": dict(Counter(shuffle.placement.values())),
             "reducers_on_their_node": sum(a == b for a, b in zip(shuffle.reducer_nodes, shuffle.placement.values())),
             "times": times,

@@ -40,12 +40,27 @@ def test_sort_is_validated_and_reducers_run_where_their_partition_is(cache):
     assert cache.ids("shuffle-") == []  # partitions cleaned up
 
 
-def test_sort_helpers_agree_with_numpy():
-    records = ds.generate(1, 0, 5000)
-    out = ds.sort_records(records)
-    keys = [bytes(r[:10]) for r in out]
-    assert keys == sorted(bytes(r[:10]) for r in records)
-    assert ds.checksum(out) == ds.checksum(records[::-1]) != ds.checksum(records[1:])
+def _counting_map(item):
+    return {p: bytes([item]) * 1000 for p in range(3)}, item * 10
+
+
+def test_map_results_come_back_in_input_order_with_task_stats(cache):
+    with Shuffle(cache, 3, prefix="counting") as sh:
+        results = sh.run(range(7), _counting_map, lambda i, d: len(d), max_in_flight=2)
+        assert results == [7000, 7000, 7000]
+        assert sh.map_results == [i * 10 for i in range(7)]
+        assert sh.task_stats["bytes"] == 7 * 3 * 1000
+        # three partitions on three nodes: a mapper sends two of its three pieces elsewhere
+        assert sh.task_stats["remote_bytes"] == 7 * 2 * 1000
+        assert all(sh.task_stats[k] > 0 for k in ("map_seconds", "push_seconds", "read_seconds", "reduce_seconds"))
+    assert cache.ids("counting/") == []
+
+
+def test_bad_max_in_flight_is_refused_before_any_task(cache):
+    with Shuffle(cache, 2, prefix="inflight") as sh:
+        with pytest.raises(ValueError, match="max_in_flight"):
+            sh.run(range(2), _counting_map, lambda i, d: None, max_in_flight=0)
+        assert sh.map_results == [] and cache.get_many(sh.partitions) == {pid: b"" for pid in sh.partitions}
 
 
 def _failing_map(item):
