@@ -55,8 +55,13 @@ class ConsulConfig:
     verify: bool | str = True
 
     @property
+    def url_host(self) -> str:
+        """The host as it goes into a URL: IPv6 literals in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
     def address(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.url_host}:{self.port}"
 
     def at(self, address: str) -> ConsulConfig:
         """The same settings for another agent's address."""
@@ -132,7 +137,7 @@ class ConsulAgent:
     def __init__(self, config: ConsulConfig, timeout: float = REQUEST_TIMEOUT) -> None:
         self.config = config
         self._client = consul.Consul(
-            host=config.host, port=config.port, scheme=config.scheme, verify=config.verify, token=config.token
+            host=config.url_host, port=config.port, scheme=config.scheme, verify=config.verify, token=config.token
         )
         # py-consul lets CONSUL_HTTP_TOKEN override the token argument; ours wins.
         self._client.token = config.token

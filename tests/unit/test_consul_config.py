@@ -1,10 +1,13 @@
 """Parsing and precedence of the configuration that actors follow in Consul KV."""
 
+import http.server
 import logging
+import socket
+import threading
 
 import pytest
 
-from shoveling_ray.membership.consul import ConsulConfig, parse_address
+from shoveling_ray.membership.consul import ConsulAgent, ConsulConfig, parse_address
 from shoveling_ray.membership.registration import ConfigFollower, parse_config_value
 
 P = "shoveling/c/"
@@ -53,3 +56,34 @@ def test_config_points_at_another_agent():
     d = c.at("127.0.0.2:8500")
     assert (d.scheme, d.host, d.port, d.token, d.service, d.verify) == ("http", "127.0.0.2", 8500, "t", "svc", "/ca.pem")
     assert parse_address("[::1]:8500") == ("http", "::1", 8500)
+
+
+class _V6Server(http.server.HTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _Leader(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # the status/leader answer of an agent, for the request's shape only
+        self.server.paths.append(self.path)
+        body = b'"[::1]:8300"'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_ipv6_agent_address_is_bracketed_in_urls():
+    server = _V6Server(("::1", 0), _Leader)
+    server.paths = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = ConsulConfig(*parse_address(f"[::1]:{server.server_address[1]}"))
+        assert config.address == f"http://[::1]:{server.server_address[1]}"
+        assert ConsulAgent(config).leader() == "[::1]:8300"
+        assert server.paths == ["/v1/status/leader"]
+    finally:
+        server.shutdown()
