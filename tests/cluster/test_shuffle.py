@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import ray
+from ray._private.internal_api import memory_summary
 
 import shoveling_ray as sr
 from shoveling_ray.shuffle import Shuffle
-from tests.conftest import MB, module_cluster
+from tests.conftest import MB, module_cluster, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import distributed_sort as ds  # noqa: E402
@@ -31,13 +33,22 @@ def cache(cluster):
     c.close()
 
 
+def _object_store_bytes() -> int:
+    text = memory_summary(stats_only=True)
+    match = re.search(r"Plasma memory usage ([0-9.]+) MiB", text)
+    return int(float(match.group(1)) * MB) if match else 0
+
+
 def test_sort_is_validated_and_reducers_run_where_their_partition_is(cache):
+    before = _object_store_bytes()
     summary = ds.distributed_sort(cache, 300_000, seed=7, partitions=9, block_records=40_000, progress=lambda m: None)
     assert summary["ok"] and summary["checksum_matches"]
     assert summary["records"] == 300_000
     assert summary["reducers_on_their_node"] == 9
     assert set(summary["per_node"].values()) == {3}
     assert cache.ids("shuffle-") == []  # partitions cleaned up
+    # the 30 MB sorted and stored back are freed with them (frees are asynchronous)
+    wait_for(lambda: _object_store_bytes() <= before + 4 * MB, what="the object store to be freed")
 
 
 def _counting_map(item):
