@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from functools import partial
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import ray
@@ -98,7 +98,8 @@ def _run_all(submit: list[Callable[[], ray.ObjectRef]], phase: str, limit: int, 
         # deleted, or a straggling mapper would write a partition back after the cleanup.
         for ref in pending:
             ray.cancel(ref)
-        ray.wait(pending, num_returns=len(pending), timeout=_STRAGGLER_TIMEOUT)
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=_STRAGGLER_TIMEOUT)
         raise
 
 
