@@ -124,6 +124,19 @@ def test_append_concatenates_in_order_and_creates(cache):
     assert cache.size("log") == 6
 
 
+def test_many_small_appends_through_a_writer_read_back_whole_and_in_order(cache):
+    pieces = [bytes([i % 251]) * 40_000 for i in range(300)]
+    cache.delete("pieces")
+    with cache.writer(max_bytes=100_000) as w:
+        for piece in pieces:
+            w.append("pieces", piece)
+    assert cache.get("pieces") == b"".join(pieces)
+    assert cache.size("pieces") == 300 * 40_000
+    cache.append("pieces", b"tail")
+    assert cache.get("pieces")[-40_004:] == pieces[-1] + b"tail"
+    cache.delete("pieces")
+
+
 def test_append_to_non_bytes_is_type_error_and_keeps_value(cache):
     cache.set("dict", {"a": 1})
     with pytest.raises(TypeError, match="not bytes"):
