@@ -107,10 +107,15 @@ def sort_order(records: np.ndarray) -> np.ndarray:
     return order
 
 
-def sort_records(records: np.ndarray) -> np.ndarray:
-    """Records sorted by their 10-byte key (a row gather through a 100-byte void view)."""
+def take_rows(records: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``records[order]`` through a 100-byte void view: several times faster than indexing."""
     rows = np.ascontiguousarray(records).view(f"V{RECORD}").ravel()
-    return np.take(rows, sort_order(records)).view(np.uint8).reshape(-1, RECORD)
+    return np.take(rows, order).view(np.uint8).reshape(-1, RECORD)
+
+
+def sort_records(records: np.ndarray) -> np.ndarray:
+    """Records sorted by their 10-byte key."""
+    return take_rows(records, sort_order(records))
 
 
 def is_sorted(records: np.ndarray) -> bool:
@@ -137,7 +142,7 @@ def make_map(seed: int, splitters: np.ndarray):
         part = np.searchsorted(splitters, prefixes(records), side="right").astype(np.uint16)
         order = np.argsort(part, kind="stable")  # a radix sort on 16-bit partition numbers
         bounds = np.concatenate(([0], np.cumsum(np.bincount(part, minlength=len(splitters) + 1)))) * RECORD
-        grouped = np.take(records.view(f"V{RECORD}").ravel(), order).view(np.uint8)
+        grouped = take_rows(records, order).reshape(-1)
         # memoryviews of one grouped copy: no per-partition copy before the cache's own
         parts = {p: memoryview(grouped[bounds[p] : bounds[p + 1]]) for p in range(len(splitters) + 1)}
         return parts, checksum(records)  # the input's checksum, for the validation
