@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 
 import numpy as np
 import psutil
 import ray
-from ray._private import internal_api
 
 import shoveling_ray as sr
-from common import MB, Report, start, stop, timed
-
-
-def plasma_bytes() -> int:
-    text = internal_api.memory_summary(stats_only=True)
-    match = re.search(r"Plasma memory usage ([0-9.]+) MiB", text)
-    return int(float(match.group(1)) * MB) if match else 0
+from common import MB, Report, plasma_bytes, start, stop, timed
 
 
 def actor_rss(cache: sr.Cache) -> int:
-    pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in cache._members.values()])
+    pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in cache._router.members.values()])
     # USS: the object store is shared memory mapped into the actor, counted above already.
     return sum(psutil.Process(pid).memory_full_info().uss for pid in pids)
 

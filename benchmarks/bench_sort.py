@@ -24,9 +24,8 @@ import psutil
 import ray
 
 import shoveling_ray as sr
-from shoveling_ray.objects import LARGE_PAYLOAD
-from common import MB, Report, start, stop
-from bench_compression_memory import plasma_bytes
+from shoveling_ray.codec import OBJECT_STORE_BYTES
+from common import MB, Report, plasma_bytes, start, stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import distributed_sort as ds  # noqa: E402
@@ -106,7 +105,7 @@ def copies(summary: dict) -> list[tuple[str, float]]:
     data path (one write of every byte per step) and the measured share sent between nodes."""
     stats = summary["task_stats"]
     chunk = summary["bytes"] / max(summary["partitions"], 1) / max(summary["blocks"], 1)
-    small = chunk < LARGE_PAYLOAD  # appended pieces kept in the actor's heap
+    small = chunk < OBJECT_STORE_BYTES  # appended pieces kept in the actor's heap
     return [
         ("generate (two random streams, then records)", 2.0),
         ("group rows by partition", 1.0),

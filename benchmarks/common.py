@@ -14,6 +14,16 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
+
+def plasma_bytes() -> int:
+    """Bytes in use in the cluster's object stores, from Ray's public resource view (the
+    ``object_store_memory`` resource drops as objects are stored)."""
+    total = ray.cluster_resources().get("object_store_memory")
+    free = ray.available_resources().get("object_store_memory")
+    if total is None or free is None:
+        raise RuntimeError("Ray reports no object_store_memory resource: cannot measure the object store")
+    return int(total - free)
+
 RESULTS = Path(os.environ.get("SHOVELING_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 MB = 1 << 20
 

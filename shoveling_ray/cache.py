@@ -1,23 +1,19 @@
-"""The client: :class:`Cache` routes ``set`` / ``get`` / ``append`` to the node actor that owns
-each id, creates many ids spread over the cluster, and says where tasks should run.
+"""The client: :class:`Cache`, the public surface of shoveling_ray.
 
-Routing. Every id has a *home*: the node its hash slot maps to in the cache's slot table
-(:mod:`shoveling_ray.placement.hashing`). An id first written by ``set`` / ``append`` lives on
-its home. An id created by ``init`` lives where the strategy put it, and its home keeps a
-placement record pointing there. A client goes to the home, is redirected at most once, and
-remembers the placement, so steady-state routing is one actor call per node touched. A
-remembered placement that went stale (the id was deleted and placed again elsewhere) is
-answered with a reroute and the client asks the home again.
+It checks every argument before anything is sent, encodes values (``codec``), and hands the
+items to the routing engine (:mod:`shoveling_ray.router`), giving it Ray's way of calling the
+node actors: this is where actor calls start and are waited for, with every Ray error mapped
+to the :mod:`shoveling_ray.errors` tree and, with Consul, a node whose check turns critical
+given up on at once. A ``Cache`` pickles into a handle that tasks and actors use as their own.
 
-This module does not store data (``actors``), decide placement (``placement``) or encode values
-(``codec``); it validates arguments before any remote call and maps every Ray error to the
-:mod:`shoveling_ray.errors` tree.
+It does not store data (``actors``), decide placement (``placement``) or route (``router``).
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,25 +24,27 @@ from . import codec
 from .actors import protocol as p
 from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
 from .actors.storage import check_max_memory, check_policy
-from .errors import CacheClosed, CacheFull, CacheMiss, NodeUnavailable, ShovelingError
-from .membership import ray_nodes
+from .errors import CacheClosed, CacheFull, CacheMiss, NodeUnavailable, ShovelingError, ray_errors
+from .membership import ray_nodes, watch
 from .membership.consul import DEFAULT_SERVICE, resolve
-from .membership.watch import ConsulView
 from .objects import fetch
-from .wire import no_gc, pack, unpack
-from .placement import DEFAULT_REMOTE_SCORE, assign, check_strategy, home_index, slot_of
+from .placement import DEFAULT_REMOTE_SCORE, check_strategy
+from .router import Router
+from .wire import no_gc
 
 if TYPE_CHECKING:
+    from .membership.watch import ConsulView
     from .writer import BufferedWriter
 
 _MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-#: Redirects and reroutes one operation may follow before giving up.
-_MAX_ROUNDS = 6
 #: Placements a pickled handle carries along (enough for a shuffle's partitions).
 _PICKLED_PLACEMENTS = 20_000
 #: Seconds between checks of Consul health while waiting for an actor's answer.
 _HEALTH_POLL = 0.25
+#: Seconds ``Cache()`` keeps trying to reach a coordinator (one being closed by another
+#: process releases its name first), and ``close()`` waits for the cache's actors to go.
+LIFECYCLE_DEADLINE = 60.0
 NODE_ID_STRATEGIES = ("default",)
 
 
@@ -72,6 +70,16 @@ def _check_mapping(mapping: Any) -> Mapping:
         raise TypeError(f"expected a mapping of id -> value, not {type(mapping).__name__}")
     _check_ids(mapping.keys())
     return mapping
+
+
+def _connect_ray() -> None:
+    """``ray.init()`` when this process is not connected yet, with its errors mapped."""
+    if ray.is_initialized():
+        return
+    try:
+        ray.init()
+    except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError, ...
+        raise ShovelingError(f"could not start or connect to Ray: {exc}") from exc
 
 
 class Cache:
@@ -135,15 +143,26 @@ class Cache:
             settings["policy"] = check_policy(eviction)
         codec.check_compression(compression)
         consul_config = resolve(consul, consul_token, consul_service)
+        _connect_ray()
         self._name = name
         self._compression = compression
-        self._placements: dict[str, str] = {}
         self._closed = False
         self._consul_view: ConsulView | None = None
-        if not ray.is_initialized():
-            ray.init()
-        self._coordinator = self._remote(lambda: self._start_coordinator(consul_config))
-        self._apply_view(self._remote(lambda: ray.get(self._coordinator.join.remote(settings))))
+        self._coordinator, view = self._open(consul_config, settings)
+        self._router = Router(name, view, self._handle, _submit, self._gather)
+
+    def _open(self, consul_config, settings: dict) -> tuple[ray.actor.ActorHandle, dict]:
+        """Start or find the coordinator and join; retried while a closing one holds the name."""
+        deadline = time.monotonic() + LIFECYCLE_DEADLINE
+        while True:
+            coordinator = self._start_coordinator(consul_config)
+            try:
+                with ray_errors(f"cache {self._name!r}"):
+                    return coordinator, ray.get(coordinator.join.remote(settings))
+            except CacheClosed:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # another process is closing this cache: its name frees soon
 
     def _start_coordinator(self, consul_config) -> ray.actor.ActorHandle:
         # Pinned to the head node: the cluster's GCS lives there, so the coordinator dies only
@@ -151,36 +170,35 @@ class Cache:
         head = next((n.node_id for n in ray_nodes() if n.is_head and n.alive), None)
         strategy = NodeAffinitySchedulingStrategy(head, soft=False) if head else None
         # get_if_exists makes concurrent openers of one name share a single coordinator.
-        return Coordinator.options(
-            name=coordinator_name(self._name),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",
-            scheduling_strategy=strategy,
-        ).remote(self._name, None, "reject", consul_config)
+        with ray_errors(f"cache {self._name!r}: starting its coordinator"):
+            return Coordinator.options(
+                name=coordinator_name(self._name),
+                namespace=NAMESPACE,
+                get_if_exists=True,
+                lifetime="detached",
+                scheduling_strategy=strategy,
+            ).remote(self._name, None, "reject", consul_config)
 
     # -- pickling: a handle passed to tasks keeps its view and the placements it knows -------
 
     def __reduce__(self):
-        placements = dict(list(self._placements.items())[:_PICKLED_PLACEMENTS])
-        state = (self._name, self._compression, self._coordinator, self._view, placements, self._closed)
-        return _restore, state
+        router = self._router
+        placements = dict(list(router.placements.items())[:_PICKLED_PLACEMENTS])
+        return _restore, (self._name, self._compression, self._coordinator, router.view, placements, self._closed)
 
     def __repr__(self) -> str:
-        return f"Cache({self._name!r}, nodes={len(self._members)})"
+        return f"Cache({self._name!r}, nodes={len(self._router.members)})"
 
-    # -- membership ------------------------------------------------------------------------
-
-    def _apply_view(self, view: dict) -> None:
-        self._view = view
-        self._members: dict[str, ray.actor.ActorHandle] = view["members"]
-        self._table: list[str] = view["table"]
+    # -- how calls reach the actors (given to the router) ------------------------------------
 
     @property
     def _consul(self) -> ConsulView | None:
-        """This process's view of Consul health and coordinates, started on first use."""
-        if self._consul_view is None and self._view["consul"] is not None:
-            self._consul_view = ConsulView(self._view["consul"], self._name)
+        """This process's shared view of Consul health and coordinates, started on first use."""
+        config = self._router.view["consul"]
+        if self._consul_view is None and config is not None and not self._closed:
+            key = (self._name, self._router.view["epoch"])
+            self._consul_view = watch.acquire(key, config, self._name)
+            weakref.finalize(self, watch.release, key)
         return self._consul_view
 
     def _check_healthy(self, node: str, ids: list[str]) -> None:
@@ -188,8 +206,32 @@ class Cache:
         if view is not None and view.critical(node):
             raise NodeUnavailable(node, ids, "its Consul health check is critical")
 
+    def _handle(self, node: str, ids: list[str]) -> ray.actor.ActorHandle:
+        """The actor of ``node``, if it is a member and not known to be down."""
+        if self._closed:
+            raise CacheClosed(f"cache {self._name!r} was closed")
+        handle = self._router.members.get(node)
+        if handle is None:
+            self._refresh()
+            raise NodeUnavailable(node, ids, "not a member of the cache")
+        self._check_healthy(node, ids)
+        return handle
+
+    def _gather(self, pending: dict[str, ray.ObjectRef], ids: dict[str, list[str]], method: str) -> dict[str, Any]:
+        """Wait for one call per node; with Consul, give up on a node whose check turns
+        critical. A dead actor refreshes the member list before ``NodeUnavailable`` is raised."""
+        out = {}
+        for node, ref in pending.items():
+            try:
+                with ray_errors(f"cache {self._name!r}: {method} on node {node}", node=node, ids=ids[node]):
+                    out[node] = self._wait(ref, node, ids[node])
+            except NodeUnavailable as exc:
+                if isinstance(exc.__cause__, ray.exceptions.RayActorError):
+                    self._refresh()
+                raise
+        return out
+
     def _wait(self, ref: ray.ObjectRef, node: str, ids: list[str]) -> Any:
-        """``ray.get(ref)``; with Consul, give up as soon as the node's check turns critical."""
         if self._consul is None:
             return ray.get(ref)
         while True:
@@ -199,82 +241,10 @@ class Cache:
                 self._check_healthy(node, ids)
 
     def _refresh(self) -> None:
-        self._apply_view(self._remote(lambda: ray.get(self._coordinator.join.remote(None))))
-
-    def _remote(self, fn):
-        """Run ``fn`` mapping Ray's errors to shoveling_ray's."""
         if self._closed:
             raise CacheClosed(f"cache {self._name!r} was closed")
-        try:
-            return fn()
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, ShovelingError):
-                raise exc.cause from None
-            raise ShovelingError(f"cache {self._name!r}: {exc.cause!r}") from exc
-        except ray.exceptions.RayActorError as exc:
-            raise CacheClosed(f"cache {self._name!r} is closed or its coordinator died") from exc
-        except ray.exceptions.RayError as exc:
-            raise ShovelingError(f"cache {self._name!r}: {exc}") from exc
-
-    def _home(self, cache_id: str) -> str:
-        return self._table[slot_of(cache_id)]
-
-    # -- the routing engine ----------------------------------------------------------------
-
-    def _run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
-        """Send ``items`` (``(cache_id, *payload)``) to their nodes, following redirects.
-
-        Returns ``(status, value, node)`` per item, in order; never ``REDIRECT``/``REROUTE``.
-        """
-        with no_gc():
-            return self._rounds(method, items, cached)
-
-    def _rounds(self, method: str, items: list[tuple], cached: bool) -> list[tuple]:
-        if self._closed:
-            raise CacheClosed(f"cache {self._name!r} was closed")
-        placements = self._placements
-        homes = home_index([item[0] for item in items], self._table)
-        results: list = [None] * len(items)
-        groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-        for index, item in enumerate(items):
-            node = placements.get(item[0]) if cached else None
-            group = groups[node or homes[index]]
-            group[0].append(index)
-            group[1].append(node is None)
-        for _ in range(_MAX_ROUNDS):
-            answers = self._send(method, items, groups)
-            retry: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-            for node, (indices, _auths) in groups.items():
-                for index, (status, value) in zip(indices, answers[node]):
-                    if status == p.OK or status == p.MISS:
-                        if status == p.OK and node != homes[index]:
-                            placements[items[index][0]] = node
-                        results[index] = (status, value, node)
-                    elif status == p.REDIRECT:
-                        placements[items[index][0]] = value
-                        retry[value][0].append(index)
-                        retry[value][1].append(True)
-                    elif status == p.REROUTE:
-                        placements.pop(items[index][0], None)
-                        retry[homes[index]][0].append(index)
-                        retry[homes[index]][1].append(True)
-                    else:
-                        results[index] = (status, value, node)
-            if not retry:
-                return results
-            groups = retry
-        raise ShovelingError(f"cache {self._name!r}: placements kept moving during {method}; try again")
-
-    def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]]) -> dict[str, list]:
-        """One ``batch`` call per node; returns the ``(status, value)`` list per node."""
-        refs, ids = {}, {}
-        for node, (indices, auths) in groups.items():
-            ids[node] = [items[i][0] for i in indices]
-            handle = self._handle(node, ids[node])
-            batch = [(items[i][0], auth, *items[i][1:]) for i, auth in zip(indices, auths)]
-            refs[node] = handle.batch.remote(method, *pack(batch))
-        replies = self._gather(method, refs, ids)
-        return {node: _with_refs(unpack(blob, buffers), stored) for node, (blob, buffers, stored) in replies.items()}
+        with ray_errors(f"cache {self._name!r}"):
+            self._router.apply_view(ray.get(self._coordinator.join.remote(None)))
 
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         for (cache_id, *_), (status, value, node) in zip(items, results):
@@ -305,7 +275,7 @@ class Cache:
         _check_mapping(mapping)
         with no_gc():
             items = [(i, *codec.encode(v, self._compression)) for i, v in mapping.items()]
-        self._raise_write_errors(items, self._run("set", items))
+        self._raise_write_errors(items, self._router.run("set", items))
 
     def append(self, cache_id: str, data: bytes | bytearray | memoryview) -> None:
         """Append bytes to ``cache_id``, creating it if absent.
@@ -323,7 +293,7 @@ class Cache:
         """Append to many ids, one actor call per node. See :meth:`append`."""
         _check_mapping(mapping)
         items = [(i, codec.encode_append(d, self._compression)) for i, d in mapping.items()]
-        self._raise_write_errors(items, self._run("append", items))
+        self._raise_write_errors(items, self._router.run("append", items))
 
     def get(self, cache_id: str, default: Any = _MISSING) -> Any:
         """The value of ``cache_id``.
@@ -344,7 +314,7 @@ class Cache:
             CacheMiss: an id is absent and no default was given (names the first such id).
         """
         ids = list(dict.fromkeys(_check_ids(cache_ids)))
-        results = self._run("get", [(i,) for i in ids])
+        results = self._router.run("get", [(i,) for i in ids])
         found = [r[1] for r in results if r[0] == p.OK]
         frames = iter(fetch([value[2] for value in found]))
         out = {}
@@ -359,14 +329,12 @@ class Cache:
         return out
 
     def delete(self, cache_id: str) -> bool:
-        """Delete ``cache_id`` and its placement. Returns whether it existed."""
-        (status, value, _node), = self._run("delete", [(_check_id(cache_id),)], cached=False)
-        self._placements.pop(cache_id, None)
-        return bool(value)
+        """Delete ``cache_id`` and its placement record. Returns whether it existed."""
+        return self._router.delete(_check_id(cache_id))
 
     def exists(self, cache_id: str) -> bool:
         """Whether ``cache_id`` exists (ids created by ``init`` exist while empty)."""
-        (status, _value, _node), = self._run("exists", [(_check_id(cache_id),)])
+        (status, _value, _node), = self._router.run("exists", [(_check_id(cache_id),)])
         return status == p.OK
 
     def size(self, cache_id: str) -> int:
@@ -375,7 +343,7 @@ class Cache:
         Raises:
             CacheMiss: the id does not exist.
         """
-        (status, value, _node), = self._run("size", [(_check_id(cache_id),)])
+        (status, value, _node), = self._router.run("size", [(_check_id(cache_id),)])
         if status != p.OK:
             raise CacheMiss(cache_id, self._name)
         return value
@@ -384,7 +352,7 @@ class Cache:
         """All ids starting with ``prefix``, sorted."""
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
-        found = self._each_node("ids", prefix)
+        found = self._router.each_node("ids", prefix)
         return sorted(i for ids in found.values() for i in ids)
 
     def writer(self, max_bytes: int = 8 << 20) -> BufferedWriter:
@@ -414,7 +382,10 @@ class Cache:
         - ``uniform_cpu``: in proportion to each node's CPUs;
         - ``uniform_memory``: in proportion to each node's free cache memory.
 
-        Nodes that joined the cluster since the cache started get their actor first.
+        Nodes that joined the cluster since the cache started get their actor first. Each id's
+        home creates it on its node and records it before answering, so ``init`` is atomic per
+        id for every client: calling it again, from here or from another process at the same
+        time, returns the same nodes and keeps the data.
 
         Returns:
             ``{cache_id: node_id}`` for every id given.
@@ -422,82 +393,25 @@ class Cache:
         Raises:
             ValueError: unknown strategy (names the valid ones), or an empty id.
             TypeError: ids not an iterable of str.
+            NodeUnavailable: a chosen node did not answer (call again to place the rest).
         """
         check_strategy(strategy)
         ids = list(dict.fromkeys(_check_ids(list_ids, "list_ids")))
         self._refresh()
-        located = self._run("locate", [(i,) for i in ids], cached=False)
-        placed = {i: r[1] for i, r in zip(ids, located) if r[0] == p.OK}
-        new = [i for i in ids if i not in placed]
-        if new:
-            targets = assign(len(new), self._weights(strategy))
-            homes: dict[str, list] = defaultdict(list)
-            for cache_id, target in zip(new, targets):
-                homes[self._home(cache_id)].append((cache_id, target))
-            actual = self._each_node("place", by_node=homes)
-            creates: dict[str, list] = defaultdict(list)
-            for home, group in homes.items():
-                for (cache_id, target), node in zip(group, actual[home]):
-                    placed[cache_id] = node
-                    if node == target != home:
-                        creates[node].append(cache_id)
-            self._each_node("create_empty", by_node=creates)
-        for cache_id, node in placed.items():
-            if node != self._home(cache_id):
-                self._placements[cache_id] = node
-        return {i: placed[i] for i in ids}
+        return self._router.place(ids, self._weights(strategy))
 
     def _weights(self, strategy: str) -> dict[str, float]:
+        members = self._router.members
         if strategy == "uniform_cpu":
-            return {m: self._view["info"][m]["cpus"] for m in self._members}
+            return {m: self._router.view["info"][m]["cpus"] for m in members}
         if strategy == "uniform_memory":
             stats = self.stats()
             return {m: max((s["limit"] or 0) - s["used"], 0) for m, s in stats.items()}
-        return {m: 1.0 for m in self._members}
-
-    def _each_node(self, method: str, *args: Any, by_node: Mapping[str, list] | None = None) -> dict[str, Any]:
-        """Call ``method`` on every member, or through ``batch`` on each node of ``by_node``
-        with its list of items."""
-        if self._closed:
-            raise CacheClosed(f"cache {self._name!r} was closed")
-        calls = by_node if by_node is not None else {m: None for m in self._members}
-        refs = {}
-        for node, items in calls.items():
-            handle = self._handle(node, [])
-            if by_node is None:
-                refs[node] = getattr(handle, method).remote(*args)
-            else:
-                refs[node] = handle.batch.remote(method, *pack(items))
-        out = self._gather(method, refs, {node: [] for node in refs})
-        if by_node is None:
-            return out
-        return {node: unpack(blob, buffers) for node, (blob, buffers, _refs) in out.items()}
-
-    def _handle(self, node: str, ids: list[str]) -> ray.actor.ActorHandle:
-        """The actor of ``node``, if it is a member and not known to be down."""
-        handle = self._members.get(node)
-        if handle is None:
-            self._refresh()
-            raise NodeUnavailable(node, ids, "not a member of the cache")
-        self._check_healthy(node, ids)
-        return handle
-
-    def _gather(self, method: str, refs: dict[str, ray.ObjectRef], ids: dict[str, list[str]]) -> dict[str, Any]:
-        """Wait for one call per node, mapping Ray's errors to shoveling_ray's."""
-        out = {}
-        for node, ref in refs.items():
-            try:
-                out[node] = self._wait(ref, node, ids[node])
-            except ray.exceptions.RayActorError as exc:
-                self._refresh()
-                raise NodeUnavailable(node, ids[node], "its cache actor died") from exc
-            except ray.exceptions.RayError as exc:
-                raise ShovelingError(f"cache {self._name!r}: {method} on node {node} failed: {exc}") from exc
-        return out
+        return {m: 1.0 for m in members}
 
     def node_ids(self, cache_id: str) -> list[str]:
         """Ray node ids (hex) that hold ``cache_id``; empty if it does not exist."""
-        (status, value, _node), = self._run("locate", [(_check_id(cache_id),)])
+        (status, value, _node), = self._router.run("locate", [(_check_id(cache_id),)])
         return [value] if status == p.OK else []
 
     def node_id(self, cache_id: str, strategy: str = "default") -> str:
@@ -517,7 +431,7 @@ class Cache:
         view = self._consul
         if view is None or not view.critical(holder):
             return holder
-        passing = [m for m in sorted(self._members) if not view.critical(m)]
+        passing = [m for m in sorted(self._router.members) if not view.critical(m)]
         return min(passing, key=lambda m: self._distance(m, holder), default=holder)
 
     def _holder(self, cache_id: str) -> str:
@@ -525,7 +439,7 @@ class Cache:
             holders = self.node_ids(cache_id)
         except NodeUnavailable as exc:
             return exc.node_id  # where the data is, even if that node cannot serve it now
-        return holders[0] if holders else self._home(cache_id)
+        return holders[0] if holders else self._router.home(cache_id)
 
     def _distance(self, node_id: str, holder: str) -> float:
         if node_id == holder:
@@ -565,49 +479,47 @@ class Cache:
 
     def nodes(self) -> list[str]:
         """Hex ids of the nodes with a cache actor."""
-        return sorted(self._members)
+        return sorted(self._router.members)
 
     def stats(self) -> dict[str, dict]:
         """Per node: ``used`` (stored bytes), ``raw`` (bytes before compression), ``limit``,
         ``ids``, ``evictions`` and ``policy``."""
-        return self._each_node("stats")
+        return self._router.each_node("stats")
 
     def close(self) -> None:
         """Stop the cache: every node actor and the data they hold.
 
-        Other handles to the same cache raise :class:`CacheClosed` afterwards. Closing twice is
-        harmless.
+        Waits (at most ``LIFECYCLE_DEADLINE`` seconds) until the cache's name is free, so a
+        ``Cache(name)`` right after starts a new cache. Other handles to the same cache raise
+        :class:`CacheClosed` afterwards. Closing twice is harmless.
         """
         if self._closed:
             return
-        try:
-            ray.get(self._coordinator.shutdown.remote())
-            ray.kill(self._coordinator)
-        except ray.exceptions.RayError:
-            pass  # already gone: closing is idempotent
-        if self._consul_view is not None:
-            self._consul_view.close()
         self._closed = True
+        deadline = time.monotonic() + LIFECYCLE_DEADLINE
+        try:
+            ray.get(self._coordinator.shutdown.remote(), timeout=LIFECYCLE_DEADLINE)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            pass  # already gone, or stuck: it is killed below either way
+        ray.kill(self._coordinator)
+        if self._router.view["consul"] is not None:
+            watch.close((self._name, self._router.view["epoch"]))
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(coordinator_name(self._name), namespace=NAMESPACE)
+            except ValueError:
+                return  # the name is free
+            time.sleep(0.05)
 
 
-def _with_refs(results: list, refs: list) -> list:
-    """Put the ObjectRefs that travelled beside a ``get`` reply back into its frames."""
-    if not refs:
-        return results
-    out = []
-    for status, value in results:
-        if status == p.OK and any(len(f) == 4 for f in value[2]):
-            frames = [(f[0], f[1], refs[f[2]], f[3]) if len(f) == 4 else f for f in value[2]]
-            value = (value[0], value[1], frames)
-        out.append((status, value))
-    return out
+def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:
+    return getattr(handle, method).remote(*args)
 
 
 def _restore(name, compression, coordinator, view, placements, closed) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
-    cache._placements, cache._closed = placements, closed
+    cache._closed = closed
     cache._consul_view = None
-    cache._apply_view(view)
+    cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements)
     return cache
-

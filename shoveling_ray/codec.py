@@ -4,13 +4,18 @@ An encoded value is ``(kind, meta, frames)``:
 
 - ``kind``: :data:`KIND_BYTES`, :data:`KIND_NUMPY` or :data:`KIND_MSGPACK`.
 - ``meta``: ``b""``, or for numpy the msgpack of ``[dtype descr, shape]``.
-- ``frames``: a list of ``(codec, raw_size, payload)``; ``codec`` is :data:`CODEC_RAW` or
-  :data:`CODEC_LZ4` (an lz4 block without stored size), ``payload`` a bytes-like object.
-  A frame whose payload the cache keeps in Ray's object store travels and is stored as
-  ``(codec, raw_size, ref, stored_size)``; this module never looks inside ``ref``.
-  Values to compress are cut into frames of at most :data:`FRAME_BYTES` so lz4's 2 GiB block
-  limit never applies; uncompressed values stay one frame. ``append`` adds frames, so actors
-  never decompress or concatenate.
+- ``frames``: a list of :data:`Frame` ``(codec, raw_size, payload)``; ``codec`` is
+  :data:`CODEC_RAW` or :data:`CODEC_LZ4` (an lz4 block without stored size), ``payload`` a
+  bytes-like object, or a :class:`Stored` when the cache keeps the payload in Ray's object
+  store (this module never looks inside its ``ref``). Values to compress are cut into frames
+  of at most :data:`FRAME_BYTES` so lz4's 2 GiB block limit never applies; uncompressed values
+  stay one frame. ``append`` adds frames, so actors never decompress or concatenate.
+
+Frames stay plain tuples on purpose: a batch of ten thousand small values pickles three times
+faster than with a named tuple per frame. The rare large payload carries its own type.
+
+This module also owns the size thresholds that the wire format, the codec and the object
+store path must agree on: :data:`OUT_OF_BAND_BYTES` and :data:`OBJECT_STORE_BYTES`.
 
 Compression happens in the client, so less is moved and less is held. This module is plain
 data in, plain data out: it imports no Ray and is unit-tested without a cluster. It does not
@@ -19,7 +24,7 @@ decide where values live (see ``placement``) nor how much memory they may use (`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import lz4.block
 import msgpack
@@ -37,11 +42,33 @@ AUTO_MIN_BYTES = 256
 AUTO_SAMPLE_BYTES = 64 << 10
 #: ``auto`` keeps a compressed frame only if it is at most this fraction of the raw size.
 AUTO_MAX_RATIO = 0.9
-#: Payloads of at least this size are kept as uint8 arrays, so that they travel out of band.
-OUT_OF_BAND_PAYLOAD = 64 << 10
+#: Payloads of at least this size travel out of band: the codec keeps them as uint8 arrays and
+#: the wire format (``wire``) leaves them out of its pickle blob, so Ray moves them zero-copy.
+OUT_OF_BAND_BYTES = 64 << 10
+#: Payloads of at least this size are kept in Ray's object store by the node actor that holds
+#: them (``objects``); smaller ones stay in the actor's memory.
+OBJECT_STORE_BYTES = 1 << 20
 
-Frame = tuple  # (codec: int, raw_size: int, payload: bytes-like)
+Frame = tuple  # (codec: int, raw_size: int, payload: bytes-like | Stored)
 Encoded = tuple  # (kind: int, meta: bytes, frames: list[Frame])
+
+
+class Stored(NamedTuple):
+    """A frame payload kept in Ray's object store.
+
+    Attributes:
+        ref: the ObjectRef; inside a packed reply, its index in the list of refs that travels
+            beside the blob (refs never go inside a pickle blob, see ``wire``).
+        size: bytes of the payload as stored.
+    """
+
+    ref: Any
+    size: int
+
+
+def is_stored(frame: Frame) -> bool:
+    """Whether the frame's payload lives in Ray's object store."""
+    return type(frame[2]) is Stored
 
 
 def check_compression(compression: Any) -> None:
@@ -89,7 +116,7 @@ def _payload(buf: Any, chunk: memoryview, n_chunks: int) -> Any:
     Large payloads become uint8 arrays, which pickle protocol 5 (and so Ray) moves out of band;
     a memoryview cannot be pickled at all.
     """
-    if n_chunks == 1 and (isinstance(buf, np.ndarray) or len(chunk) < OUT_OF_BAND_PAYLOAD):
+    if n_chunks == 1 and (isinstance(buf, np.ndarray) or len(chunk) < OUT_OF_BAND_BYTES):
         return buf
     return np.frombuffer(chunk, dtype=np.uint8)
 
@@ -113,10 +140,11 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
         ``(kind, meta, frames)`` as described in the module docstring.
 
     Raises:
-        TypeError: the value is of an unsupported type (an object array, a set, a custom class).
+        TypeError: the value is of an unsupported type (an object array, a set, a custom
+            class), or it would not read back (a dict key that msgpack turns into a list).
         ValueError: msgpack cannot represent the value (an int outside 64 bits, say).
     """
-    if type(value) is bytes and (compression is None or (compression == "auto" and len(value) < AUTO_MIN_BYTES)):
+    if type(value) is bytes and len(value) < AUTO_MIN_BYTES and compression != "lz4":
         return KIND_BYTES, b"", [(CODEC_RAW, len(value), value)]  # the common small case, fast
     buf = _as_buffer(value)
     if buf is not None:
@@ -137,7 +165,25 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
         ) from None
     except (OverflowError, ValueError) as exc:
         raise ValueError(f"cannot encode value with msgpack: {exc}") from None
+    _check_reads_back(packed)
     return KIND_MSGPACK, b"", _frames(packed, compression)
+
+
+def _check_reads_back(packed: bytes) -> None:
+    """Refuse what msgpack writes but cannot read back, so a stored value is always readable.
+
+    Tuple keys are the case seen: msgpack turns ``{(1, 2): 3}`` into a map with a list key,
+    which no Python dict can hold.
+    """
+    try:
+        _unpack(packed)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot store this value: msgpack would not read it back ({exc}); "
+                        "use str, int, float or bytes dict keys") from None
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 def encode_append(data: Any, compression: str | None = "auto") -> list[Frame]:
@@ -175,7 +221,7 @@ def decode(kind: int, meta: bytes, frames: list[Frame]) -> Any:
     else:
         data = b"".join(parts)
     if kind == KIND_MSGPACK:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return _unpack(data)
     return data
 
 
@@ -186,7 +232,7 @@ def payload_size(payload: Any) -> int:
 
 def stored_size(frames: list[Frame]) -> int:
     """Bytes the frames occupy as stored (after compression)."""
-    return sum(f[3] if len(f) == 4 else _nbytes(f[2]) for f in frames)
+    return sum(f[2].size if type(f[2]) is Stored else _nbytes(f[2]) for f in frames)
 
 
 def raw_size(frames: list[Frame]) -> int:

@@ -15,9 +15,15 @@ at the boundary with ``raise ... from exc``; none reaches a user raw::
 
 Bad arguments (wrong id type, unknown strategy, unsupported value) are plain ``TypeError`` /
 ``ValueError``, raised before anything is sent.
+
+:func:`ray_errors` is the one place where Ray's exceptions become these; every module that
+waits on Ray (the client, the shuffle, the node actors, the object-store path) goes through it.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
 
 
 class ShovelingError(Exception):
@@ -95,3 +101,47 @@ class ConsulError(ShovelingError):
 
 class CacheClosed(ShovelingError):
     """The cache was closed; open it again with ``Cache(name)``."""
+
+
+@contextlib.contextmanager
+def ray_errors(what: str, *, node: str | None = None, ids: Iterable[str] = ()) -> Iterator[None]:
+    """Map Ray's exceptions raised inside the block to this tree.
+
+    Args:
+        what: what was being done, for messages (``"cache 'x': get on node ..."``).
+        node: the node whose cache actor the block waits on, if any.
+        ids: the ids concerned, named in :class:`NodeUnavailable`.
+
+    Raises:
+        ShovelingError (any subclass): raised inside a task or actor, re-raised as itself
+            (a :class:`CacheFull` keeps its node and limit).
+        NodeUnavailable: with ``node``: its actor died, or it did not answer in time.
+        CacheClosed: without ``node``: the actor waited on (the coordinator) is gone.
+        DataLost: an object the block needed is lost with its node or owner.
+        ShovelingError: anything else (a task's own exception, a crashed or out-of-memory-killed
+            worker, a cancelled task), chained to the original.
+    """
+    import ray.exceptions as rex  # this module stays importable without starting Ray
+
+    try:
+        yield
+    except rex.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, ShovelingError):
+            raise cause from None
+        if isinstance(cause, rex.RayError) and not isinstance(cause, rex.RayTaskError):
+            with ray_errors(what, node=node, ids=ids):
+                raise cause from None
+        raise ShovelingError(f"{what}: {cause!r}") from cause
+    except rex.RayActorError as exc:
+        if node is None:
+            raise CacheClosed(f"{what}: the cache is closed or its coordinator died") from exc
+        raise NodeUnavailable(node, list(ids), "its cache actor died") from exc
+    except rex.GetTimeoutError as exc:
+        if node is None:
+            raise ShovelingError(f"{what}: no answer in time") from exc
+        raise NodeUnavailable(node, list(ids), "its cache actor did not answer in time") from exc
+    except rex.ObjectLostError as exc:
+        raise DataLost(f"{what}: a stored value is gone with its node or owner ({type(exc).__name__})") from exc
+    except rex.RayError as exc:
+        raise ShovelingError(f"{what}: {exc}") from exc

@@ -29,7 +29,7 @@ from typing import Any
 import ray
 
 from .cache import Cache
-from .errors import ShovelingError
+from .errors import ray_errors
 from .heap import keep_freed_memory
 
 
@@ -93,9 +93,10 @@ def _run_all(submit: list[Callable[[], ray.ObjectRef]], phase: str, limit: int, 
             if progress is not None:
                 progress(phase, len(refs) - len(pending), len(submit))
         return ray.get(refs)
-    except ray.exceptions.RayTaskError:
-        # One task failed: stop the others and let them end before the partitions are
-        # deleted, or a straggling mapper would write a partition back after the cleanup.
+    except ray.exceptions.RayError:
+        # One task failed (raised, its worker crashed or was killed for memory): stop the
+        # others and let them end before the partitions are deleted, or a straggling mapper
+        # would write a partition back after the cleanup.
         for ref in pending:
             ray.cancel(ref)
         if pending:
@@ -156,7 +157,9 @@ class Shuffle:
             max_in_flight: tasks submitted at a time; the cluster's CPU count by default.
 
         Raises:
-            ShovelingError: a task failed (the cause is chained).
+            ShovelingError: a task failed, or its worker crashed or was killed (the cause is
+                chained); a ``CacheFull`` or ``NodeUnavailable`` inside a task comes out as
+                itself.
         """
         if max_in_flight is None:
             max_in_flight = max(int(ray.cluster_resources().get("CPU", 1)), 1)
@@ -164,7 +167,7 @@ class Shuffle:
             raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
         limit = max_in_flight
         map_task = _map_task.options(**(map_options or {}))
-        try:
+        with ray_errors(f"shuffle {self.prefix}: a task failed"):
             started = time.perf_counter()
             nodes = [self.placement[pid] for pid in self.partitions]
             submit = [partial(map_task.remote, self.cache, self.partitions, nodes, map_fn, item) for item in inputs]
@@ -184,10 +187,6 @@ class Shuffle:
             ]
             done = _run_all(submit, "reduce", limit, progress)
             self.times["reduce"] = time.perf_counter() - started - self.times["map"]
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, ShovelingError):
-                raise exc.cause from None  # CacheFull names the node and its limit
-            raise ShovelingError(f"shuffle {self.prefix}: a task failed: {exc.cause!r}") from exc.cause
         self.map_results = [result for _, result, _ in mapped]
         self.reducer_nodes = [node for node, _, _ in done]
         self.task_stats = {}

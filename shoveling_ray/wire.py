@@ -2,7 +2,7 @@
 
 Ray serialises a list of many small tuples element by element, which costs more than the work
 the actor does on them; a single bytes blob is one cheap argument. Payloads of at least
-:data:`OUT_OF_BAND` bytes leave the blob as separate uint8 arrays, which Ray moves out of band
+:data:`~shoveling_ray.codec.OUT_OF_BAND_BYTES` bytes leave the blob as separate uint8 arrays, which Ray moves out of band
 (zero-copy into and out of its object store) and ``unpack`` puts back without copying.
 ObjectRefs never go inside a blob: they travel beside it, where Ray counts references.
 """
@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-#: Buffers of at least this many bytes travel out of band.
-OUT_OF_BAND = 64 << 10
+from .codec import OUT_OF_BAND_BYTES
 
 
 def pack(obj: Any) -> tuple[bytes, list[np.ndarray]]:
@@ -26,7 +25,7 @@ def pack(obj: Any) -> tuple[bytes, list[np.ndarray]]:
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         view = buffer.raw()
-        if view.nbytes < OUT_OF_BAND:
+        if view.nbytes < OUT_OF_BAND_BYTES:
             return True  # true means: keep it in the blob
         buffers.append(np.frombuffer(view, dtype=np.uint8))
         return False

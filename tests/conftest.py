@@ -69,5 +69,5 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: f
 
 def node_of_actor(cache, node_id: str) -> str:
     """The node a cache's actor for ``node_id`` really runs on (asked from inside it)."""
-    return ray.get(cache._members[node_id].ping.remote())
+    return ray.get(cache._router.members[node_id].ping.remote())
 

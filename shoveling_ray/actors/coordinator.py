@@ -10,6 +10,8 @@ ids to the same homes.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -23,14 +25,17 @@ from .node import NodeActor
 log = logging.getLogger(__name__)
 
 NAMESPACE = "shoveling_ray"
-#: Seconds to wait for a new node actor to answer before leaving its node out.
-ACTOR_START_TIMEOUT = 120.0
+#: Seconds one ``join`` may spend waiting for the node actors (new ones starting, members
+#: answering a ping, settings applied), all together: one deadline, not one per actor.
+JOIN_DEADLINE = 120.0
 #: Seconds actors get to deregister from Consul before they are killed.
 SHUTDOWN_GRACE = 10.0
 
 
 def actor_name(cache: str, node_id: str) -> str:
-    return f"{cache}/node/{node_id}"
+    """A fresh name for a node actor: the suffix makes every actor's name its own, so starting
+    one can never return a dying actor that still holds its predecessor's name."""
+    return f"{cache}/node/{node_id}/{uuid.uuid4().hex[:8]}"
 
 
 def coordinator_name(cache: str) -> str:
@@ -56,6 +61,8 @@ class _Coordinator:
         self.info: dict[str, NodeInfo] = {}
         self.table: list[str] | None = None
         self.version = 0
+        # Tells this incarnation of the cache from one closed and started again under its name.
+        self.epoch = uuid.uuid4().hex
 
     def _limit(self, node: NodeInfo) -> int:
         return self.max_memory if self.max_memory is not None else node.object_store_memory
@@ -63,32 +70,32 @@ class _Coordinator:
     def join(self, settings: dict | None = None) -> dict:
         """Bring the member list up to date with Ray's alive nodes and return the view.
 
-        New alive nodes get an actor; dead members leave, and their hash slots move to the
-        survivors. ``settings`` (``max_memory`` / ``policy``) given explicitly by a client are
-        applied to every actor.
+        Dead members leave first (their hash slots move to the survivors), new alive nodes get
+        an actor, and only then are ``settings`` (``max_memory`` / ``policy``) given explicitly
+        by a client applied to every member. All the waiting shares one deadline
+        (:data:`JOIN_DEADLINE`), and the actors are asked in parallel.
+
+        Raises:
+            ShovelingError: no alive node has a cache actor.
         """
-        if settings:
-            self._configure(settings.get("max_memory", self.max_memory), settings.get("policy", self.policy))
+        deadline = time.monotonic() + JOIN_DEADLINE
         nodes = {n.node_id: n for n in ray_nodes()}
         dead = [m for m in self.members if not nodes.get(m, NodeInfo(m, False, 0, 0)).alive]
         for node_id in dead:
             log.warning("cache %s: node %s is dead and leaves the member list", self.cache, node_id)
             del self.members[node_id]
-        for node_id in self._dead_actors():
+        answered = self._answering(self.members, deadline)
+        for node_id in [m for m in self.members if answered[m] is False]:
             # The node lives but its actor died (killed, crashed): start a fresh one there.
             log.warning("cache %s: the actor on node %s died; its data is lost", self.cache, node_id)
             del self.members[node_id]
-        started = {}
-        for node in nodes.values():
-            if node.alive and node.node_id not in self.members:
-                started[node.node_id] = self._start(node)
-        for node_id, handle in started.items():
-            try:
-                ray.get(handle.ping.remote(), timeout=ACTOR_START_TIMEOUT)
-            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
-                log.warning("cache %s: no actor on node %s: %s", self.cache, node_id, exc)
-                continue
-            self.members[node_id] = handle
+        started = {n.node_id: self._start(n) for n in nodes.values() if n.alive and n.node_id not in self.members}
+        for node_id, ok in self._answering(started, deadline).items():
+            if ok:
+                self.members[node_id] = started[node_id]
+            else:
+                log.warning("cache %s: no actor could start on node %s in time", self.cache, node_id)
+                ray.kill(started[node_id])
         self.info = {m: nodes[m] for m in self.members}
         if not self.members:
             raise ShovelingError(f"cache {self.cache}: no alive Ray node could start a cache actor")
@@ -100,37 +107,45 @@ class _Coordinator:
             self.version += 1
         if started:
             self.version += 1
+        if settings:
+            self._configure(settings.get("max_memory", self.max_memory), settings.get("policy", self.policy), deadline)
         return self.view()
 
-    def _dead_actors(self) -> list[str]:
-        pings = {m: h.ping.remote() for m, h in self.members.items()}
-        dead = []
-        for node_id, ref in pings.items():
+    @staticmethod
+    def _answering(actors: dict[str, ray.actor.ActorHandle], deadline: float) -> dict[str, bool | None]:
+        """Ping every actor at once: ``True`` answered, ``False`` dead, ``None`` no answer by
+        the deadline (busy or still starting)."""
+        pings = {h.ping.remote(): m for m, h in actors.items()}
+        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=max(deadline - time.monotonic(), 0))
+        out: dict[str, bool | None] = {m: None for m in actors}
+        for ref in ready:
             try:
-                ray.get(ref, timeout=ACTOR_START_TIMEOUT)
-            except ray.exceptions.RayActorError:
-                dead.append(node_id)
-            except ray.exceptions.GetTimeoutError:
-                pass  # busy, not dead
-        return dead
+                ray.get(ref)
+                out[pings[ref]] = True
+            except ray.exceptions.RayError:
+                out[pings[ref]] = False
+        return out
 
     def _start(self, node: NodeInfo) -> ray.actor.ActorHandle:
+        # No get_if_exists: this coordinator is the only creator of its cache's node actors and
+        # runs one call at a time, so two actors on one node cannot start.
         return NodeActor.options(
             name=actor_name(self.cache, node.node_id),
             namespace=NAMESPACE,
-            get_if_exists=True,
             lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         ).remote(self.cache, node.node_id, self._limit(node), self.policy, self.consul)
 
-    def _configure(self, max_memory: int | None, policy: str) -> None:
+    def _configure(self, max_memory: int | None, policy: str, deadline: float) -> None:
         self.max_memory, self.policy = max_memory, policy
-        ray.get([h.configure.remote(self._limit(self.info[m]), policy) for m, h in self.members.items()])
+        calls = [h.configure.remote(self._limit(self.info[m]), policy) for m, h in self.members.items()]
+        ray.wait(calls, num_returns=len(calls), timeout=max(deadline - time.monotonic(), 0))
 
     def view(self) -> dict:
         """What a client needs to route: members with their actors and resources, the table."""
         return {
             "version": self.version,
+            "epoch": self.epoch,
             "members": dict(self.members),
             "info": {m: i.to_dict() for m, i in self.info.items()},
             "table": self.table,

@@ -1,9 +1,13 @@
 """The cache actor pinned to one Ray node: its share of the data and the placement records
 of the ids whose home it is.
 
-The class is plain Python (testable without Ray); :data:`NodeActor` is its Ray actor. It runs
-one call at a time, which is what keeps each writer's appends in call order and makes each
-home the single point that decides where an id lives.
+The class is plain Python (testable without Ray); :data:`NodeActor` is its Ray actor. Client
+calls run one at a time, which is what keeps each writer's appends in call order and makes each
+home the single point that decides where an id lives. A home that places an id on another node
+(``init``) or deletes one held elsewhere calls that node itself before it answers, so no client
+ever sees a record without its data or data without its record, even if the client dies
+mid-call. Those peer calls are served in their own concurrency group, so two homes calling each
+other never wait on each other.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import ray
 
 from ..errors import CacheFull
 from ..heap import keep_freed_memory
-from ..objects import adopt
+from ..errors import NodeUnavailable, ray_errors
+from ..objects import adopt, refs_beside
 from ..wire import no_gc, pack, unpack
 from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
@@ -25,6 +30,9 @@ from . import protocol as p
 from .storage import Store
 
 log = logging.getLogger(__name__)
+
+#: Seconds a home waits for another node's actor during ``init`` or ``delete``.
+PEER_TIMEOUT = 30.0
 
 
 def _locked(method):
@@ -88,58 +96,64 @@ class _NodeActor:
         """The node this actor really runs on, as Ray reports it."""
         return ray.get_runtime_context().get_node_id()
 
-    def batch(self, method: str, blob: bytes, buffers: list) -> tuple:
+    def batch(self, method: str, blob: bytes, buffers: list, peers: dict | None = None) -> tuple:
         """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`).
 
+        ``peers`` (``{node_id: actor}``) are the other nodes' actors, for ``place`` and
+        ``delete``, which call them.
+
         Returns ``(blob, buffers, refs)``: the packed results, with every ObjectRef of a
-        stored frame moved to ``refs`` and its place in the frame taken by its index there.
+        stored frame moved to ``refs`` (see :func:`~shoveling_ray.objects.refs_beside`).
         """
         with no_gc():
-            results = getattr(self, method)(unpack(blob, buffers))
-            refs = _refs_beside(results) if method == "get" else []
+            items = unpack(blob, buffers)
+            results = getattr(self, method)(items, peers) if peers is not None else getattr(self, method)(items)
+            refs = refs_beside(results) if method == "get" else []
             return (*pack(results), refs)
 
-    def _absent(self, cache_id: str, auth: bool) -> tuple:
+    def _absent(self, cache_id: str, via: int) -> tuple:
+        """The answer for an id not held here (see :mod:`.protocol`)."""
         target = self.records.get(cache_id)
         if target is not None:
             return p.REDIRECT, target
-        return (p.MISS, None) if auth else (p.REROUTE, None)
+        return (p.REROUTE, None) if via == p.VIA_CACHE else (p.MISS, None)
 
     @_locked
     def get(self, items: list) -> list:
         out = []
-        for cache_id, auth in items:
+        for cache_id, via in items:
             entry = self.store.get(cache_id)
             if entry is None:
-                out.append(self._absent(cache_id, auth))
+                out.append(self._absent(cache_id, via))
             else:
                 out.append((p.OK, (entry.kind, entry.meta, entry.frames)))
         return out
 
     @_locked
     def exists(self, items: list) -> list:
-        return [(p.OK, True) if i in self.store else self._absent(i, a) for i, a in items]
+        return [(p.OK, True) if i in self.store else self._absent(i, via) for i, via in items]
 
     @_locked
     def size(self, items: list) -> list:
         out = []
-        for cache_id, auth in items:
+        for cache_id, via in items:
             entry = self.store.peek(cache_id)
-            out.append(self._absent(cache_id, auth) if entry is None else (p.OK, entry.raw))
+            out.append(self._absent(cache_id, via) if entry is None else (p.OK, entry.raw))
         return out
 
     @_locked
     def locate(self, items: list) -> list:
-        return [(p.OK, self.node_id) if i in self.store else self._absent(i, a) for i, a in items]
+        return [(p.OK, self.node_id) if i in self.store else self._absent(i, via) for i, via in items]
 
     def _write(self, items: list, apply) -> list:
         out = []
         for item in items:
-            cache_id, auth = item[0], item[1]
-            if cache_id not in self.store:
-                if cache_id in self.records or not auth:
-                    out.append(self._absent(cache_id, auth))
-                    continue
+            cache_id, via = item[0], item[1]
+            if cache_id not in self.store and (cache_id in self.records or via != p.AT_HOME):
+                # Only the home creates ids: elsewhere a write could recreate a deleted id.
+                target = self.records.get(cache_id)
+                out.append((p.REDIRECT, target) if target is not None else (p.REROUTE, None))
+                continue
             try:
                 apply(item)
             except CacheFull as exc:
@@ -152,51 +166,101 @@ class _NodeActor:
 
     @_locked
     def set(self, items: list) -> list:
-        """Items are ``(cache_id, auth, kind, meta, frames)``."""
+        """Items are ``(cache_id, via, kind, meta, frames)``."""
         return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], adopt(it[4])))
 
     @_locked
     def append(self, items: list) -> list:
-        """Items are ``(cache_id, auth, frames)``."""
+        """Items are ``(cache_id, via, frames)``."""
         return self._write(items, lambda it: self.store.append(it[0], adopt(it[2])))
 
-    @_locked
-    def delete(self, items: list) -> list:
-        """Delete data held here; at a home, drop the record and redirect to its node."""
-        out = []
-        for cache_id, auth in items:
-            if self.store.delete(cache_id):
-                out.append((p.OK, True))
-                continue
-            target = self.records.pop(cache_id, None)
-            out.append((p.REDIRECT, target) if target is not None else (p.OK, False))
+    def delete(self, items: list, peers: dict) -> list:
+        """At a home: delete the id here, or its record and its data on the node it names.
+
+        Items are ``(cache_id, via)``; returns whether each id existed. Items not sent to
+        their home are rerouted there.
+        """
+        out, elsewhere = [], {}
+        with self._lock:
+            for index, (cache_id, via) in enumerate(items):
+                if self.store.delete(cache_id):
+                    out.append((p.OK, True))
+                elif via != p.AT_HOME:
+                    out.append((p.REROUTE, None))
+                elif cache_id in self.records:
+                    elsewhere.setdefault(self.records.pop(cache_id), []).append(index)
+                    out.append((p.OK, True))
+                else:
+                    out.append((p.OK, False))
+        for node, indices in elsewhere.items():
+            try:
+                self._call_peer(peers, node, "drop", [items[i][0] for i in indices])
+            except NodeUnavailable as exc:
+                # Its node is gone, and the data with it; the record is gone too.
+                log.warning("cache %s: delete could not reach node %s: %s", self.cache, node, exc)
         return out
 
-    @_locked
-    def place(self, items: list) -> list:
-        """At a home: decide where new ids live. Items are ``(cache_id, target)``.
+    def place(self, items: list, peers: dict) -> list:
+        """At a home: decide where new ids live and create them there. Items are
+        ``(cache_id, via, target)``.
 
         An id that exists here or has a record keeps its node; otherwise it is created here
-        (target is this node) or recorded as living on ``target``. Returns the node per id.
+        (target is this node) or on ``target``, and recorded. Returns ``(OK, node)`` per id, or
+        ``(UNAVAILABLE, (node, reason))`` when the target did not answer (nothing is recorded).
         """
-        out = []
-        for cache_id, target in items:
-            if cache_id in self.store:
-                out.append(self.node_id)
-            elif cache_id in self.records:
-                out.append(self.records[cache_id])
-            else:
-                if target == self.node_id:
+        out, elsewhere = [], {}
+        with self._lock:
+            for index, (cache_id, _via, target) in enumerate(items):
+                if cache_id in self.store:
+                    out.append((p.OK, self.node_id))
+                elif cache_id in self.records:
+                    out.append((p.OK, self.records[cache_id]))
+                elif target == self.node_id:
                     self.store.create_empty(cache_id)
+                    out.append((p.OK, target))
                 else:
-                    self.records[cache_id] = target
-                out.append(target)
+                    elsewhere.setdefault(target, []).append(index)
+                    out.append((p.OK, target))
+        # The lock is free while the targets create their ids: a target that is itself a home
+        # placing ids here must find this actor's peer methods able to run.
+        for node, indices in elsewhere.items():
+            ids = [items[i][0] for i in indices]
+            try:
+                self._call_peer(peers, node, "create_empty", ids)
+            except NodeUnavailable as exc:
+                for i in indices:
+                    out[i] = (p.UNAVAILABLE, (node, exc.reason))
+                continue
+            with self._lock:
+                for cache_id in ids:
+                    self.records[cache_id] = node
         return out
 
-    @_locked
+    def _call_peer(self, peers: dict, node: str, method: str, arg):
+        """Call another node's actor and wait (plain objects are called directly, in tests).
+
+        Raises:
+            NodeUnavailable: it is not a member, died, or did not answer in ``PEER_TIMEOUT``.
+        """
+        peer = peers.get(node)
+        if peer is None:
+            raise NodeUnavailable(node, arg, "not a member of the cache")
+        if not isinstance(peer, ray.actor.ActorHandle):
+            return getattr(peer, method)(arg)
+        with ray_errors(f"cache {self.cache}: {method} on node {node}", node=node, ids=arg):
+            return ray.get(getattr(peer, method).remote(arg), timeout=PEER_TIMEOUT)
+
+    @_locked  # outside ray.method: Ray reads the group from the unwrapped function
+    @ray.method(concurrency_group="peer")
     def create_empty(self, cache_ids: list) -> int:
         """Create ids as empty bytes where absent; returns how many were created."""
         return sum(self.store.create_empty(i) for i in cache_ids)
+
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def drop(self, cache_ids: list) -> int:
+        """Delete ids held here (their home dropped their records); returns how many existed."""
+        return sum(self.store.delete(i) for i in cache_ids)
 
     @_locked
     def ids(self, prefix: str) -> list:
@@ -213,25 +277,9 @@ class _NodeActor:
         self._apply()
 
     def shutdown(self) -> None:
-        """Stop the Consul threads and deregister this actor's instance."""
+        """Stop the Consul threads (each joined) and deregister this actor's instance."""
         for thread in self._threads:
             thread.stop()
 
 
-def _refs_beside(results: list) -> list:
-    """Move the ObjectRefs out of ``get`` results (in place); returns them in index order."""
-    refs: list = []
-    for index, (status, value) in enumerate(results):
-        if status == p.OK and any(len(f) == 4 for f in value[2]):
-            frames = []
-            for f in value[2]:
-                if len(f) == 4:
-                    frames.append((f[0], f[1], len(refs), f[3]))
-                    refs.append(f[2])
-                else:
-                    frames.append(f)
-            results[index] = (status, (value[0], value[1], frames))
-    return refs
-
-
-NodeActor = ray.remote(num_cpus=0, max_restarts=0)(_NodeActor)
+NodeActor = ray.remote(num_cpus=0, max_restarts=0, concurrency_groups={"peer": 1})(_NodeActor)

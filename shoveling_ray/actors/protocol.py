@@ -1,14 +1,21 @@
 """Status codes that cache actors return per id, so that no exception crosses Ray.
 
 Every actor method that serves ids takes a list of items and returns one ``(status, value)``
-per item. ``auth`` on an item says the client routed it authoritatively (to the id's home, or
-where the home redirected it); an item routed by a client's cached placement is not ``auth``,
-and an actor that does not hold it answers :data:`REROUTE` instead of a miss.
+per item. The second field of an item says how the client chose the node (``via``):
+:data:`AT_HOME` (the id's home, the node its hash slot maps to), :data:`VIA_HOME` (where the
+home redirected it) or :data:`VIA_CACHE` (a placement the client remembered). Only the home
+creates an id by ``set`` / ``append``. A node that does not hold the id answers a read sent
+``AT_HOME`` or ``VIA_HOME`` with :data:`MISS` (a redirected read that finds nothing raced a
+``delete``), and anything else with :data:`REROUTE`: the client's placement was stale, or a
+write must not recreate a deleted id away from its home, so the client asks the home again.
 """
+
+VIA_CACHE, AT_HOME, VIA_HOME = 0, 1, 2
 
 OK = 0  # value: the result
 MISS = 1  # value: None; the id does not exist
 REDIRECT = 2  # value: hex id of the node that holds the id (the home keeps a record)
-REROUTE = 3  # value: None; the cached placement is stale, ask the home
+REROUTE = 3  # value: None; not here, ask the home
 FULL = 4  # value: (limit, used, needed)
 WRONG_TYPE = 5  # value: None; append to a value that is not bytes
+UNAVAILABLE = 6  # value: (node, reason); the home could not reach the node that holds the id

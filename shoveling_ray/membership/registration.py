@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ..actors.storage import POLICIES
 from ..errors import ConsulError
-from .consul import CHECK_TTL, ConsulAgent, service_id
+from .consul import CHECK_TTL, REQUEST_TIMEOUT, ConsulAgent, service_id
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 KV_WAIT_SECONDS = 5
 MAX_BACKOFF = 5.0
 CONFIG_KEYS = ("max-memory", "eviction")
+#: Seconds ``Heartbeat.stop`` waits for a beat in flight (one request's timeout, and a margin).
+STOP_TIMEOUT = REQUEST_TIMEOUT + 1.0
 
 
 def parse_config_value(key: str, raw: bytes) -> int | str:
@@ -84,9 +86,15 @@ class Heartbeat(threading.Thread):
             self.beat()
             self.stopped.wait(CHECK_TTL / 5)
 
-    def stop(self) -> None:
-        """Stop beating and deregister (best effort)."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop beating, wait for a beat in flight, then deregister (best effort).
+
+        Joining first matters: a beat still in flight after the deregistration would register
+        the instance again.
+        """
         self.stopped.set()
+        if self.is_alive():
+            self.join(timeout)
         try:
             self.agent.deregister(self.service_id)
         except ConsulError as exc:
@@ -155,4 +163,6 @@ class ConfigFollower(threading.Thread):
                 self.apply(config)
 
     def stop(self) -> None:
+        """Stop following. Not joined: a blocking query in flight changes nothing when it
+        returns, and waiting for it would hold up shutdown by its wait time."""
         self.stopped.set()

@@ -5,6 +5,10 @@ nodes are (network coordinates).
 in a daemon thread, so routing never waits on Consul; when Consul stops answering it keeps the
 last known membership and logs once. Coordinates are read on demand and kept for
 :data:`COORDINATE_MAX_AGE` seconds, so a change in them shows within seconds.
+
+A process holds one view per cache, however many handles it has (every task that receives a
+pickled ``Cache`` makes one): :func:`acquire` shares it and counts the handles, :func:`release`
+stops it when the last handle is gone, :func:`close` when the cache is closed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Hashable
 
 from ..errors import ConsulError
 from ..placement import Coordinate, rtt_seconds
@@ -87,4 +92,39 @@ class ConsulView:
         return rtt_seconds(self._coords[a], self._coords[b])
 
     def close(self) -> None:
+        """Stop following. A blocking query in flight ends by itself within ``HEALTH_WAIT``."""
         self._stopped.set()
+
+
+_views: dict[Hashable, list] = {}  # key -> [view, handles using it]
+_views_lock = threading.Lock()
+
+
+def acquire(key: Hashable, config: ConsulConfig, cache: str) -> ConsulView:
+    """This process's view for ``key`` (one per cache incarnation), started on first use."""
+    with _views_lock:
+        entry = _views.get(key)
+        if entry is None:
+            entry = _views[key] = [ConsulView(config, cache), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release(key: Hashable) -> None:
+    """One handle less; the view stops with the last one."""
+    with _views_lock:
+        entry = _views.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _views[key]
+            entry[0].close()
+
+
+def close(key: Hashable) -> None:
+    """Stop the view for ``key`` whoever uses it (the cache was closed)."""
+    with _views_lock:
+        entry = _views.pop(key, None)
+    if entry is not None:
+        entry[0].close()

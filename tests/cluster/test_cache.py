@@ -63,7 +63,7 @@ def test_one_actor_pinned_to_each_node_without_cpu(cache):
 
 def test_opening_again_attaches_to_the_same_actors(cache):
     again = sr.Cache("main")
-    assert again._members == cache._members
+    assert again._router.members == cache._router.members
     cache.set("attach", b"1")
     assert again.get("attach") == b"1"
 
@@ -78,7 +78,7 @@ def test_caches_with_different_names_are_isolated(cache):
         other.init(["only-other"])
         assert not cache.exists("only-other")
         assert "only-other" not in cache.ids()
-        assert set(other._members.values()).isdisjoint(cache._members.values())
+        assert set(other._router.members.values()).isdisjoint(cache._router.members.values())
     finally:
         other.close()
     assert cache.get("shared-id") == b"main"

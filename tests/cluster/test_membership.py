@@ -73,7 +73,7 @@ def test_a_killed_actor_is_reported_and_replaced(cluster):
     node = cache.nodes()[0]
     ids = [i for i in (f"k{n}" for n in range(1000)) if cache.node_id(i) == node][:3]
     cache.set(ids[0], b"gone")
-    victim = cache._members[node]
+    victim = cache._router.members[node]
     ray.kill(victim)
     wait_for(lambda: _dead(victim), what="the killed actor to be dead")  # ray.kill is asynchronous
     with pytest.raises(sr.NodeUnavailable):

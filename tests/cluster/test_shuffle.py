@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import pytest
 import ray
-from ray._private.internal_api import memory_summary
 
 import shoveling_ray as sr
 from shoveling_ray.shuffle import Shuffle
@@ -34,9 +32,12 @@ def cache(cluster):
 
 
 def _object_store_bytes() -> int:
-    text = memory_summary(stats_only=True)
-    match = re.search(r"Plasma memory usage ([0-9.]+) MiB", text)
-    return int(float(match.group(1)) * MB) if match else 0
+    """Bytes in use in the cluster's object stores (Ray's public resource view)."""
+    total = ray.cluster_resources().get("object_store_memory")
+    free = ray.available_resources().get("object_store_memory")
+    if total is None or free is None:
+        pytest.fail("Ray reports no object_store_memory resource: cannot measure the object store")
+    return int(total - free)
 
 
 def test_sort_is_validated_and_reducers_run_where_their_partition_is(cache):

@@ -128,7 +128,7 @@ def test_dns_lists_one_record_per_live_actor(cluster, agents):
     try:
         wait_for(lambda: len(dig_records()) == 3, timeout=20, what="3 SRV records")
         victim = cache.nodes()[1]
-        ray.kill(cache._members[victim])
+        ray.kill(cache._router.members[victim])
         wait_for(lambda: len(dig_records()) == 2, timeout=3 * CHECK_TTL, what="the SRV count to drop")
     finally:
         cache.close()
@@ -142,7 +142,7 @@ def test_killed_actor_turns_critical_within_ttl_and_is_reported(cluster, agents)
         ids = [i for i, n in placed.items() if n == victim]
         for i in placed:
             cache.append(i, b"x")
-        ray.kill(cache._members[victim])
+        ray.kill(cache._router.members[victim])
         killed = time.monotonic()
         wait_for(lambda: instances(agents, "dead")[victim][1] == "critical", timeout=3 * CHECK_TTL,
                  what="the instance to turn critical")
@@ -288,7 +288,7 @@ def test_scores_and_node_id_follow_coordinates(cluster, agents):
         inject_until_visible(agents, moved)
         wait_for(lambda: ranking()[0] == [holder, far, near], timeout=10, what="the new ranking")
         # the holder's actor dies: node_id prefers the nearest passing node
-        ray.kill(cache._members[holder])
+        ray.kill(cache._router.members[holder])
         wait_for(lambda: cache._consul.critical(holder), timeout=3 * CHECK_TTL, what="critical holder")
         inject_until_visible(agents, moved)
         assert cache.node_id(cache_id) == far

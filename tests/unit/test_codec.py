@@ -138,3 +138,46 @@ json_like = st.recursive(
 @given(json_like)
 def test_any_msgpack_value_roundtrips(value):
     assert roundtrip(value) == value
+
+
+def _as_read_back(value):
+    """What a value reads back as: msgpack turns tuples into lists."""
+    if isinstance(value, (list, tuple)):
+        return [_as_read_back(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_read_back(v) for k, v in value.items()}
+    return value
+
+
+hashables = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=5) | st.binary(max_size=5)
+anything = st.recursive(
+    hashables | st.floats(allow_nan=False) | st.sets(st.integers(), max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(hashables | st.tuples(hashables, hashables) | st.frozensets(st.integers(), max_size=2), children, max_size=4)
+    ),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(anything)
+def test_whatever_encode_accepts_decodes_to_the_same_value(value):
+    try:
+        encoded = codec.encode(value)
+    except (TypeError, ValueError):
+        return  # refused before anything is stored: that is allowed
+    assert codec.decode(*encoded) == _as_read_back(value)
+
+
+@pytest.mark.parametrize("value", [{(1, 2): 3}, {"a": [{(1,): None}]}, {frozenset({1}): 1}])
+def test_values_that_would_not_read_back_are_refused(value):
+    with pytest.raises(TypeError, match="would not read it back|cannot store"):
+        codec.encode(value)
+
+
+def test_large_uncompressed_bytes_travel_out_of_band():
+    payload = codec.encode(b"x" * codec.OUT_OF_BAND_BYTES, None)[2][0][2]
+    assert isinstance(payload, np.ndarray)  # pickle protocol 5 moves it out of band
+    assert type(codec.encode(b"x" * 100, None)[2][0][2]) is bytes

@@ -1,0 +1,183 @@
+"""The routing engine: which node actor serves each id, following redirects and reroutes.
+
+Every id has a *home*: the node its hash slot maps to in the cache's slot table
+(:mod:`shoveling_ray.placement.hashing`). An id first written by ``set`` / ``append`` lives on
+its home. An id created by ``init`` lives where the strategy put it, and its home keeps a
+placement record pointing there. The router sends each item to the node it remembers for the
+id, else to the home; it follows a redirect (the home names the holder) and a reroute (a
+remembered placement went stale: ask the home again), at most :data:`MAX_ROUNDS` times, and
+remembers where ids live, so steady-state routing is one actor call per node touched.
+
+The router knows nothing of Ray. It is given ``handle_for(node, ids)`` (the node's actor, or
+raises :class:`~shoveling_ray.NodeUnavailable`), ``submit(handle, method, *args)`` (start a
+call, return its pending reply) and ``gather({node: pending}, {node: ids}, method)`` (wait for
+the replies). The defaults call plain objects directly, which is how the unit tests drive it
+against :class:`~shoveling_ray.actors.node._NodeActor` objects without a cluster; the
+:class:`~shoveling_ray.Cache` passes Ray's.
+
+It does not validate arguments (``cache``), encode values (``codec``) or choose nodes for new
+ids (``placement``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .actors import protocol as p
+from .errors import NodeUnavailable, ShovelingError
+from .objects import refs_back
+from .placement import assign, home_index, slot_of
+from .wire import no_gc, pack, unpack
+
+#: Redirects and reroutes one operation may follow before giving up.
+MAX_ROUNDS = 6
+#: Item methods whose home calls other nodes' actors: they get the members' handles.
+_PEER_METHODS = ("place", "delete")
+
+
+def call_now(handle: Any, method: str, *args: Any) -> Any:
+    """``submit`` for plain objects: the call runs at once and its result is the reply."""
+    return getattr(handle, method)(*args)
+
+
+def gather_now(pending: dict[str, Any], ids: dict[str, list[str]], method: str) -> dict[str, Any]:
+    """``gather`` for plain objects: the replies are already there."""
+    return pending
+
+
+class Router:
+    """Routes batches of items to the node actors of one cache.
+
+    Args:
+        name: the cache name, for messages.
+        view: the coordinator's view: ``members`` (node id -> actor) and ``table`` (slot ->
+            node id) at least.
+        handle_for: ``(node, ids) -> actor``; raises ``NodeUnavailable`` for a node that
+            cannot serve.
+        submit, gather: how calls start and are waited for (see the module docstring).
+        placements: remembered ``{id: node}`` of ids that live away from their home.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        view: dict,
+        handle_for: Callable[[str, list[str]], Any],
+        submit: Callable[..., Any] = call_now,
+        gather: Callable[[dict, dict, str], dict] = gather_now,
+        placements: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.handle_for, self.submit, self.gather = handle_for, submit, gather
+        self.placements: dict[str, str] = placements if placements is not None else {}
+        self.apply_view(view)
+
+    def apply_view(self, view: dict) -> None:
+        self.view = view
+        self.members: dict[str, Any] = view["members"]
+        self.table: list[str] = view["table"]
+
+    def home(self, cache_id: str) -> str:
+        return self.table[slot_of(cache_id)]
+
+    def run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
+        """Send ``items`` (``(cache_id, *payload)``) to their nodes, following redirects.
+
+        Args:
+            cached: start from remembered placements; ``False`` starts every item at its home.
+
+        Returns:
+            ``(status, value, node)`` per item, in order; never ``REDIRECT`` / ``REROUTE``.
+
+        Raises:
+            ShovelingError: an id's placement changed more than ``MAX_ROUNDS`` times.
+        """
+        with no_gc():
+            return self._rounds(method, items, cached)
+
+    def _rounds(self, method: str, items: list[tuple], cached: bool) -> list[tuple]:
+        placements = self.placements
+        homes = home_index([item[0] for item in items], self.table)
+        results: list = [None] * len(items)
+        groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for index, item in enumerate(items):
+            node = placements.get(item[0]) if cached else None
+            group = groups[node or homes[index]]
+            group[0].append(index)
+            group[1].append(p.AT_HOME if node is None else p.VIA_CACHE)
+        for _ in range(MAX_ROUNDS):
+            answers = self._send(method, items, groups)
+            retry: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+            for node, (indices, _via) in groups.items():
+                for index, (status, value) in zip(indices, answers[node]):
+                    if status == p.REDIRECT:
+                        placements[items[index][0]] = value
+                        retry[value][0].append(index)
+                        retry[value][1].append(p.VIA_HOME)
+                    elif status == p.REROUTE:
+                        placements.pop(items[index][0], None)
+                        retry[homes[index]][0].append(index)
+                        retry[homes[index]][1].append(p.AT_HOME)
+                    else:
+                        if status == p.OK and node != homes[index]:
+                            placements[items[index][0]] = node
+                        results[index] = (status, value, node)
+            if not retry:
+                return results
+            groups = retry
+        raise ShovelingError(f"cache {self.name!r}: placements kept moving during {method}; try again")
+
+    def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]]) -> dict[str, list]:
+        """One ``batch`` call per node; returns the ``(status, value)`` list per node."""
+        pending, ids = {}, {}
+        peers = (self.members,) if method in _PEER_METHODS else ()
+        for node, (indices, vias) in groups.items():
+            ids[node] = [items[i][0] for i in indices]
+            handle = self.handle_for(node, ids[node])
+            batch = [(items[i][0], via, *items[i][1:]) for i, via in zip(indices, vias)]
+            pending[node] = self.submit(handle, "batch", method, *pack(batch), *peers)
+        replies = self.gather(pending, ids, method)
+        return {node: refs_back(unpack(blob, buffers), refs) for node, (blob, buffers, refs) in replies.items()}
+
+    def each_node(self, method: str, *args: Any) -> dict[str, Any]:
+        """Call ``method(*args)`` on every member; returns ``{node: result}``."""
+        pending = {node: self.submit(self.handle_for(node, []), method, *args) for node in self.members}
+        return self.gather(pending, {node: [] for node in pending}, method)
+
+    def place(self, ids: list[str], weights: Mapping[str, float]) -> dict[str, str]:
+        """``init``'s protocol: ids that exist keep their node; new ones are spread over the
+        nodes in proportion to ``weights`` and created by their homes.
+
+        Each home decides for its ids and creates them on their nodes before it answers, so
+        every client sees each id placed once, existing, with its record; running it again
+        (after a failure, or from another client at the same time) changes nothing placed.
+
+        Returns:
+            ``{id: node}`` for every id, in the given order.
+
+        Raises:
+            NodeUnavailable: a chosen node did not answer; the other ids are placed, and
+                calling again places the rest.
+        """
+        located = self.run("locate", [(i,) for i in ids], cached=False)
+        placed = {i: r[1] for i, r in zip(ids, located) if r[0] == p.OK}
+        new = [i for i in ids if i not in placed]
+        if new:
+            targets = assign(len(new), weights)
+            answers = self.run("place", list(zip(new, targets)), cached=False)
+            for cache_id, (status, value, _node) in zip(new, answers):
+                if status == p.UNAVAILABLE:
+                    raise NodeUnavailable(value[0], [cache_id], value[1])
+                placed[cache_id] = value
+        for cache_id, node in placed.items():
+            if node != self.home(cache_id):
+                self.placements[cache_id] = node
+        return {i: placed[i] for i in ids}
+
+    def delete(self, cache_id: str) -> bool:
+        """Delete an id and its placement record (the home does both). Whether it existed."""
+        ((_status, existed, _node),) = self.run("delete", [(cache_id,)], cached=False)
+        self.placements.pop(cache_id, None)
+        return bool(existed)

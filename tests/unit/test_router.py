@@ -1,0 +1,190 @@
+"""The routing engine against plain node-actor objects: no Ray cluster.
+
+Each test builds three ``_NodeActor`` objects (what runs inside the Ray actors) and routers
+that call them directly, the way ``Cache`` calls them through Ray, and checks what a user of
+the cache relies on: reads find data wherever ``init`` put it, stale placements are rerouted,
+and ``init`` / ``delete`` / writes racing each other never leave an id without its record, a
+record without its data, or an id listed twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+
+from shoveling_ray import ShovelingError
+from shoveling_ray.actors import protocol as p
+from shoveling_ray.actors.node import _NodeActor
+from shoveling_ray.codec import decode, encode, encode_append
+from shoveling_ray.placement import build_slot_table
+from shoveling_ray.router import MAX_ROUNDS, Router
+
+NODES = ["node-a", "node-b", "node-c"]
+
+
+def make_actors() -> dict[str, _NodeActor]:
+    return {n: _NodeActor("unit", n, None, "reject") for n in NODES}
+
+
+def make_router(actors: dict, handle_for=None) -> Router:
+    view = {"members": actors, "table": build_slot_table(sorted(actors))}
+    return Router("unit", view, handle_for or (lambda node, ids: actors[node]))
+
+
+class Counting:
+    """A node actor that counts the batches sent to it."""
+
+    def __init__(self, actor, calls: Counter, node: str):
+        self.actor, self.calls, self.node = actor, calls, node
+
+    def batch(self, method, *args):
+        self.calls[(self.node, method)] += 1
+        return self.actor.batch(method, *args)
+
+
+def get(router: Router, cache_id: str):
+    ((status, value, _node),) = router.run("get", [(cache_id,)])
+    return decode(*value) if status == p.OK else None
+
+
+def set_(router: Router, cache_id: str, data) -> None:
+    ((status, _value, _node),) = router.run("set", [(cache_id, *encode(data))])
+    assert status == p.OK
+
+
+def held_by(actors: dict, cache_id: str) -> list[str]:
+    return [n for n, a in actors.items() if cache_id in a.store]
+
+
+def assert_consistent(actors: dict, router: Router) -> None:
+    """Every id lives on one node; away from its home only with a record there; every record
+    points at data."""
+    for node, actor in actors.items():
+        for cache_id in actor.store.ids():
+            assert held_by(actors, cache_id) == [node], f"{cache_id} held by {held_by(actors, cache_id)}"
+            home = router.home(cache_id)
+            if home != node:
+                assert actors[home].records.get(cache_id) == node, f"{cache_id} on {node} has no record at {home}"
+        for cache_id, target in actor.records.items():
+            assert cache_id in actors[target].store, f"record {cache_id} -> {target} without data"
+
+
+def test_set_get_append_route_to_the_home_in_one_call():
+    actors, calls = make_actors(), Counter()
+    router = make_router(actors, lambda node, ids: Counting(actors[node], calls, node))
+    set_(router, "k", b"value")
+    router.run("append", [("log", encode_append(b"ab"))])
+    router.run("append", [("log", encode_append(b"cd"))])
+    assert get(router, "k") == b"value" and get(router, "log") == b"abcd"
+    assert held_by(actors, "k") == [router.home("k")]
+    assert sum(count for (node, method), count in calls.items() if method == "get") == 2  # one call per get
+
+
+def test_an_init_placed_id_is_found_through_its_home_then_directly():
+    actors = make_actors()
+    placed = make_router(actors).place([f"p{i}" for i in range(30)], {n: 1.0 for n in NODES})
+    assert Counter(placed.values()) == {n: 10 for n in NODES}
+    away = next(i for i, n in placed.items() if n != make_router(actors).home(i))
+    calls = Counter()
+    reader = make_router(actors, lambda node, ids: Counting(actors[node], calls, node))
+    assert get(reader, away) == b""  # home, then the holder
+    assert reader.placements[away] == placed[away]
+    calls.clear()
+    assert get(reader, away) == b""  # remembered: one call, to the holder
+    assert calls == Counter({(placed[away], "get"): 1})
+    assert_consistent(actors, reader)
+
+
+def test_a_stale_placement_is_rerouted_to_the_home():
+    actors = make_actors()
+    first, second = make_router(actors), make_router(actors)
+    placed = first.place([f"s{i}" for i in range(12)], {n: 1.0 for n in NODES})
+    away = next(i for i, n in placed.items() if n != first.home(i))
+    assert second.delete(away)
+    set_(second, away, b"new home")  # created on the home this time
+    assert get(first, away) == b"new home"  # first's remembered placement is stale
+    assert away not in first.placements
+    assert_consistent(actors, first)
+
+
+def test_a_placement_that_keeps_moving_gives_up_after_max_rounds():
+    class Bouncing:
+        def __init__(self, other):
+            self.other, self.calls = other, 0
+
+        def batch(self, method, blob, buffers, *peers):
+            from shoveling_ray.wire import pack, unpack
+
+            self.calls += 1
+            return (*pack([(p.REDIRECT, self.other) for _ in unpack(blob, buffers)]), [])
+
+    bouncers = {"node-a": Bouncing("node-b"), "node-b": Bouncing("node-a")}
+    router = make_router(bouncers)
+    with pytest.raises(ShovelingError, match="kept moving"):
+        router.run("get", [("x",)])
+    assert sum(b.calls for b in bouncers.values()) == MAX_ROUNDS
+
+
+def test_init_twice_with_other_targets_returns_the_first_placement_and_ids_exist():
+    actors = make_actors()
+    ids = [f"i{i}" for i in range(40)]
+    first = make_router(actors).place(ids, {"node-a": 1.0})
+    second = make_router(actors).place(ids, {"node-b": 1.0})
+    assert first == second and set(first.values()) == {"node-a"}
+    assert all(get(make_router(actors), i) == b"" for i in ids)
+    assert_consistent(actors, make_router(actors))
+
+
+def test_a_write_redirected_before_a_delete_does_not_recreate_the_id_away_from_home():
+    actors = make_actors()
+    owner = make_router(actors)
+    placed = owner.place([f"r{i}" for i in range(12)], {n: 1.0 for n in NODES})
+    victim = next(i for i, n in placed.items() if n != owner.home(i))
+    target, injected = placed[victim], []
+
+    def handle_for(node, ids):
+        if node == target and not injected:  # the home has redirected the writer: delete now
+            injected.append(owner.delete(victim))
+        return actors[node]
+
+    writer = make_router(actors, handle_for)
+    set_(writer, victim, b"after delete")
+    assert injected == [True]
+    assert held_by(actors, victim) == [owner.home(victim)]  # not recreated on the old target
+    assert get(make_router(actors), victim) == b"after delete"
+    assert_consistent(actors, writer)
+
+
+def test_init_delete_and_set_racing_from_threads_keep_every_id_consistent():
+    actors = make_actors()
+    ids = [f"race{i}" for i in range(60)]
+    errors: list[BaseException] = []
+
+    def loop(action):
+        router = make_router(actors)
+        try:
+            for _ in range(25):
+                action(router)
+        except BaseException as exc:  # reported below, with the thread's traceback
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=loop, args=(lambda r: r.place(ids, {n: 1.0 for n in NODES}),)),
+        threading.Thread(target=loop, args=(lambda r: r.place(ids[::-1], {"node-c": 1.0}),)),
+        threading.Thread(target=loop, args=(lambda r: [r.delete(i) for i in ids[::3]],)),
+        threading.Thread(target=loop, args=(lambda r: r.run("set", [(i, *encode(b"v")) for i in ids[1::3]]),)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    router = make_router(actors)
+    assert_consistent(actors, router)
+    listed = [i for a in actors.values() for i in a.store.ids("race")]
+    assert len(listed) == len(set(listed))
+    placed = router.place(ids, {n: 1.0 for n in NODES})  # init after the storm: all exist
+    assert all(get(router, i) is not None for i in ids)
+    assert all(held_by(actors, i) == [placed[i]] for i in ids)
