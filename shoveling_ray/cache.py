@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import time
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +146,6 @@ class Cache:
         self._name = name
         self._compression = compression
         self._closed = False
-        self._consul_view: ConsulView | None = None
         self._coordinator, view = self._open(consul_config, settings)
         self._router = Router(name, view, self._handle, _submit, self._gather)
 
@@ -195,11 +193,9 @@ class Cache:
     def _consul(self) -> ConsulView | None:
         """This process's shared view of Consul health and coordinates, started on first use."""
         config = self._router.view["consul"]
-        if self._consul_view is None and config is not None and not self._closed:
-            key = (self._name, self._router.view["epoch"])
-            self._consul_view = watch.acquire(key, config, self._name)
-            weakref.finalize(self, watch.release, key)
-        return self._consul_view
+        if config is None or self._closed:
+            return None
+        return watch.view((self._name, self._router.view["epoch"]), config, self._name)
 
     def _check_healthy(self, node: str, ids: list[str]) -> None:
         view = self._consul
@@ -520,6 +516,5 @@ def _restore(name, compression, coordinator, view, placements, closed) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
     cache._closed = closed
-    cache._consul_view = None
     cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements)
     return cache

@@ -268,7 +268,9 @@ class _NodeActor:
 
     @_locked
     def stats(self) -> dict:
-        return self.store.stats()
+        """The store's figures, and ``consul``: the heartbeat's ``beats`` and last ``error``
+        (``None`` without Consul)."""
+        return {**self.store.stats(), "consul": self._threads[0].status() if self._threads else None}
 
     @_locked
     def configure(self, max_memory: int | None, policy: str) -> None:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 KV_WAIT_SECONDS = 5
 MAX_BACKOFF = 5.0
 CONFIG_KEYS = ("max-memory", "eviction")
+#: Seconds between two heartbeats: five a TTL, so one lost request never fails the check.
+BEAT_INTERVAL = CHECK_TTL / 5
 #: Seconds ``Heartbeat.stop`` waits for a beat in flight (one request's timeout, and a margin).
 STOP_TIMEOUT = REQUEST_TIMEOUT + 1.0
 
@@ -60,7 +62,10 @@ class Heartbeat(threading.Thread):
         self.service_id = service_id(cache, ray_node_id)
         self.stopped = threading.Event()
         self._registered = False
-        self._degraded = False
+        #: Successful rounds so far, and the last round's error (``None`` while it works):
+        #: what ``stats()`` shows of this node's standing in Consul.
+        self.beats = 0
+        self.error: str | None = None
 
     def beat(self) -> None:
         """One round: register if needed, else pass the TTL check."""
@@ -73,18 +78,23 @@ class Heartbeat(threading.Thread):
         except ConsulError as exc:
             # Unknown check (agent restarted) or agent down: register again next round.
             self._registered = False
-            if not self._degraded:
+            if self.error is None:
                 log.warning("cache %s: Consul heartbeat failing, serving on: %s", self.cache, exc)
-                self._degraded = True
+            self.error = str(exc)
             return
-        if self._degraded:
+        if self.error is not None:
             log.warning("cache %s: Consul agent answers again; instance %s registered", self.cache, self.service_id)
-            self._degraded = False
+            self.error = None
+        self.beats += 1
+
+    def status(self) -> dict:
+        """``{"beats": successful rounds, "error": the last round's error or None}``."""
+        return {"beats": self.beats, "error": self.error}
 
     def run(self) -> None:
         while not self.stopped.is_set():
             self.beat()
-            self.stopped.wait(CHECK_TTL / 5)
+            self.stopped.wait(BEAT_INTERVAL)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop beating, wait for a beat in flight, then deregister (best effort).

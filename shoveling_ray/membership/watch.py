@@ -6,9 +6,11 @@ in a daemon thread, so routing never waits on Consul; when Consul stops answerin
 last known membership and logs once. Coordinates are read on demand and kept for
 :data:`COORDINATE_MAX_AGE` seconds, so a change in them shows within seconds.
 
-A process holds one view per cache, however many handles it has (every task that receives a
-pickled ``Cache`` makes one): :func:`acquire` shares it and counts the handles, :func:`release`
-stops it when the last handle is gone, :func:`close` when the cache is closed.
+A process holds one view per cache incarnation, however many handles it has (every task that
+receives a pickled ``Cache`` makes one): :func:`view` shares it. It runs until the cache is
+closed: :func:`close` in the process that closes it, and in every other process the view stops
+by itself once all the cache's instances have left Consul (a closed cache deregisters them);
+a view asked for again after that starts afresh.
 """
 
 from __future__ import annotations
@@ -65,7 +67,14 @@ class ConsulView:
             if degraded:
                 log.warning("cache %s: Consul answers again", self.cache)
             degraded, backoff = False, 0.1
+            if self.instances and not instances:
+                log.info("cache %s: every instance left Consul (the cache was closed)", self.cache)
+                self._stopped.set()
             self.instances = instances
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
 
     def critical(self, ray_node_id: str) -> bool:
         """Whether the node's instance is registered and failing its check."""
@@ -96,35 +105,22 @@ class ConsulView:
         self._stopped.set()
 
 
-_views: dict[Hashable, list] = {}  # key -> [view, handles using it]
+_views: dict[Hashable, ConsulView] = {}
 _views_lock = threading.Lock()
 
 
-def acquire(key: Hashable, config: ConsulConfig, cache: str) -> ConsulView:
+def view(key: Hashable, config: ConsulConfig, cache: str) -> ConsulView:
     """This process's view for ``key`` (one per cache incarnation), started on first use."""
     with _views_lock:
-        entry = _views.get(key)
-        if entry is None:
-            entry = _views[key] = [ConsulView(config, cache), 0]
-        entry[1] += 1
-        return entry[0]
-
-
-def release(key: Hashable) -> None:
-    """One handle less; the view stops with the last one."""
-    with _views_lock:
-        entry = _views.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _views[key]
-            entry[0].close()
+        shared = _views.get(key)
+        if shared is None or shared.stopped:
+            shared = _views[key] = ConsulView(config, cache)
+        return shared
 
 
 def close(key: Hashable) -> None:
-    """Stop the view for ``key`` whoever uses it (the cache was closed)."""
+    """Stop the view for ``key`` (the cache was closed)."""
     with _views_lock:
-        entry = _views.pop(key, None)
-    if entry is not None:
-        entry[0].close()
+        shared = _views.pop(key, None)
+    if shared is not None:
+        shared.close()

@@ -8,7 +8,6 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -124,8 +123,13 @@ def test_without_the_token_nothing_is_registered_but_the_cache_serves(cluster, s
     try:
         cache.set("k", b"v")
         assert cache.get("k") == b"v"
-        time.sleep(2)
+        # every actor has tried to register and been refused, and serves on
+        wait_for(lambda: all(s["consul"]["error"] for s in cache.stats().values()), timeout=20,
+                 what="the refused registrations")
+        assert all("Permission denied" in s["consul"]["error"] and s["consul"]["beats"] == 0
+                   for s in cache.stats().values())
         assert registered(secure, "anonymous") == {}
+        assert cache.get("k") == b"v"
     finally:
         cache.close()
 
