@@ -71,3 +71,18 @@ def node_of_actor(cache, node_id: str) -> str:
     """The node a cache's actor for ``node_id`` really runs on (asked from inside it)."""
     return ray.get(cache._router.members[node_id].ping.remote())
 
+
+
+def wait_until_dead(actor, timeout: float = 60.0) -> None:
+    """Wait until Ray reports ``actor`` dead (``ray.kill`` is asynchronous)."""
+
+    def dead() -> bool:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return True
+        except ray.exceptions.GetTimeoutError:
+            pass
+        return False
+
+    wait_for(dead, timeout=timeout, what="the killed actor to be dead")

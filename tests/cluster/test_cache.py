@@ -14,7 +14,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import shoveling_ray as sr
 from shoveling_ray.placement import DEFAULT_REMOTE_SCORE
-from tests.conftest import MB, node_of_actor, module_cluster
+from tests.conftest import MB, module_cluster, node_of_actor, wait_until_dead
 
 pytestmark = pytest.mark.cluster
 
@@ -114,6 +114,14 @@ def test_numpy_round_trip(cache, arr):
 def test_msgpack_values_round_trip(cache, value):
     cache.set("obj", value)
     assert cache.get("obj") == value
+
+
+@pytest.mark.parametrize("value", [{(1, 2): 3}, [{"k": {(1,): 0}}]])
+def test_a_value_that_would_not_read_back_is_refused_and_the_old_one_kept(cache, value):
+    cache.set("unreadable", b"old")
+    with pytest.raises(TypeError, match="would not read it back"):
+        cache.set("unreadable", value)
+    assert cache.get("unreadable") == b"old"
 
 
 def test_append_concatenates_in_order_and_creates(cache):
@@ -230,6 +238,57 @@ def test_init_keeps_existing_ids_where_they_are(cache):
     assert again["keep/set"] == cache.node_ids("keep/set")[0]
     assert cache.get("keep/a") == b"appended"
     assert cache.get("keep/set") == b"data"
+
+
+@ray.remote(num_cpus=0)
+def init_from_task(cache, ids, strategy):
+    return cache.init(ids, strategy=strategy)
+
+
+@ray.remote(num_cpus=0)
+def delete_and_set_from_task(cache, ids, rounds):
+    for r in range(rounds):
+        for cache_id in ids:
+            cache.delete(cache_id)
+        cache.set_many({i: f"set{r}".encode() for i in ids[::2]})
+
+
+def assert_listed_once_where_placed(cache, placed):
+    listed = cache.ids("race/")
+    assert len(listed) == len(set(listed))
+    assert sorted(placed) == [i for i in listed if i in placed]
+    assert all(cache.node_ids(i) == [node] for i, node in placed.items())
+
+
+def test_init_racing_init_from_every_node_places_each_id_once(cache):
+    ids = [f"race/a{i}" for i in range(300)]
+    strategies = ["uniform_nodes", "uniform_cpu", "uniform_memory", "uniform_nodes"]
+    tasks = [
+        init_from_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            cache, ids[::-1] if k % 2 else ids, strategy)
+        for k, (node, strategy) in enumerate(zip(cache.nodes(), strategies))
+    ]
+    results = ray.get(tasks)
+    assert all(r == results[0] for r in results)  # every client sees the same placement
+    assert cache.get_many(ids) == {i: b"" for i in ids}
+    assert_listed_once_where_placed(cache, results[0])
+    for cache_id in ids:
+        cache.delete(cache_id)
+
+
+def test_init_racing_delete_and_set_leaves_no_id_twice_or_without_its_record(cache):
+    ids = [f"race/b{i}" for i in range(100)]
+    racers = [init_from_task.remote(cache, ids, "uniform_nodes") for _ in range(3)]
+    racers.append(delete_and_set_from_task.remote(cache, ids, 3))
+    ray.get(racers)
+    listed = cache.ids("race/b")
+    assert len(listed) == len(set(listed))
+    placed = cache.init(ids)  # after the race: everything exists, exactly where init says
+    assert_listed_once_where_placed(cache, placed)
+    values = cache.get_many(ids)
+    assert set(values.values()) <= {b"", b"set2"}
+    for cache_id in ids:
+        cache.delete(cache_id)
 
 
 def test_init_100k_ids(cache):
@@ -512,6 +571,7 @@ def test_large_values_live_on_the_holder_and_survive_the_writer(cache):
         writer = Writer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(writer_node, soft=False)).remote()
         assert ray.get(writer.write.remote(cache, cache_id, arr)) == writer_node
         ray.kill(writer)  # the value must not depend on the process that wrote it
+        wait_until_dead(writer)
         out = cache.get(cache_id)
         np.testing.assert_array_equal(out, arr)
         assert cache.node_ids(cache_id) == [node]

@@ -8,7 +8,7 @@ import pytest
 import ray
 
 import shoveling_ray as sr
-from tests.conftest import node_of_actor, module_cluster, wait_for
+from tests.conftest import module_cluster, node_of_actor, wait_for, wait_until_dead
 
 pytestmark = pytest.mark.cluster
 
@@ -58,16 +58,6 @@ def test_a_dead_node_raises_node_unavailable_then_leaves_routing(cluster):
     cache.close()
 
 
-def _dead(actor) -> bool:
-    try:
-        ray.get(actor.ping.remote(), timeout=5)
-    except ray.exceptions.RayActorError:
-        return True
-    except ray.exceptions.GetTimeoutError:
-        pass
-    return False
-
-
 def test_a_killed_actor_is_reported_and_replaced(cluster):
     cache = sr.Cache("killed")
     node = cache.nodes()[0]
@@ -75,7 +65,7 @@ def test_a_killed_actor_is_reported_and_replaced(cluster):
     cache.set(ids[0], b"gone")
     victim = cache._router.members[node]
     ray.kill(victim)
-    wait_for(lambda: _dead(victim), what="the killed actor to be dead")  # ray.kill is asynchronous
+    wait_until_dead(victim)
     with pytest.raises(sr.NodeUnavailable):
         cache.get(ids[0])
     assert node in cache.nodes()
@@ -98,4 +88,32 @@ def test_closed_cache_raises_cache_closed_everywhere(cluster):
         other.get("a")
     reopened = sr.Cache("closing")  # the name is free again, and the cache is new
     assert reopened.get("a", None) is None
+    reopened.close()
+
+
+def test_close_then_reopen_in_a_loop_always_gets_a_fresh_working_cache(cluster):
+    for round_ in range(8):
+        cache = sr.Cache("cycle", max_memory=10 * (1 << 20))
+        assert cache.get("k", None) is None  # nothing from the previous round
+        placed = cache.init([f"c{i}" for i in range(12)])
+        assert set(placed.values()) == set(cache.nodes()) == alive()
+        cache.set("k", f"round {round_}".encode())
+        assert cache.get("k") == f"round {round_}".encode()
+        assert all(s["limit"] == 10 * (1 << 20) for s in cache.stats().values())
+        cache.close()
+
+
+def test_a_dead_member_does_not_stop_others_from_opening_with_settings(cluster):
+    extra = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    cache = sr.Cache("prune")
+    assert extra.node_id in cache.nodes()
+    cache.set("kept", b"v")
+    cluster.remove_node(extra, allow_graceful=False)  # SIGKILL: Ray notices after a while
+    reopened = sr.Cache("prune", max_memory=5 * (1 << 20))  # prunes, then configures
+    wait_for(lambda: (reopened._refresh(), extra.node_id not in reopened.nodes())[1], timeout=90,
+             what="the dead member to leave")
+    assert all(s["limit"] == 5 * (1 << 20) for s in reopened.stats().values())
+    if cache.node_ids("kept") != [extra.node_id]:
+        assert reopened.get("kept") == b"v"
     reopened.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -84,6 +85,20 @@ def test_a_failed_task_still_cleans_up(cache):
         with Shuffle(cache, 4, prefix="failing") as sh:
             sh.run([1, 2], _failing_map, lambda i, d: None)
     assert cache.ids("failing/") == []
+
+
+def _crashing_map(item):
+    if item == 1:
+        os._exit(1)  # the worker process dies, as under an out-of-memory kill
+    return {0: b"x" * 1000}
+
+
+def test_a_crashed_worker_is_a_shoveling_error_and_still_cleans_up(cache):
+    with pytest.raises(sr.ShovelingError, match="a task failed") as err:
+        with Shuffle(cache, 3, prefix="crashing") as sh:
+            sh.run(range(4), _crashing_map, lambda i, d: None, map_options={"max_retries": 0})
+    assert isinstance(err.value.__cause__, ray.exceptions.WorkerCrashedError)
+    assert cache.ids("crashing/") == []
 
 
 def _big_map(item):

@@ -27,5 +27,7 @@ def _released_mib(mode: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_a_freed_block_stays_in_the_process_only_when_asked():
-    assert _released_mib("default") == ("None", 24)  # glibc hands a fresh 24 MiB block back
-    assert _released_mib("keep") == ("True", 0)
+    applied, released = _released_mib("default")
+    assert applied == "None" and released >= 20  # glibc hands (nearly all of) the 24 MiB block back
+    applied, released = _released_mib("keep")
+    assert applied == "True" and released <= 2  # kept: at most page-level noise leaves
