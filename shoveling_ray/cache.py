@@ -11,6 +11,7 @@ It does not store data (``actors``), decide placement (``placement``) or route (
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,7 @@ from .errors import CacheClosed, CacheFull, CacheMiss, NodeUnavailable, Shovelin
 from .membership import ray_nodes, watch
 from .membership.consul import DEFAULT_SERVICE, resolve
 from .objects import fetch
+from .observe.display import Stats, html_table
 from .placement import DEFAULT_REMOTE_SCORE, check_strategy
 from .router import Router
 from .wire import no_gc
@@ -477,10 +479,18 @@ class Cache:
         """Hex ids of the nodes with a cache actor."""
         return sorted(self._router.members)
 
-    def stats(self) -> dict[str, dict]:
+    def stats(self) -> Stats:
         """Per node: ``used`` (stored bytes), ``raw`` (bytes before compression), ``limit``,
-        ``ids``, ``evictions`` and ``policy``."""
-        return self._router.each_node("stats")
+        ``ids``, ``evictions``, ``policy`` and ``consul`` (``None`` without Consul, else the
+        heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
+        return Stats(self._router.each_node("stats"))
+
+    def _repr_html_(self) -> str:
+        title = f"Cache {self._name!r}: {len(self._router.members)} nodes"
+        try:
+            return html_table(self.stats(), title)
+        except ShovelingError as exc:
+            return f"<b>{html.escape(title)}</b>: {html.escape(str(exc))}"
 
     def close(self) -> None:
         """Stop the cache: every node actor and the data they hold.

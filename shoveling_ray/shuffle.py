@@ -104,6 +104,24 @@ def _run_all(submit: list[Callable[[], ray.ObjectRef]], phase: str, limit: int, 
         raise
 
 
+class ProgressBars:
+    """``progress`` callback drawing one tqdm bar per phase (map, reduce) of a shuffle."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm  # imported on use: tasks never need it
+
+        bar = self.bars.get(phase)
+        if bar is None:
+            bar = self.bars[phase] = tqdm(total=total, desc=f"{self.prefix} {phase}", unit="task")
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+
 class Shuffle:
     """Partitions for one shuffle, created with ``cache.init`` (see the module docstring).
 
@@ -146,14 +164,16 @@ class Shuffle:
         *,
         map_options: dict | None = None,
         reduce_options: dict | None = None,
-        progress: Callable[[str, int, int], None] | None = None,
+        progress: bool | Callable[[str, int, int], None] | None = True,
         max_in_flight: int | None = None,
     ) -> list[Any]:
         """Map every input, then reduce every partition; returns the reduce results.
 
         Args:
             map_options / reduce_options: extra ``.options(...)`` for the tasks (``num_cpus``).
-            progress: called as ``progress("map" | "reduce", done, total)`` as tasks finish.
+            progress: ``True`` (default): a tqdm progress bar per phase (``tqdm.auto``: a
+                widget in Jupyter, a text bar in a terminal); ``False`` / ``None``: none; a
+                callable: called as ``progress("map" | "reduce", done, total)`` instead.
             max_in_flight: tasks submitted at a time; the cluster's CPU count by default.
 
         Raises:
@@ -167,6 +187,10 @@ class Shuffle:
             raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
         limit = max_in_flight
         map_task = _map_task.options(**(map_options or {}))
+        if progress is True:
+            progress = ProgressBars(self.prefix)
+        elif progress is False:
+            progress = None
         with ray_errors(f"shuffle {self.prefix}: a task failed"):
             started = time.perf_counter()
             nodes = [self.placement[pid] for pid in self.partitions]

@@ -69,6 +69,17 @@ def test_map_results_come_back_in_input_order_with_task_stats(cache):
     assert cache.ids("counting/") == []
 
 
+def test_progress_bars_by_default_and_none_when_turned_off(cache, capfd):
+    with Shuffle(cache, 3, prefix="bars") as sh:
+        sh.run(range(4), _counting_map, lambda i, d: len(d))
+    err = capfd.readouterr().err
+    assert "bars map: 100%" in err and "4/4" in err
+    assert "bars reduce: 100%" in err and "3/3" in err
+    with Shuffle(cache, 3, prefix="quiet") as sh:
+        sh.run(range(4), _counting_map, lambda i, d: len(d), progress=False)
+    assert "quiet" not in capfd.readouterr().err
+
+
 def test_bad_max_in_flight_is_refused_before_any_task(cache):
     with Shuffle(cache, 2, prefix="inflight") as sh:
         with pytest.raises(ValueError, match="max_in_flight"):

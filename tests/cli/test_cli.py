@@ -1,0 +1,158 @@
+"""The installed ``shoveling`` command against a real two-node cluster started with ``ray
+start`` on this machine (a head and a worker node), stopped at the end of the module.
+
+Every call is a subprocess, as an operator would type it; the cache is started beforehand by
+a separate Python process and outlives it (its actors are detached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.cli
+
+BIN = Path(sys.executable).parent
+SHOVELING = str(BIN / "shoveling")
+RAY = str(BIN / "ray")
+PORT = 6391
+ADDRESS = f"127.0.0.1:{PORT}"
+NAME = "clitest"
+MB = 1 << 20
+
+
+def env() -> dict:
+    # Ray 2.60 starts a head with token authentication; whoever joins it (a worker node's
+    # `ray start --address`, a driver) must be told so, and reads the token the head wrote to
+    # ~/.ray/auth_token.
+    return {**os.environ, "RAY_ADDRESS": ADDRESS, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "token"}
+
+
+def ray_cli(*args: str) -> None:
+    run = subprocess.run([RAY, *args], capture_output=True, timeout=180, env=env())
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+
+
+def shoveling(*args: str, stdin: bytes | None = None, program: list[str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*(program or [SHOVELING]), *args], input=stdin, capture_output=True, timeout=180, env=env()
+    )
+
+
+def ok(*args: str, **kwargs) -> str:
+    run = shoveling(*args, **kwargs)
+    assert run.returncode == 0, run.stderr.decode()
+    return run.stdout.decode()
+
+
+def fails(code: int, *args: str) -> str:
+    """Run, expect exit ``code`` and one line on stderr without a traceback; return it."""
+    run = shoveling(*args)
+    err = run.stderr.decode()
+    assert run.returncode == code, (run.returncode, err)
+    assert "Traceback" not in err
+    if code == 1:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("shoveling: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    common = ["--num-cpus", "1", "--object-store-memory", str(150 * MB), "--disable-usage-stats"]
+    ray_cli("start", "--head", "--port", str(PORT), "--include-dashboard=false", *common)
+    try:
+        ray_cli("start", "--address", ADDRESS, *common)
+        starter = (
+            "import ray, shoveling_ray as sr; ray.init(address=%r); "
+            "c = sr.Cache(%r, consul=False); assert len(c.nodes()) == 2, c.nodes()" % (ADDRESS, NAME)
+        )
+        subprocess.run([sys.executable, "-c", starter], check=True, timeout=180, env=env())
+        yield
+    finally:
+        ray_cli("stop", "--force")
+
+
+def test_help_and_bad_usage_exit_2():
+    run = shoveling("--help")
+    assert run.returncode == 0
+    for command in ("caches", "status", "ls", "get", "put", "rm", "drain", "config", "close"):
+        assert command in run.stdout.decode()
+    fails(2, "frobnicate")
+    fails(2, "get", NAME)  # the id is missing
+    fails(2, "config", NAME, "--eviction", "fifo")
+    fails(2, "config", NAME, "--max-memory", "-5")
+
+
+def test_no_cluster_at_the_address_is_one_line_and_exit_1():
+    err = fails(1, "--address", "127.0.0.1:1", "caches")
+    assert "no Ray cluster at 127.0.0.1:1" in err
+
+
+def test_caches_and_unknown_cache(cluster):
+    assert NAME in ok("caches").split()
+    assert NAME in json.loads(ok("caches", "--json"))
+    assert "no running cache named 'nope'" in fails(1, "status", "nope")
+    assert ok("caches").split() == [NAME]  # asking about 'nope' started nothing
+
+
+def test_put_then_get_10_mb_byte_for_byte(cluster, tmp_path):
+    data = os.urandom(10 * MB)
+    source = tmp_path / "in.bin"
+    source.write_bytes(data)
+    ok("put", NAME, "blob", str(source))
+    target = tmp_path / "out.bin"
+    ok("get", NAME, "blob", "-o", str(target))
+    assert target.read_bytes() == data
+    assert shoveling("get", NAME, "blob").stdout == data  # to stdout as raw bytes
+    ok("put", NAME, "from-stdin", "-", stdin=b"piped bytes")
+    assert shoveling("get", NAME, "from-stdin").stdout == b"piped bytes"
+    assert json.loads(ok("get", NAME, "from-stdin", "--json")) == {"base64": "cGlwZWQgYnl0ZXM="}
+
+
+def test_ls_status_and_rm(cluster):
+    for i in range(3):
+        ok("put", NAME, f"dir/{i}", "-", stdin=b"x" * (i + 1))
+    assert ok("ls", NAME, "--prefix", "dir/").split() == ["dir/0", "dir/1", "dir/2"]
+    assert json.loads(ok("ls", NAME, "--prefix", "dir/", "--json")) == ["dir/0", "dir/1", "dir/2"]
+    status = json.loads(ok("status", NAME, "--json"))
+    assert status["cache"] == NAME and len(status["nodes"]) == 2
+    ids = sum(n["ids"] for n in status["nodes"].values())
+    assert ids == len(json.loads(ok("ls", NAME, "--json")))
+    text = ok("status", NAME)
+    assert text.splitlines()[0] == f"cache {NAME}: 2 nodes, {ids} ids"
+    assert all(node in text for node in status["nodes"])
+    ok("rm", NAME, "dir/1")
+    assert ok("ls", NAME, "--prefix", "dir/").split() == ["dir/0", "dir/2"]
+    assert "does not exist" in fails(1, "rm", NAME, "dir/1")
+    assert "does not exist" in fails(1, "get", NAME, "dir/1")
+
+
+def test_config_applies_to_every_node(cluster):
+    before = json.loads(ok("config", NAME, "--json"))
+    assert len(before) == 2
+    after = json.loads(ok("config", NAME, "--max-memory", str(64 * MB), "--eviction", "lru", "--json"))
+    assert all(c == {"max_memory": 64 * MB, "eviction": "lru"} for c in after.values())
+    assert json.loads(ok("config", NAME, "--json")) == after
+    assert "not available yet" in fails(1, "config", NAME, "--replicas", "2")
+
+
+def test_drain_says_it_is_not_available_yet(cluster):
+    node = next(iter(json.loads(ok("status", NAME, "--json"))["nodes"]))
+    assert "not available yet" in fails(1, "drain", NAME, node)
+
+
+def test_python_dash_m_is_the_same_program(cluster):
+    assert ok("caches", program=[sys.executable, "-m", "shoveling_ray"]).split() == [NAME]
+
+
+def test_close_stops_the_cache(cluster):
+    ok("close", NAME)
+    wait_for(lambda: NAME not in ok("caches").split(), timeout=30, what="the cache to be gone")
+    assert "no running cache" in fails(1, "ls", NAME)
