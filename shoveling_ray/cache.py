@@ -115,6 +115,9 @@ class Cache:
             cache; later openers follow the running cache.
         consul_token: ACL token; defaults to ``CONSUL_HTTP_TOKEN``.
         consul_service: the Consul service the actors register as.
+        http: ``True`` serves each node's data read-only over HTTP on the node's address (see
+            :meth:`endpoints`); ``False`` stops it; ``None`` keeps the running cache's setting
+            (a new cache: off).
 
     Raises:
         TypeError / ValueError: a bad argument, before Ray is touched.
@@ -132,6 +135,7 @@ class Cache:
         consul: str | bool | None = None,
         consul_token: str | None = None,
         consul_service: str = DEFAULT_SERVICE,
+        http: bool | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(
@@ -142,6 +146,10 @@ class Cache:
             settings["max_memory"] = check_max_memory(max_memory)
         if eviction is not None:
             settings["policy"] = check_policy(eviction)
+        if http is not None:
+            if not isinstance(http, bool):
+                raise TypeError(f"http must be True, False or None, not {type(http).__name__}")
+            settings["http"] = http
         codec.check_compression(compression)
         consul_config = resolve(consul, consul_token, consul_service)
         _connect_ray()
@@ -478,6 +486,16 @@ class Cache:
     def nodes(self) -> list[str]:
         """Hex ids of the nodes with a cache actor."""
         return sorted(self._router.members)
+
+    def endpoints(self) -> dict[str, str]:
+        """``{node_id: "http://host:port"}`` of the nodes' HTTP read endpoints; empty when off.
+
+        Each serves ``GET /v1/caches/<cache>/ids/<id>`` (the raw bytes of a bytes value held on
+        that node: ask the node ``node_id(id)`` names), ``GET /v1/caches/<cache>/ids?prefix=``
+        and ``GET /v1/health``; with ``SHOVELING_HTTP_TOKEN`` set on a node, reads there need
+        ``Authorization: Bearer <token>``.
+        """
+        return {node: url for node, url in self._router.each_node("endpoint").items() if url}
 
     def stats(self) -> Stats:
         """Per node: ``used`` (stored bytes), ``raw`` (bytes before compression), ``limit``,

@@ -57,6 +57,7 @@ class _Coordinator:
         self.consul = consul
         self.max_memory = max_memory
         self.policy = policy
+        self.http = False
         self.members: dict[str, ray.actor.ActorHandle] = {}
         self.info: dict[str, NodeInfo] = {}
         self.table: list[str] | None = None
@@ -72,7 +73,7 @@ class _Coordinator:
 
         Dead members leave first (their hash slots move to the survivors), new alive nodes get
         an actor, and only then are ``settings`` (``max_memory`` / ``policy``) given explicitly
-        by a client applied to every member. All the waiting shares one deadline
+        by a client applied to every member (``http`` turns the members' endpoints on or off). All the waiting shares one deadline
         (:data:`JOIN_DEADLINE`), and the actors are asked in parallel.
 
         Raises:
@@ -107,8 +108,12 @@ class _Coordinator:
             self.version += 1
         if started:
             self.version += 1
-        if settings:
+        if settings and ("max_memory" in settings or "policy" in settings):
             self._configure(settings.get("max_memory", self.max_memory), settings.get("policy", self.policy), deadline)
+        if settings and "http" in settings:
+            self.http = settings["http"]
+            calls = [h.serve_http.remote(self.http) for h in self.members.values()]
+            ray.wait(calls, num_returns=len(calls), timeout=max(deadline - time.monotonic(), 0))
         return self.view()
 
     @staticmethod
@@ -134,7 +139,7 @@ class _Coordinator:
             namespace=NAMESPACE,
             lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-        ).remote(self.cache, node.node_id, self._limit(node), self.policy, self.consul)
+        ).remote(self.cache, node.node_id, self._limit(node), self.policy, self.consul, self.http)
 
     def _configure(self, max_memory: int | None, policy: str, deadline: float) -> None:
         self.max_memory, self.policy = max_memory, policy

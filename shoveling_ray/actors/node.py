@@ -22,7 +22,9 @@ import ray
 from ..errors import CacheFull
 from ..heap import keep_freed_memory
 from ..errors import NodeUnavailable, ray_errors
-from ..objects import adopt, refs_beside
+from ..codec import KIND_BYTES, decode
+from ..objects import adopt, fetch, refs_beside
+from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..wire import no_gc, pack, unpack
 from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
@@ -55,10 +57,18 @@ class _NodeActor:
         policy: ``"reject"`` or ``"lru"``.
         consul: Consul settings, or ``None`` for Ray alone. The actor talks to the agent its
             node names in ``CONSUL_HTTP_ADDR``, else to the one in ``consul``.
+        http: serve the HTTP read endpoint (:mod:`shoveling_ray.observe.http`) on the node's
+            address.
     """
 
     def __init__(
-        self, cache: str, node_id: str, max_memory: int | None, policy: str, consul: ConsulConfig | None = None
+        self,
+        cache: str,
+        node_id: str,
+        max_memory: int | None,
+        policy: str,
+        consul: ConsulConfig | None = None,
+        http: bool = False,
     ) -> None:
         keep_freed_memory()
         self.cache = cache
@@ -70,11 +80,15 @@ class _NodeActor:
         self._base = {"max-memory": max_memory, "eviction": policy}
         self._kv: dict = {}
         self._threads: list = []
+        self._endpoint: ReadEndpoint | None = None
+        if http:
+            self.serve_http(True)
         if consul is not None:
             local = os.environ.get("CONSUL_HTTP_ADDR")
             agent = ConsulAgent(consul.at(local) if local else consul)
             address = ray.util.get_node_ip_address()
             self._threads = [Heartbeat(agent, cache, node_id, address), ConfigFollower(agent, cache, self._follow)]
+            self._threads[0].port = self._endpoint.port if self._endpoint else None
             self._threads[0].beat()  # registered before the first call is served
             for thread in self._threads:
                 thread.start()
@@ -278,8 +292,42 @@ class _NodeActor:
         self._base = {"max-memory": max_memory, "eviction": policy}
         self._apply()
 
+    def serve_http(self, on: bool) -> str | None:
+        """Start or stop the HTTP read endpoint; returns its URL (``None`` when off). With
+        Consul, the instance then carries the port and an HTTP check."""
+        if on and self._endpoint is None:
+            self._endpoint = ReadEndpoint(self, ray.util.get_node_ip_address(), os.environ.get(TOKEN_ENV))
+        elif not on and self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
+        if self._threads:
+            self._threads[0].announce_port(self._endpoint.port if self._endpoint else None)
+        return self.endpoint()
+
+    def endpoint(self) -> str | None:
+        """The HTTP endpoint's URL, or ``None`` when it is off."""
+        return self._endpoint.url if self._endpoint else None
+
+    @_locked
+    def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
+        """For the HTTP endpoint: ``(200, bytes)``, or ``(404 | 415, None)``."""
+        entry = self.store.get(cache_id)
+        if entry is None:
+            return 404, None
+        if entry.kind != KIND_BYTES:
+            return 415, None
+        (frames,) = fetch([entry.frames])
+        return 200, decode(entry.kind, entry.meta, frames)
+
+    @_locked
+    def http_ids(self, prefix: str) -> list[str]:
+        return sorted(self.store.ids(prefix))
+
     def shutdown(self) -> None:
-        """Stop the Consul threads (each joined) and deregister this actor's instance."""
+        """Stop the HTTP endpoint and the Consul threads (each joined), and deregister this
+        actor's instance."""
+        if self._endpoint is not None:
+            self._endpoint.stop()
         for thread in self._threads:
             thread.stop()
 

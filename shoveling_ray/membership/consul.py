@@ -159,8 +159,12 @@ class ConsulAgent:
         """The Consul node name of this agent."""
         return self._call("agent/self", self._client.agent.self)["Config"]["NodeName"]
 
-    def register(self, service_id: str, cache: str, ray_node_id: str, address: str) -> None:
-        """Register (or replace) one actor's instance with a TTL check that starts passing."""
+    def register(self, service_id: str, cache: str, ray_node_id: str, address: str, port: int | None = None) -> None:
+        """Register (or replace) one actor's instance with a TTL check that starts passing.
+
+        With ``port`` (the actor's HTTP endpoint), the instance carries it, so the SRV record
+        names it, and gets a second check: an HTTP GET of ``/v1/health`` there.
+        """
         check = {
             "CheckID": check_id(service_id),
             "Name": f"shoveling actor of cache {cache}",
@@ -168,15 +172,28 @@ class ConsulAgent:
             "Status": "passing",
             "DeregisterCriticalServiceAfter": DEREGISTER_AFTER,
         }
+        extra = None
+        if port:
+            host = f"[{address}]" if ":" in address else address
+            extra = [{
+                "CheckID": f"{check_id(service_id)}:http",
+                "Name": f"shoveling HTTP endpoint of cache {cache}",
+                "HTTP": f"http://{host}:{port}/v1/health",
+                "Interval": f"{CHECK_TTL}s",
+                "Timeout": "2s",
+                "DeregisterCriticalServiceAfter": DEREGISTER_AFTER,
+            }]
         self._call(
             "service register",
             self._client.agent.service.register,
             self.config.service,
             service_id=service_id,
             address=address,
+            port=port,
             tags=[cache],
             meta={"ray_node_id": ray_node_id, "cache": cache},
             check=check,
+            extra_checks=extra,
             replace_existing_checks=True,
         )
 

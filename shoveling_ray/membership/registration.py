@@ -62,6 +62,8 @@ class Heartbeat(threading.Thread):
         self.service_id = service_id(cache, ray_node_id)
         self.stopped = threading.Event()
         self._registered = False
+        #: The actor's HTTP endpoint port, carried by the instance (``None``: no endpoint).
+        self.port: int | None = None
         #: Successful rounds so far, and the last round's error (``None`` while it works):
         #: what ``stats()`` shows of this node's standing in Consul.
         self.beats = 0
@@ -71,7 +73,7 @@ class Heartbeat(threading.Thread):
         """One round: register if needed, else pass the TTL check."""
         try:
             if not self._registered:
-                self.agent.register(self.service_id, self.cache, self.ray_node_id, self.address)
+                self.agent.register(self.service_id, self.cache, self.ray_node_id, self.address, self.port)
                 self._registered = True
             else:
                 self.agent.pass_ttl(self.service_id)
@@ -86,6 +88,11 @@ class Heartbeat(threading.Thread):
             log.warning("cache %s: Consul agent answers again; instance %s registered", self.cache, self.service_id)
             self.error = None
         self.beats += 1
+
+    def announce_port(self, port: int | None) -> None:
+        """Carry ``port`` (or none) from the next round on: the instance is registered again."""
+        self.port = port
+        self._registered = False
 
     def status(self) -> dict:
         """``{"beats": successful rounds, "error": the last round's error or None}``."""

@@ -220,6 +220,28 @@ def test_a_worker_running_many_tasks_keeps_one_consul_watcher(cluster, agents):
         cache.close()
 
 
+def test_http_endpoint_port_is_in_the_srv_records_and_serves_the_bytes(cluster, agents):
+    import urllib.request
+
+    cache = sr.Cache("webc", http=True)
+    try:
+        endpoints = cache.endpoints()
+        ports = {int(url.rsplit(":", 1)[1]) for url in endpoints.values()}
+        srv_ports = lambda: {int(line.split()[2]) for line in dig_records()}  # noqa: E731
+        wait_for(lambda: srv_ports() == ports, timeout=20, what="SRV records naming the HTTP ports")
+        # both checks (TTL and HTTP /v1/health) pass on every instance
+        wait_for(lambda: all(len(e["Checks"]) == 3 and all(c["Status"] == "passing" for c in e["Checks"])
+                             for e in http_json(agents.server.http, f"/v1/health/service/{SERVICE}?tag=webc")),
+                 timeout=30, what="the HTTP checks to pass")
+        node = cache.nodes()[0]
+        cache_id = next(i for i in (f"w{k}" for k in range(10_000)) if cache.node_id(i) == node)
+        cache.set(cache_id, b"served over http")
+        with urllib.request.urlopen(f"{endpoints[node]}/v1/caches/webc/ids/{cache_id}", timeout=10) as response:
+            assert response.read() == b"served over http"
+    finally:
+        cache.close()
+
+
 # -- configuration from KV -------------------------------------------------------------------
 
 
