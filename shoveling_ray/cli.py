@@ -123,12 +123,15 @@ def cmd_caches(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    stats = open_cache(args.name).stats()
+    cache = open_cache(args.name)
+    stats, endpoints = cache.stats(), cache.endpoints()
     if args.json:
-        _print_json({"cache": args.name, "nodes": dict(stats)})
+        _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints})
         return
     print(f"cache {args.name}: {len(stats)} nodes, {sum(s['ids'] for s in stats.values())} ids")
     print(text_table(COLUMNS, rows(stats)))
+    for node, url in sorted(endpoints.items()):
+        print(f"http {node}: {url}")
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
@@ -246,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("caches", cmd_caches, "list the running caches", reads=True)
-    p = command("status", cmd_status, "per node: ids, used / limit, evictions, policy, Consul health", reads=True)
+    p = command("status", cmd_status, "per node: ids, used / limit, evictions, policy, Consul health; HTTP endpoints", reads=True)
     p.add_argument("name", help="cache name")
     p = command("ls", cmd_ls, "list a cache's ids", reads=True)
     p.add_argument("name", help="cache name")

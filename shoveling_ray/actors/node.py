@@ -25,6 +25,7 @@ from ..errors import NodeUnavailable, ray_errors
 from ..codec import KIND_BYTES, decode
 from ..objects import adopt, fetch, refs_beside
 from ..observe.http import TOKEN_ENV, ReadEndpoint
+from ..observe.metrics import NodeMetrics
 from ..wire import no_gc, pack, unpack
 from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
@@ -81,6 +82,8 @@ class _NodeActor:
         self._kv: dict = {}
         self._threads: list = []
         self._endpoint: ReadEndpoint | None = None
+        self._metrics = NodeMetrics(cache, node_id)
+        self._moved = 0  # bytes stored or returned by the batch being served
         if http:
             self.serve_http(True)
         if consul is not None:
@@ -97,6 +100,7 @@ class _NodeActor:
         with self._lock:
             self._kv = kv_config
             self._apply()
+            self._publish()
 
     def _apply(self) -> None:
         config = {**self._base, **self._kv}
@@ -121,9 +125,18 @@ class _NodeActor:
         """
         with no_gc():
             items = unpack(blob, buffers)
+            self._moved = 0
             results = getattr(self, method)(items, peers) if peers is not None else getattr(self, method)(items)
             refs = refs_beside(results) if method == "get" else []
+            moved = self._moved
+            self._metrics.served(method, len(items), moved if method in ("set", "append") else 0,
+                                 moved if method == "get" else 0)
+            self._publish()
             return (*pack(results), refs)
+
+    def _publish(self) -> None:
+        store = self.store
+        self._metrics.held(store.used, store.max_memory, len(store), store.evictions)
 
     def _absent(self, cache_id: str, via: int) -> tuple:
         """The answer for an id not held here (see :mod:`.protocol`)."""
@@ -140,6 +153,7 @@ class _NodeActor:
             if entry is None:
                 out.append(self._absent(cache_id, via))
             else:
+                self._moved += entry.nbytes
                 out.append((p.OK, (entry.kind, entry.meta, entry.frames)))
         return out
 
@@ -169,7 +183,7 @@ class _NodeActor:
                 out.append((p.REDIRECT, target) if target is not None else (p.REROUTE, None))
                 continue
             try:
-                apply(item)
+                self._moved += apply(item)
             except CacheFull as exc:
                 out.append((p.FULL, (exc.limit, exc.used, exc.needed)))
             except TypeError:
@@ -268,13 +282,17 @@ class _NodeActor:
     @ray.method(concurrency_group="peer")
     def create_empty(self, cache_ids: list) -> int:
         """Create ids as empty bytes where absent; returns how many were created."""
-        return sum(self.store.create_empty(i) for i in cache_ids)
+        created = sum(self.store.create_empty(i) for i in cache_ids)
+        self._publish()
+        return created
 
     @_locked
     @ray.method(concurrency_group="peer")
     def drop(self, cache_ids: list) -> int:
         """Delete ids held here (their home dropped their records); returns how many existed."""
-        return sum(self.store.delete(i) for i in cache_ids)
+        dropped = sum(self.store.delete(i) for i in cache_ids)
+        self._publish()
+        return dropped
 
     @_locked
     def ids(self, prefix: str) -> list:
@@ -291,6 +309,7 @@ class _NodeActor:
         """New base settings; keys set in Consul KV still override them."""
         self._base = {"max-memory": max_memory, "eviction": policy}
         self._apply()
+        self._publish()
 
     def serve_http(self, on: bool) -> str | None:
         """Start or stop the HTTP read endpoint; returns its URL (``None`` when off). With

@@ -104,8 +104,8 @@ class Store:
         """The entry without touching its recency."""
         return self._entries.get(cache_id)
 
-    def set(self, cache_id: str, kind: int, meta: bytes, frames: list) -> None:
-        """Replace the value of ``cache_id``.
+    def set(self, cache_id: str, kind: int, meta: bytes, frames: list) -> int:
+        """Replace the value of ``cache_id``; returns the bytes stored.
 
         Raises:
             CacheFull: it does not fit (see the module docstring); nothing changed.
@@ -118,9 +118,10 @@ class Store:
         self._entries[cache_id] = new
         self._entries.move_to_end(cache_id)
         self._account(new, +1)
+        return new.nbytes
 
-    def append(self, cache_id: str, frames: list) -> None:
-        """Append bytes frames to ``cache_id``, creating it if absent.
+    def append(self, cache_id: str, frames: list) -> int:
+        """Append bytes frames to ``cache_id``, creating it if absent; returns the bytes added.
 
         Raises:
             TypeError: the stored value is not bytes.
@@ -140,6 +141,7 @@ class Store:
             self._entries.move_to_end(cache_id)
         self.used += added.nbytes
         self.raw += added.raw
+        return added.nbytes
 
     def create_empty(self, cache_id: str) -> bool:
         """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created."""

@@ -122,7 +122,7 @@ def test_ls_status_and_rm(cluster):
     assert ok("ls", NAME, "--prefix", "dir/").split() == ["dir/0", "dir/1", "dir/2"]
     assert json.loads(ok("ls", NAME, "--prefix", "dir/", "--json")) == ["dir/0", "dir/1", "dir/2"]
     status = json.loads(ok("status", NAME, "--json"))
-    assert status["cache"] == NAME and len(status["nodes"]) == 2
+    assert status["cache"] == NAME and len(status["nodes"]) == 2 and status["endpoints"] == {}
     ids = sum(n["ids"] for n in status["nodes"].values())
     assert ids == len(json.loads(ok("ls", NAME, "--json")))
     text = ok("status", NAME)

@@ -28,9 +28,24 @@ def make_actors() -> dict[str, _NodeActor]:
     return {n: _NodeActor("unit", n, None, "reject") for n in NODES}
 
 
+class Serial:
+    """A node actor whose client calls run one at a time, as in Ray's default concurrency group
+    (peer calls between actors go to the plain objects, as Ray runs them in their own group)."""
+
+    _locks: dict[int, threading.Lock] = {}
+
+    def __init__(self, actor: _NodeActor):
+        self.actor = actor
+        self.lock = Serial._locks.setdefault(id(actor), threading.Lock())
+
+    def batch(self, *args):
+        with self.lock:
+            return self.actor.batch(*args)
+
+
 def make_router(actors: dict, handle_for=None) -> Router:
     view = {"members": actors, "table": build_slot_table(sorted(actors))}
-    return Router("unit", view, handle_for or (lambda node, ids: actors[node]))
+    return Router("unit", view, handle_for or (lambda node, ids: Serial(actors[node])))
 
 
 class Counting:
@@ -147,7 +162,7 @@ def test_a_write_redirected_before_a_delete_does_not_recreate_the_id_away_from_h
     def handle_for(node, ids):
         if node == target and not injected:  # the home has redirected the writer: delete now
             injected.append(owner.delete(victim))
-        return actors[node]
+        return Serial(actors[node])
 
     writer = make_router(actors, handle_for)
     set_(writer, victim, b"after delete")

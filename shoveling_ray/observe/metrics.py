@@ -1,0 +1,60 @@
+"""A node actor's figures as Ray metrics (``ray.util.metrics``), so that Ray's Prometheus
+endpoint and dashboard show them, tagged ``cache`` and ``node``.
+
+Prometheus sees them with Ray's ``ray_`` prefix (``ray_shoveling_bytes_used``). They are
+exported only where a Ray metrics agent runs, which needs ``ray[default]``
+(``pip install shoveling_ray[metrics]``); without it, recording them costs little and goes
+nowhere.
+
+- gauges ``shoveling_bytes_used``, ``shoveling_bytes_limit`` (0: no limit), ``shoveling_ids``;
+- counters ``shoveling_operations_total`` (tag ``op``: items served per actor method),
+  ``shoveling_bytes_in_total`` (bytes stored by writes), ``shoveling_bytes_out_total`` (bytes
+  returned by reads), ``shoveling_evictions_total``.
+
+Not yet exported, because what they count does not exist yet: ``shoveling_disk_bytes_used``
+and ``shoveling_spills_total`` (the disk tier), ``shoveling_lost_ids`` (node-loss tracking).
+"""
+
+from __future__ import annotations
+
+from ray.util.metrics import Counter, Gauge
+
+_TAGS = ("cache", "node")
+
+
+class NodeMetrics:
+    """The metrics of one node actor, created once in its constructor."""
+
+    def __init__(self, cache: str, node_id: str) -> None:
+        tags = {"cache": cache, "node": node_id}
+
+        def made(metric):
+            metric.set_default_tags(tags)
+            return metric
+
+        self.bytes_used = made(Gauge("shoveling_bytes_used", "bytes held (stored, after compression)", _TAGS))
+        self.bytes_limit = made(Gauge("shoveling_bytes_limit", "max_memory in bytes (0: none)", _TAGS))
+        self.ids = made(Gauge("shoveling_ids", "ids held", _TAGS))
+        self.operations = made(Counter("shoveling_operations_total", "items served, by method", (*_TAGS, "op")))
+        self.bytes_in = made(Counter("shoveling_bytes_in_total", "bytes stored by writes", _TAGS))
+        self.bytes_out = made(Counter("shoveling_bytes_out_total", "bytes returned by reads", _TAGS))
+        self.evictions = made(Counter("shoveling_evictions_total", "ids evicted to make room", _TAGS))
+        self._evictions_seen = 0
+
+    def served(self, op: str, items: int, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        """Count one batch: ``items`` served by method ``op`` and the bytes that moved."""
+        if items:
+            self.operations.inc(items, tags={"op": op})
+        if bytes_in:
+            self.bytes_in.inc(bytes_in)
+        if bytes_out:
+            self.bytes_out.inc(bytes_out)
+
+    def held(self, used: int, limit: int | None, ids: int, evictions: int) -> None:
+        """The store's state after a change."""
+        self.bytes_used.set(used)
+        self.bytes_limit.set(limit or 0)
+        self.ids.set(ids)
+        if evictions > self._evictions_seen:
+            self.evictions.inc(evictions - self._evictions_seen)
+            self._evictions_seen = evictions
