@@ -24,6 +24,7 @@ def plasma_bytes() -> int:
         raise RuntimeError("Ray reports no object_store_memory resource: cannot measure the object store")
     return int(total - free)
 
+
 RESULTS = Path(os.environ.get("SHOVELING_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 MB = 1 << 20
 

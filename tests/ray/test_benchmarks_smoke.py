@@ -22,6 +22,7 @@ pytestmark = pytest.mark.ray
         ("bench_small.py", ["--ids", "200", "--appends", "2000", "--repeat", "1"]),
         ("bench_compression_memory.py", ["--size-mb", "2", "--values", "5", "--repeat", "1"]),
         ("bench_sort.py", ["--records", "40000", "--block", "10000"]),
+        ("bench_http.py", ["--calls", "20", "--repeat", "1"]),
     ],
 )
 def test_benchmark_runs_at_a_tiny_size(script, args, tmp_path):
