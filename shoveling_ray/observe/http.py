@@ -54,6 +54,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = CLIENT_TIMEOUT
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm the second waits for the
+    # client's delayed ACK, 40 ms a small read (measured: 23 reads/s of 100 B instead of 8,200).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         log.debug("http %s: " + format, self.address_string(), *args)
