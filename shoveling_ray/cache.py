@@ -504,7 +504,8 @@ class Cache:
         return Stats(self._router.each_node("stats"))
 
     def _repr_html_(self) -> str:
-        title = f"Cache {self._name!r}: {len(self._router.members)} nodes"
+        nodes = len(self._router.members)
+        title = f"Cache {self._name!r}: {nodes} node{'' if nodes == 1 else 's'}"
         try:
             return html_table(self.stats(), title)
         except ShovelingError as exc:

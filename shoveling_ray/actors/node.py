@@ -78,14 +78,14 @@ class _NodeActor:
         # Placement records of ids homed here but placed on another node by init.
         self.records: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._base = {"max-memory": max_memory, "eviction": policy}
+        self._base = {"max-memory": max_memory, "eviction": policy, "http": http}
         self._kv: dict = {}
         self._threads: list = []
         self._endpoint: ReadEndpoint | None = None
         self._metrics = NodeMetrics(cache, node_id)
         self._moved = 0  # bytes stored or returned by the batch being served
         if http:
-            self.serve_http(True)
+            self._serve(True)
         if consul is not None:
             local = os.environ.get("CONSUL_HTTP_ADDR")
             agent = ConsulAgent(consul.at(local) if local else consul)
@@ -106,7 +106,9 @@ class _NodeActor:
         config = {**self._base, **self._kv}
         before = self.store.evictions
         self.store.configure(config["max-memory"], config["eviction"])
-        log.info("cache %s: max-memory=%s eviction=%s", self.cache, config["max-memory"], config["eviction"])
+        self._serve(config["http"])
+        log.info("cache %s: max-memory=%s eviction=%s http=%s", self.cache, config["max-memory"], config["eviction"],
+                 config["http"])
         if self.store.evictions > before:
             log.warning("cache %s: the new limit evicted %d ids", self.cache, self.store.evictions - before)
 
@@ -307,21 +309,30 @@ class _NodeActor:
     @_locked
     def configure(self, max_memory: int | None, policy: str) -> None:
         """New base settings; keys set in Consul KV still override them."""
-        self._base = {"max-memory": max_memory, "eviction": policy}
+        self._base.update({"max-memory": max_memory, "eviction": policy})
         self._apply()
         self._publish()
 
+    @_locked
     def serve_http(self, on: bool) -> str | None:
-        """Start or stop the HTTP read endpoint; returns its URL (``None`` when off). With
-        Consul, the instance then carries the port and an HTTP check."""
-        if on and self._endpoint is None:
+        """The cache-wide setting for the HTTP read endpoint (Consul KV key ``http`` still
+        overrides it); returns its URL (``None`` when off)."""
+        self._base["http"] = on
+        self._apply()
+        return self.endpoint()
+
+    def _serve(self, on: bool) -> None:
+        """Start or stop the endpoint. With Consul, the instance then carries the port and an
+        HTTP check."""
+        if bool(on) == (self._endpoint is not None):
+            return
+        if on:
             self._endpoint = ReadEndpoint(self, ray.util.get_node_ip_address(), os.environ.get(TOKEN_ENV))
-        elif not on and self._endpoint is not None:
+        else:
             self._endpoint.stop()
             self._endpoint = None
         if self._threads:
             self._threads[0].announce_port(self._endpoint.port if self._endpoint else None)
-        return self.endpoint()
 
     def endpoint(self) -> str | None:
         """The HTTP endpoint's URL, or ``None`` when it is off."""

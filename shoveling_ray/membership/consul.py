@@ -27,6 +27,8 @@ from ..placement import Coordinate
 
 DEFAULT_ADDRESS = "127.0.0.1:8500"
 DEFAULT_SERVICE = "shoveling-worker"
+#: Suffix of the id of an instance's HTTP check (its endpoint), beside its TTL check.
+HTTP_CHECK = ":http"
 #: Seconds of silence after which an actor's instance turns critical.
 CHECK_TTL = 5
 #: Consul removes an instance that stays critical this long (its reaper runs every 30 s).
@@ -176,11 +178,12 @@ class ConsulAgent:
         if port:
             host = f"[{address}]" if ":" in address else address
             extra = [{
-                "CheckID": f"{check_id(service_id)}:http",
+                "CheckID": f"{check_id(service_id)}{HTTP_CHECK}",
                 "Name": f"shoveling HTTP endpoint of cache {cache}",
                 "HTTP": f"http://{host}:{port}/v1/health",
                 "Interval": f"{CHECK_TTL}s",
                 "Timeout": "2s",
+                "Status": "passing",  # HTTP checks start critical: the endpoint serves already
                 "DeregisterCriticalServiceAfter": DEREGISTER_AFTER,
             }]
         self._call(
@@ -217,7 +220,9 @@ class ConsulAgent:
             meta = entry["Service"].get("Meta") or {}
             if meta.get("cache") != cache or "ray_node_id" not in meta:
                 continue
-            passing = all(c["Status"] == "passing" for c in entry["Checks"])
+            # The HTTP check says whether the endpoint answers, not whether the actor does:
+            # routing follows the node's and the actor's own checks.
+            passing = all(c["Status"] == "passing" for c in entry["Checks"] if not c["CheckID"].endswith(HTTP_CHECK))
             out[meta["ray_node_id"]] = (entry["Node"]["Node"], passing)
         return int(idx), out
 

@@ -8,7 +8,7 @@ Two daemon threads per actor, both on the agent of the actor's own node:
   restarted). When the agent stops answering it logs once and keeps trying.
 - :class:`ConfigFollower` runs blocking queries on ``shoveling/<cache>/`` (index + wait, a
   client timeout longer than the wait, exponential backoff on errors) and hands the effective
-  ``max-memory`` / ``eviction`` to a callback. A malformed value is logged and ignored: the
+  ``max-memory`` / ``eviction`` / ``http`` to a callback. A malformed value is logged and ignored: the
   previous value of that key stays in force. A node key overrides the cache-wide key.
 
 Neither thread touches the cache's data; the actor applies the configuration under its lock.
@@ -29,21 +29,26 @@ log = logging.getLogger(__name__)
 #: Seconds a blocking KV query waits on the server before returning unchanged.
 KV_WAIT_SECONDS = 5
 MAX_BACKOFF = 5.0
-CONFIG_KEYS = ("max-memory", "eviction")
+CONFIG_KEYS = ("max-memory", "eviction", "http")
+_SWITCH = {"on": True, "off": False}
 #: Seconds between two heartbeats: five a TTL, so one lost request never fails the check.
 BEAT_INTERVAL = CHECK_TTL / 5
 #: Seconds ``Heartbeat.stop`` waits for a beat in flight (one request's timeout, and a margin).
 STOP_TIMEOUT = REQUEST_TIMEOUT + 1.0
 
 
-def parse_config_value(key: str, raw: bytes) -> int | str:
+def parse_config_value(key: str, raw: bytes) -> int | str | bool:
     """Parse one configuration value from KV.
 
     Raises:
-        ValueError: ``max-memory`` is not a non-negative integer, or ``eviction`` is not a
-            known policy.
+        ValueError: ``max-memory`` is not a non-negative integer, ``eviction`` is not a known
+            policy, or ``http`` is not ``on`` / ``off``.
     """
     text = raw.decode("utf-8", "replace").strip()
+    if key == "http":
+        if text not in _SWITCH:
+            raise ValueError(f"http must be 'on' or 'off', got {text!r}")
+        return _SWITCH[text]
     if key == "max-memory":
         if not text.isdigit():
             raise ValueError(f"max-memory must be a non-negative integer number of bytes, got {text!r}")

@@ -242,6 +242,25 @@ def test_http_endpoint_port_is_in_the_srv_records_and_serves_the_bytes(cluster, 
         cache.close()
 
 
+def test_http_endpoint_follows_the_kv_key(cluster, agents):
+    cache = sr.Cache("webkv")
+    kv = ConsulAgent(resolve("127.0.0.1:8500"))
+    try:
+        assert cache.endpoints() == {}
+        kv.kv_put("shoveling/webkv/config/http", "on")
+        wait_for(lambda: set(cache.endpoints()) == set(cache.nodes()), timeout=15, what="endpoints on from KV")
+        kv.kv_put("shoveling/webkv/config/http", "maybe")  # malformed: ignored, stays on
+        node = cache.nodes()[0]
+        kv.kv_put(f"shoveling/webkv/node/{instances(agents, 'webkv')[node][0]}/config/http", "off")
+        wait_for(lambda: node not in cache.endpoints(), timeout=15, what="the node key to turn one off")
+        assert set(cache.endpoints()) == set(cache.nodes()) - {node}  # "maybe" changed nothing
+        kv.kv_delete("shoveling/webkv/config/http")
+        kv.kv_delete(f"shoveling/webkv/node/{instances(agents, 'webkv')[node][0]}/config/http")
+        wait_for(lambda: cache.endpoints() == {}, timeout=15, what="fallback to the cache's setting (off)")
+    finally:
+        cache.close()
+
+
 # -- configuration from KV -------------------------------------------------------------------
 
 

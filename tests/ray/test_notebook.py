@@ -30,7 +30,8 @@ def test_quickstart_notebook_runs_and_shows_tables_and_results(tmp_path):
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
     cache_html, _ = outputs_of(code[1])
-    assert "<table" in cache_html and "Cache &#x27;quickstart&#x27;: 1 nodes" in cache_html
+    assert "<table" in cache_html and "Cache &#x27;quickstart&#x27;: 1 node<" in cache_html
+    assert outputs_of(code[3])[1] == "32"  # every producer task ran
     _, counts = outputs_of(code[4])
     assert counts.count(": 4") == 8  # 32 records over 8 partitions, read where they live
     stats_html, _ = outputs_of(code[5])
