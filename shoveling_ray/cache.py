@@ -24,7 +24,7 @@ from . import codec
 from .actors import protocol as p
 from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
 from .actors.storage import check_max_memory, check_policy
-from .errors import CacheClosed, CacheFull, CacheMiss, NodeUnavailable, ShovelingError, ray_errors
+from .errors import CacheClosed, CacheFull, CacheMiss, DataLost, NodeUnavailable, ShovelingError, ray_errors
 from .membership import ray_nodes, watch
 from .membership.consul import DEFAULT_SERVICE, resolve
 from .objects import fetch
@@ -252,8 +252,21 @@ class Cache:
         with ray_errors(f"cache {self._name!r}"):
             self._router.apply_view(ray.get(self._coordinator.join.remote(None)))
 
+    def _run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
+        """``Router.run``, tried once more when a dead node or actor changed the members
+        meanwhile: its ids are then answered by their homes (lost, or recorded elsewhere)."""
+        version = self._router.view["version"]
+        try:
+            return self._router.run(method, items, cached=cached)
+        except NodeUnavailable:
+            if self._router.view["version"] == version:
+                raise
+            return self._router.run(method, items, cached=cached)
+
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         for (cache_id, *_), (status, value, node) in zip(items, results):
+            if status == p.LOST:
+                raise DataLost(cache_id, value)
             if status == p.FULL:
                 limit, used, needed = value
                 raise CacheFull(node, limit, used, needed, cache_id)
@@ -281,7 +294,7 @@ class Cache:
         _check_mapping(mapping)
         with no_gc():
             items = [(i, *codec.encode(v, self._compression)) for i, v in mapping.items()]
-        self._raise_write_errors(items, self._router.run("set", items))
+        self._raise_write_errors(items, self._run("set", items))
 
     def append(self, cache_id: str, data: bytes | bytearray | memoryview) -> None:
         """Append bytes to ``cache_id``, creating it if absent.
@@ -299,7 +312,7 @@ class Cache:
         """Append to many ids, one actor call per node. See :meth:`append`."""
         _check_mapping(mapping)
         items = [(i, codec.encode_append(d, self._compression)) for i, d in mapping.items()]
-        self._raise_write_errors(items, self._router.run("append", items))
+        self._raise_write_errors(items, self._run("append", items))
 
     def get(self, cache_id: str, default: Any = _MISSING) -> Any:
         """The value of ``cache_id``.
@@ -320,7 +333,7 @@ class Cache:
             CacheMiss: an id is absent and no default was given (names the first such id).
         """
         ids = list(dict.fromkeys(_check_ids(cache_ids)))
-        results = self._router.run("get", [(i,) for i in ids])
+        results = self._run("get", [(i,) for i in ids])
         found = [r[1] for r in results if r[0] == p.OK]
         frames = iter(fetch([value[2] for value in found]))
         out = {}
@@ -328,6 +341,8 @@ class Cache:
             for cache_id, (status, value, _node) in zip(ids, results):
                 if status == p.OK:
                     out[cache_id] = codec.decode(value[0], value[1], next(frames))
+                elif status == p.LOST:
+                    raise DataLost(cache_id, value)  # a default does not hide a loss
                 elif default is _MISSING:
                     raise CacheMiss(cache_id, self._name)
                 else:
@@ -340,7 +355,7 @@ class Cache:
 
     def exists(self, cache_id: str) -> bool:
         """Whether ``cache_id`` exists (ids created by ``init`` exist while empty)."""
-        (status, _value, _node), = self._router.run("exists", [(_check_id(cache_id),)])
+        (status, _value, _node), = self._run("exists", [(_check_id(cache_id),)])
         return status == p.OK
 
     def size(self, cache_id: str) -> int:
@@ -349,7 +364,9 @@ class Cache:
         Raises:
             CacheMiss: the id does not exist.
         """
-        (status, value, _node), = self._router.run("size", [(_check_id(cache_id),)])
+        (status, value, _node), = self._run("size", [(_check_id(cache_id),)])
+        if status == p.LOST:
+            raise DataLost(cache_id, value)
         if status != p.OK:
             raise CacheMiss(cache_id, self._name)
         return value
@@ -360,6 +377,18 @@ class Cache:
             raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
         found = self._router.each_node("ids", prefix)
         return sorted(i for ids in found.values() for i in ids)
+
+    def lost_ids(self) -> list[str]:
+        """Ids whose only copy was on a node that died (or whose actor died), sorted.
+
+        Reading one (``get``, ``get_many`` with or without a default, ``size``) or appending to
+        it raises :class:`DataLost` naming the id and the node, until it is ``set``, deleted or
+        ``init``-ed again (``init`` recreates it empty on a live node). Known for ids that
+        lived away from their home (``init``-placed ones, such as shuffle partitions); an id
+        that lived on its own home node goes with it, unlisted, until replicas exist.
+        """
+        found = self._router.each_node("lost_ids")
+        return sorted(i for lost in found.values() for i in lost)
 
     def writer(self, max_bytes: int = 8 << 20) -> BufferedWriter:
         """A buffered writer for many small appends (shuffles).
@@ -417,7 +446,7 @@ class Cache:
 
     def node_ids(self, cache_id: str) -> list[str]:
         """Ray node ids (hex) that hold ``cache_id``; empty if it does not exist."""
-        (status, value, _node), = self._router.run("locate", [(_check_id(cache_id),)])
+        (status, value, _node), = self._run("locate", [(_check_id(cache_id),)])
         return [value] if status == p.OK else []
 
     def node_id(self, cache_id: str, strategy: str = "default") -> str:

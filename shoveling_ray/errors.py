@@ -70,7 +70,22 @@ class CacheFull(ShovelingError):
 
 
 class DataLost(ShovelingError):
-    """The node that held the data is gone and no copy is left."""
+    """The node that held the data is gone and no copy is left.
+
+    Attributes:
+        cache_id: the lost id ("" when the loss was found below the id level).
+        node_id: hex id of the node it was on ("" when unknown).
+    """
+
+    def __init__(self, cache_id: str = "", node_id: str = "", detail: str = "") -> None:
+        self.cache_id, self.node_id, self.detail = cache_id, node_id, detail
+        what = f"cache id {cache_id!r} is lost" if cache_id else "data is lost"
+        where = f" with node {node_id}" if node_id else ""
+        super().__init__(f"{what}{where}" + (f": {detail}" if detail else "") +
+                         ("; set, delete or init it again to use the id" if cache_id else ""))
+
+    def __reduce__(self):
+        return type(self), (self.cache_id, self.node_id, self.detail)
 
 
 class NodeUnavailable(ShovelingError):
@@ -142,6 +157,6 @@ def ray_errors(what: str, *, node: str | None = None, ids: Iterable[str] = ()) -
             raise ShovelingError(f"{what}: no answer in time") from exc
         raise NodeUnavailable(node, list(ids), "its cache actor did not answer in time") from exc
     except rex.ObjectLostError as exc:
-        raise DataLost(f"{what}: a stored value is gone with its node or owner ({type(exc).__name__})") from exc
+        raise DataLost(detail=f"{what}: a stored value is gone with its node or owner ({type(exc).__name__})") from exc
     except rex.RayError as exc:
         raise ShovelingError(f"{what}: {exc}") from exc

@@ -102,8 +102,11 @@ class Router:
         homes = home_index([item[0] for item in items], self.table)
         results: list = [None] * len(items)
         groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        members = self.members
         for index, item in enumerate(items):
             node = placements.get(item[0]) if cached else None
+            if node is not None and node not in members:
+                node = None  # remembered on a node that left: its home knows what became of it
             group = groups[node or homes[index]]
             group[0].append(index)
             group[1].append(p.AT_HOME if node is None else p.VIA_CACHE)

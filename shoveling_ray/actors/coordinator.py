@@ -86,10 +86,12 @@ class _Coordinator:
             log.warning("cache %s: node %s is dead and leaves the member list", self.cache, node_id)
             del self.members[node_id]
         answered = self._answering(self.members, deadline)
-        for node_id in [m for m in self.members if answered[m] is False]:
-            # The node lives but its actor died (killed, crashed): start a fresh one there.
+        replaced = [m for m in self.members if answered[m] is False]
+        for node_id in replaced:
+            # The node lives (or Ray has not noticed yet) but its actor died: start a fresh one.
             log.warning("cache %s: the actor on node %s died; its data is lost", self.cache, node_id)
             del self.members[node_id]
+        old_table = self.table
         started = {n.node_id: self._start(n) for n in nodes.values() if n.alive and n.node_id not in self.members}
         for node_id, ok in self._answering(started, deadline).items():
             if ok:
@@ -108,6 +110,10 @@ class _Coordinator:
             self.version += 1
         if started:
             self.version += 1
+        if old_table is not None and (dead or replaced or old_table != self.table):
+            lost = set(dead) | set(replaced)
+            moved = [s for s, (old, new) in enumerate(zip(old_table, self.table)) if old != new or old in lost]
+            self._rebuild(moved, sorted(lost), deadline)
         if settings and ("max_memory" in settings or "policy" in settings):
             self._configure(settings.get("max_memory", self.max_memory), settings.get("policy", self.policy), deadline)
         if settings and "http" in settings:
@@ -115,6 +121,14 @@ class _Coordinator:
             calls = [h.serve_http.remote(self.http) for h in self.members.values()]
             ray.wait(calls, num_returns=len(calls), timeout=max(deadline - time.monotonic(), 0))
         return self.view()
+
+    def _rebuild(self, moved_slots: list[int], lost_nodes: list[str], deadline: float) -> None:
+        """Have every member mend the placement directory (see ``_NodeActor.rebuild``) before
+        any client sees the new table: this join answers only when they are done."""
+        calls = [h.rebuild.remote(self.table, moved_slots, lost_nodes, dict(self.members)) for h in self.members.values()]
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=max(deadline - time.monotonic(), 0))
+        log.warning("cache %s: directory rebuilt after losing %s (%d slots moved, %d of %d members done)",
+                    self.cache, lost_nodes or "no node", len(moved_slots), len(ready), len(calls))
 
     @staticmethod
     def _answering(actors: dict[str, ray.actor.ActorHandle], deadline: float) -> dict[str, bool | None]:

@@ -24,6 +24,7 @@ from ..heap import keep_freed_memory
 from ..errors import NodeUnavailable, ray_errors
 from ..codec import KIND_BYTES, decode
 from ..objects import adopt, fetch, refs_beside
+from ..placement import slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
 from ..wire import no_gc, pack, unpack
@@ -77,6 +78,8 @@ class _NodeActor:
         self.store = Store(node_id, max_memory, policy)
         # Placement records of ids homed here but placed on another node by init.
         self.records: dict[str, str] = {}
+        # Ids homed here whose only copy was on a node that died: id -> that node.
+        self.lost: dict[str, str] = {}
         self._lock = threading.Lock()
         self._base = {"max-memory": max_memory, "eviction": policy, "http": http}
         self._kv: dict = {}
@@ -145,6 +148,8 @@ class _NodeActor:
         target = self.records.get(cache_id)
         if target is not None:
             return p.REDIRECT, target
+        if cache_id in self.lost:
+            return p.LOST, self.lost[cache_id]
         return (p.REROUTE, None) if via == p.VIA_CACHE else (p.MISS, None)
 
     @_locked
@@ -175,7 +180,7 @@ class _NodeActor:
     def locate(self, items: list) -> list:
         return [(p.OK, self.node_id) if i in self.store else self._absent(i, via) for i, via in items]
 
-    def _write(self, items: list, apply) -> list:
+    def _write(self, items: list, apply, clears_loss: bool) -> list:
         out = []
         for item in items:
             cache_id, via = item[0], item[1]
@@ -184,6 +189,11 @@ class _NodeActor:
                 target = self.records.get(cache_id)
                 out.append((p.REDIRECT, target) if target is not None else (p.REROUTE, None))
                 continue
+            if cache_id in self.lost:
+                if not clears_loss:  # appending to a lost value would hide the loss
+                    out.append((p.LOST, self.lost[cache_id]))
+                    continue
+                del self.lost[cache_id]
             try:
                 self._moved += apply(item)
             except CacheFull as exc:
@@ -197,12 +207,12 @@ class _NodeActor:
     @_locked
     def set(self, items: list) -> list:
         """Items are ``(cache_id, via, kind, meta, frames)``."""
-        return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], adopt(it[4])))
+        return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], adopt(it[4])), clears_loss=True)
 
     @_locked
     def append(self, items: list) -> list:
         """Items are ``(cache_id, via, frames)``."""
-        return self._write(items, lambda it: self.store.append(it[0], adopt(it[2])))
+        return self._write(items, lambda it: self.store.append(it[0], adopt(it[2])), clears_loss=False)
 
     def delete(self, items: list, peers: dict) -> list:
         """At a home: delete the id here, or its record and its data on the node it names.
@@ -214,6 +224,8 @@ class _NodeActor:
         with self._lock:
             for index, (cache_id, via) in enumerate(items):
                 if self.store.delete(cache_id):
+                    out.append((p.OK, True))
+                elif self.lost.pop(cache_id, None) is not None:
                     out.append((p.OK, True))
                 elif via != p.AT_HOME:
                     out.append((p.REROUTE, None))
@@ -241,6 +253,7 @@ class _NodeActor:
         out, elsewhere = [], {}
         with self._lock:
             for index, (cache_id, _via, target) in enumerate(items):
+                self.lost.pop(cache_id, None)  # init recreates a lost id, empty
                 if cache_id in self.store:
                     out.append((p.OK, self.node_id))
                 elif cache_id in self.records:
@@ -301,10 +314,51 @@ class _NodeActor:
         return list(self.store.ids(prefix))
 
     @_locked
+    def lost_ids(self) -> dict:
+        """``{id: dead node}`` of the ids homed here whose only copy died."""
+        return dict(self.lost)
+
+    def rebuild(self, table: list, moved_slots: list, lost_nodes: list, peers: dict) -> int:
+        """After nodes died or lost their actor: keep the placement directory whole.
+
+        Records here that point at a lost node become lost ids (``DataLost`` until set,
+        deleted or inited again). Ids held here whose slot moved to another home (``table`` is
+        the new slot table) are recorded at that home, which had no record of them. Returns
+        how many records were sent.
+        """
+        moved, gone = set(moved_slots), set(lost_nodes)
+        send: dict[str, list] = {}
+        with self._lock:
+            for cache_id, node in list(self.records.items()):
+                if node in gone:
+                    del self.records[cache_id]
+                    self.lost[cache_id] = node
+            for cache_id in self.store.ids():
+                slot = slot_of(cache_id)
+                if slot in moved and table[slot] != self.node_id:
+                    send.setdefault(table[slot], []).append((cache_id, self.node_id))
+        for home, pairs in send.items():
+            try:
+                self._call_peer(peers, home, "adopt_records", pairs)
+            except NodeUnavailable as exc:
+                log.warning("cache %s: could not record %d ids at node %s: %s", self.cache, len(pairs), home, exc)
+        return sum(len(pairs) for pairs in send.values())
+
+    @_locked  # outside ray.method: Ray reads the group from the unwrapped function
+    @ray.method(concurrency_group="peer")
+    def adopt_records(self, pairs: list) -> None:
+        """At a new home: record where ids of its slots live (see :meth:`rebuild`)."""
+        for cache_id, node in pairs:
+            if cache_id not in self.store:
+                self.records[cache_id] = node
+                self.lost.pop(cache_id, None)
+
+    @_locked
     def stats(self) -> dict:
         """The store's figures, and ``consul``: the heartbeat's ``beats`` and last ``error``
         (``None`` without Consul)."""
-        return {**self.store.stats(), "consul": self._threads[0].status() if self._threads else None}
+        return {**self.store.stats(), "lost": len(self.lost),
+                "consul": self._threads[0].status() if self._threads else None}
 
     @_locked
     def configure(self, max_memory: int | None, policy: str) -> None:

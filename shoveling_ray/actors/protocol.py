@@ -19,3 +19,4 @@ REROUTE = 3  # value: None; not here, ask the home
 FULL = 4  # value: (limit, used, needed)
 WRONG_TYPE = 5  # value: None; append to a value that is not bytes
 UNAVAILABLE = 6  # value: (node, reason); the home could not reach the node that holds the id
+LOST = 7  # value: hex id of the dead node that held the id's only copy

@@ -36,29 +36,58 @@ def test_a_node_added_later_gets_an_actor_and_takes_part_in_init(cluster):
     cache.close()
 
 
-def test_a_dead_node_raises_node_unavailable_then_leaves_routing(cluster):
+def test_a_dead_node_loses_only_its_data_and_says_so(cluster):
+    extra = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
     cache = sr.Cache("shrink")
-    placed = cache.init([f"d{i}" for i in range(30)])
-    victim = next(n for n in cluster.worker_nodes if n.node_id in placed.values())
-    on_victim = [i for i, n in placed.items() if n == victim.node_id]
-    elsewhere = [i for i, n in placed.items() if n != victim.node_id]
+    placed = cache.init([f"d{i}" for i in range(60)])
+    victim = extra.node_id
+    homes = {i: cache._router.home(i) for i in placed}
+    on_victim = [i for i, n in placed.items() if n == victim and homes[i] != victim]
+    elsewhere = [i for i, n in placed.items() if n != victim]
+    assert on_victim and any(homes[i] == victim for i in elsewhere)  # the directory must mend
     for i in placed:
         cache.append(i, i.encode())
-    cluster.remove_node(victim)
-    wait_for(lambda: victim.node_id not in alive(), what="Ray to mark the node dead")
-    with pytest.raises(sr.NodeUnavailable) as err:
-        cache.get(on_victim[0])
-    assert err.value.node_id == victim.node_id and on_victim[0] in err.value.cache_ids
-    wait_for(lambda: (cache._refresh(), victim.node_id not in cache.nodes())[1], what="the member list to drop the node")
-    assert {i: cache.get(i) for i in elsewhere} == {i: i.encode() for i in elsewhere}
+    cluster.remove_node(extra)
+    wait_for(lambda: victim not in alive(), what="Ray to mark the node dead")
+    # data on live nodes stays readable, also where its home was the dead node: a new handle
+    # knows no placements and asks the (new) homes
+    reader = sr.Cache("shrink")
+    assert victim not in reader.nodes()
+    assert reader.get_many(elsewhere) == {i: i.encode() for i in elsewhere}
+    assert cache.get_many(elsewhere) == {i: i.encode() for i in elsewhere}
+    with pytest.raises(sr.DataLost) as err:
+        cache.get(on_victim[0])  # the old handle: its remembered placement is on the dead node
+    assert err.value.cache_id == on_victim[0] and err.value.node_id == victim
+    with pytest.raises(sr.DataLost):
+        cache.get(on_victim[0], None)  # a default does not hide a loss
+    with pytest.raises(sr.DataLost):
+        cache.get_many(on_victim[:2], None)
+    with pytest.raises(sr.DataLost):
+        cache.size(on_victim[0])
+    with pytest.raises(sr.DataLost):
+        cache.append(on_victim[0], b"more")
+    assert cache.lost_ids() == sorted(on_victim)
+    assert sum(s["lost"] for s in cache.stats().values()) == len(on_victim)
+    # set, delete and init clear a loss; init recreates the id empty on a live node
+    cache.set(on_victim[0], b"written again")
+    assert cache.get(on_victim[0]) == b"written again"
+    assert cache.delete(on_victim[1]) and cache.get(on_victim[1], None) is None
+    again = cache.init(on_victim[2:])
+    assert victim not in again.values() and all(cache.get(i) == b"" for i in on_victim[2:])
+    assert cache.lost_ids() == []
     fresh = [f"new{i}" for i in range(50)]
     cache.set_many({i: b"v" for i in fresh})  # hash slots of the dead node moved to survivors
     assert cache.get_many(fresh) == {i: b"v" for i in fresh}
-    assert victim.node_id not in set(cache.init([f"after{i}" for i in range(10)]).values())
+    listed = cache.ids("d")
+    # nothing twice; gone: the deleted one, and those that lived on their own (dead) home node
+    # (unlisted losses until replicas keep their names elsewhere)
+    gone_with_home = {i for i, n in placed.items() if n == victim == homes[i]}
+    assert len(listed) == len(set(listed)) and set(listed) == set(placed) - {on_victim[1]} - gone_with_home
     cache.close()
 
 
-def test_a_killed_actor_is_reported_and_replaced(cluster):
+def test_a_killed_actor_is_replaced_and_calls_go_on(cluster):
     cache = sr.Cache("killed")
     node = cache.nodes()[0]
     ids = [i for i in (f"k{n}" for n in range(1000)) if cache.node_id(i) == node][:3]
@@ -66,7 +95,10 @@ def test_a_killed_actor_is_reported_and_replaced(cluster):
     victim = cache._router.members[node]
     ray.kill(victim)
     wait_until_dead(victim)
-    with pytest.raises(sr.NodeUnavailable):
+    # the call meets the dead actor, the member list gets a fresh one, and the call is retried
+    # there: the value lived on its own home, so nothing records it (an unlisted loss until
+    # replicas keep ids' names on another node)
+    with pytest.raises(sr.CacheMiss):
         cache.get(ids[0])
     assert node in cache.nodes()
     assert node_of_actor(cache, node) == node

@@ -18,7 +18,7 @@ from shoveling_ray import ShovelingError
 from shoveling_ray.actors import protocol as p
 from shoveling_ray.actors.node import _NodeActor
 from shoveling_ray.codec import decode, encode, encode_append
-from shoveling_ray.placement import build_slot_table
+from shoveling_ray.placement import build_slot_table, reassign_slots
 from shoveling_ray.router import MAX_ROUNDS, Router
 
 NODES = ["node-a", "node-b", "node-c"]
@@ -203,3 +203,33 @@ def test_init_delete_and_set_racing_from_threads_keep_every_id_consistent():
     placed = router.place(ids, {n: 1.0 for n in NODES})  # init after the storm: all exist
     assert all(get(router, i) is not None for i in ids)
     assert all(held_by(actors, i) == [placed[i]] for i in ids)
+
+
+def test_after_a_node_dies_its_records_become_lost_ids_and_moved_homes_learn_where_data_lives():
+    actors = make_actors()
+    before = make_router(actors)
+    placed = before.place([f"d{i}" for i in range(90)], {n: 1.0 for n in NODES})
+    dead = "node-c"
+    survivors = {n: a for n, a in actors.items() if n != dead}
+    table = reassign_slots(before.table, survivors)
+    moved = [s for s, (old, new) in enumerate(zip(before.table, table)) if old != new]
+    for actor in survivors.values():
+        actor.rebuild(table, moved, [dead], survivors)
+    after = Router("unit", {"members": survivors, "table": table}, lambda node, ids: Serial(survivors[node]))
+    on_dead = sorted(i for i, n in placed.items() if n == dead)
+    elsewhere = [i for i, n in placed.items() if n != dead]
+    homed_on_dead = [i for i in elsewhere if before.home(i) == dead]
+    assert homed_on_dead, "some surviving data must have had its home on the dead node"
+    results = after.run("get", [(i,) for i in elsewhere])
+    assert all(status == p.OK for status, _v, _n in results)  # every live copy still readable
+    lost = [i for i in on_dead if before.home(i) != dead]  # their homes knew them
+    assert lost and all(after.run("get", [(i,)])[0][:2] == (p.LOST, dead) for i in lost)
+    assert sorted(i for a in survivors.values() for i in a.lost_ids()) == lost
+    set_(after, lost[0], b"again")  # a set clears the loss
+    assert get(after, lost[0]) == b"again"
+    ((status, _v, _n),) = after.run("append", [(lost[1], encode_append(b"x"))])
+    assert status == p.LOST  # an append does not hide it
+    assert after.delete(lost[1]) and get(after, lost[1]) is None
+    replaced = after.place(lost[2:], {n: 1.0 for n in survivors})  # init recreates them, empty
+    assert all(get(after, i) == b"" for i in lost[2:]) and dead not in replaced.values()
+    assert_consistent(survivors, after)
