@@ -2,7 +2,7 @@
 
 :class:`Stats` is what ``cache.stats()`` returns: a plain ``{node_id: figures}`` dict that
 also renders itself as an HTML table in a notebook (per node: ids, used / limit with a bar,
-evictions, policy, Consul standing). :func:`text_table` is the same table for the ``shoveling``
+evictions, lost ids, policy, Consul standing). :func:`text_table` is the same table for the ``shoveling``
 command. Pure formatting: no Ray import, tested without a cluster.
 """
 
@@ -32,7 +32,7 @@ def consul_state(figures: dict) -> str:
     return f"failing: {consul['error']}" if consul.get("error") else "passing"
 
 
-COLUMNS = ("node", "ids", "used", "limit", "use", "evictions", "policy", "consul")
+COLUMNS = ("node", "ids", "used", "limit", "use", "evictions", "lost", "policy", "consul")
 
 
 def rows(stats: dict) -> list[tuple[str, ...]]:
@@ -43,7 +43,7 @@ def rows(stats: dict) -> list[tuple[str, ...]]:
         limit = s.get("limit")
         share = f"{100 * s['used'] / limit:.0f}%" if limit else "-"
         out.append((node, str(s["ids"]), human_bytes(s["used"]), human_bytes(limit), share,
-                    str(s["evictions"]), str(s["policy"]), consul_state(s)))
+                    str(s["evictions"]), str(s.get("lost", 0)), str(s["policy"]), consul_state(s)))
     return out
 
 
@@ -67,7 +67,7 @@ def _bar(used: int, limit: int | None) -> str:
 
 def html_table(stats: dict, title: str = "") -> str:
     """The per-node table as HTML (node ids shortened to 12 characters, full id on hover)."""
-    head = "".join(f"<th>{c}</th>" for c in ("node", "ids", "used / limit", "", "evictions", "policy", "consul"))
+    head = "".join(f"<th>{c}</th>" for c in ("node", "ids", "used / limit", "", "evictions", "lost", "policy", "consul"))
     body = []
     for node in sorted(stats):
         s = stats[node]
@@ -77,6 +77,7 @@ def html_table(stats: dict, title: str = "") -> str:
             f"<td>{human_bytes(s['used'])} / {human_bytes(s.get('limit'))}</td>",
             f"<td>{_bar(s['used'], s.get('limit'))}</td>",
             f"<td>{s['evictions']:,}</td>",
+            f"<td>{s.get('lost', 0):,}</td>",
             f"<td>{html.escape(str(s['policy']))}</td>",
             f"<td>{html.escape(consul_state(s))}</td>",
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from shoveling_ray.observe.display import COLUMNS, Stats, human_bytes, rows, text_table
 
 FIGURES = {
-    "bb" * 28: {"used": 900, "raw": 900, "limit": 1000, "ids": 3, "evictions": 0, "policy": "reject", "consul": None},
+    "bb" * 28: {"used": 900, "raw": 900, "limit": 1000, "ids": 3, "evictions": 0, "policy": "reject", "consul": None, "lost": 2},
     "aa" * 28: {"used": 1536, "raw": 2000, "limit": None, "ids": 12000, "evictions": 7, "policy": "lru",
                 "consul": {"beats": 4, "error": "agent unreachable"}},
 }
@@ -18,8 +18,8 @@ def test_human_bytes():
 def test_rows_are_in_node_order_with_share_and_consul_standing():
     table = rows(FIGURES)
     assert [r[0] for r in table] == sorted(FIGURES)
-    assert table[0][1:] == ("12000", "1.5 KiB", "-", "-", "7", "lru", "failing: agent unreachable")
-    assert table[1][1:] == ("3", "900 B", "1000 B", "90%", "0", "reject", "off")
+    assert table[0][1:] == ("12000", "1.5 KiB", "-", "-", "7", "0", "lru", "failing: agent unreachable")
+    assert table[1][1:] == ("3", "900 B", "1000 B", "90%", "0", "2", "reject", "off")
     text = text_table(COLUMNS, table).splitlines()
     assert text[0].split() == list(COLUMNS) and len(text) == 3
 
