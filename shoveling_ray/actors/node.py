@@ -141,7 +141,7 @@ class _NodeActor:
 
     def _publish(self) -> None:
         store = self.store
-        self._metrics.held(store.used, store.max_memory, len(store), store.evictions)
+        self._metrics.held(store.used, store.max_memory, len(store), store.evictions, len(self.lost))
 
     def _absent(self, cache_id: str, via: int) -> tuple:
         """The answer for an id not held here (see :mod:`.protocol`)."""
@@ -337,6 +337,7 @@ class _NodeActor:
                 slot = slot_of(cache_id)
                 if slot in moved and table[slot] != self.node_id:
                     send.setdefault(table[slot], []).append((cache_id, self.node_id))
+        self._publish()
         for home, pairs in send.items():
             try:
                 self._call_peer(peers, home, "adopt_records", pairs)
@@ -352,6 +353,7 @@ class _NodeActor:
             if cache_id not in self.store:
                 self.records[cache_id] = node
                 self.lost.pop(cache_id, None)
+        self._publish()
 
     @_locked
     def stats(self) -> dict:
@@ -394,10 +396,11 @@ class _NodeActor:
 
     @_locked
     def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
-        """For the HTTP endpoint: ``(200, bytes)``, or ``(404 | 415, None)``."""
+        """For the HTTP endpoint: ``(200, bytes)``, or ``(404 | 410 | 415, None)`` (410: a lost
+        id homed here)."""
         entry = self.store.get(cache_id)
         if entry is None:
-            return 404, None
+            return (410, None) if cache_id in self.lost else (404, None)
         if entry.kind != KIND_BYTES:
             return 415, None
         (frames,) = fetch([entry.frames])

@@ -6,13 +6,14 @@ exported only where a Ray metrics agent runs, which needs ``ray[default]``
 (``pip install shoveling_ray[metrics]``); without it, recording them costs little and goes
 nowhere.
 
-- gauges ``shoveling_bytes_used``, ``shoveling_bytes_limit`` (0: no limit), ``shoveling_ids``;
+- gauges ``shoveling_bytes_used``, ``shoveling_bytes_limit`` (0: no limit), ``shoveling_ids``,
+  ``shoveling_lost_ids`` (ids homed here whose only copy died with another node);
 - counters ``shoveling_operations_total`` (tag ``op``: items served per actor method),
   ``shoveling_bytes_in_total`` (bytes stored by writes), ``shoveling_bytes_out_total`` (bytes
   returned by reads), ``shoveling_evictions_total``.
 
 Not yet exported, because what they count does not exist yet: ``shoveling_disk_bytes_used``
-and ``shoveling_spills_total`` (the disk tier), ``shoveling_lost_ids`` (node-loss tracking).
+and ``shoveling_spills_total`` (the disk tier).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class NodeMetrics:
         self.bytes_used = made(Gauge("shoveling_bytes_used", "bytes held (stored, after compression)", _TAGS))
         self.bytes_limit = made(Gauge("shoveling_bytes_limit", "max_memory in bytes (0: none)", _TAGS))
         self.ids = made(Gauge("shoveling_ids", "ids held", _TAGS))
+        self.lost_ids = made(Gauge("shoveling_lost_ids", "ids homed here whose only copy died", _TAGS))
         self.operations = made(Counter("shoveling_operations_total", "items served, by method", (*_TAGS, "op")))
         self.bytes_in = made(Counter("shoveling_bytes_in_total", "bytes stored by writes", _TAGS))
         self.bytes_out = made(Counter("shoveling_bytes_out_total", "bytes returned by reads", _TAGS))
@@ -50,11 +52,12 @@ class NodeMetrics:
         if bytes_out:
             self.bytes_out.inc(bytes_out)
 
-    def held(self, used: int, limit: int | None, ids: int, evictions: int) -> None:
+    def held(self, used: int, limit: int | None, ids: int, evictions: int, lost: int) -> None:
         """The store's state after a change."""
         self.bytes_used.set(used)
         self.bytes_limit.set(limit or 0)
         self.ids.set(ids)
+        self.lost_ids.set(lost)
         if evictions > self._evictions_seen:
             self.evictions.inc(evictions - self._evictions_seen)
             self._evictions_seen = evictions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -39,7 +41,7 @@ def test_a_node_added_later_gets_an_actor_and_takes_part_in_init(cluster):
 def test_a_dead_node_loses_only_its_data_and_says_so(cluster):
     extra = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    cache = sr.Cache("shrink")
+    cache = sr.Cache("shrink", http=True)
     placed = cache.init([f"d{i}" for i in range(60)])
     victim = extra.node_id
     homes = {i: cache._router.home(i) for i in placed}
@@ -68,6 +70,10 @@ def test_a_dead_node_loses_only_its_data_and_says_so(cluster):
     with pytest.raises(sr.DataLost):
         cache.append(on_victim[0], b"more")
     assert cache.lost_ids() == sorted(on_victim)
+    home_url = reader.endpoints()[reader._router.home(on_victim[0])]
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(f"{home_url}/v1/caches/shrink/ids/{on_victim[0]}", timeout=10)
+    assert gone.value.code == 410  # its home answers "gone" over HTTP too
     assert sum(s["lost"] for s in cache.stats().values()) == len(on_victim)
     # set, delete and init clear a loss; init recreates the id empty on a live node
     cache.set(on_victim[0], b"written again")

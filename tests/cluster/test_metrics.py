@@ -48,6 +48,7 @@ def test_metrics_show_what_the_node_holds_and_served(cluster):
         assert stats["evictions"] > 0
         expected = {
             ("ray_shoveling_ids", ""): stats["ids"],
+            ("ray_shoveling_lost_ids", ""): 0,
             ("ray_shoveling_bytes_used", ""): stats["used"],
             ("ray_shoveling_bytes_limit", ""): 4000,
             ("ray_shoveling_evictions_total", ""): stats["evictions"],
