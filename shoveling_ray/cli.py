@@ -128,7 +128,8 @@ def cmd_status(args: argparse.Namespace) -> None:
     if args.json:
         _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints})
         return
-    print(f"cache {args.name}: {len(stats)} nodes, {sum(s['ids'] for s in stats.values())} ids")
+    nodes, ids = len(stats), sum(s["ids"] for s in stats.values())
+    print(f"cache {args.name}: {nodes} node{'' if nodes == 1 else 's'}, {ids} ids")
     print(text_table(COLUMNS, rows(stats)))
     for node, url in sorted(endpoints.items()):
         print(f"http {node}: {url}")
