@@ -29,16 +29,24 @@ from typing import Any
 import ray
 
 from .cache import Cache
-from .errors import ray_errors
+from .errors import CacheMiss, DataLost, ray_errors
 from .heap import keep_freed_memory
 
 
 #: Seconds to wait for the other tasks of a failed phase to end before cleaning up.
 _STRAGGLER_TIMEOUT = 60.0
+#: What a reducer returns when its partition was lost with a node.
+_LOST = "__shoveling_partition_lost__"
+
+
+#: How many times one ``run`` rebuilds partitions lost with a node during the reduce phase.
+MAX_RECOVERIES = 3
 
 
 @ray.remote
-def _map_task(cache: Cache, partitions: list[str], nodes: list[str], map_fn: Callable, item: Any) -> tuple:
+def _map_task(
+    cache: Cache, partitions: list[str], nodes: list[str], map_fn: Callable, item: Any, only: frozenset | None = None
+) -> tuple:
     keep_freed_memory()
     started = time.perf_counter()
     out = map_fn(item)
@@ -49,6 +57,8 @@ def _map_task(cache: Cache, partitions: list[str], nodes: list[str], map_fn: Cal
         raise TypeError(
             f"map_fn must return a dict of partition index -> bytes (or (dict, result)), not {type(out).__name__}"
         )
+    if only is not None:  # a rerun that rebuilds lost partitions: the others have their data
+        out = {p: data for p, data in out.items() if p in only}
     mapped = time.perf_counter()
     here = ray.get_runtime_context().get_node_id()
     cache.append_many({partitions[p]: data for p, data in out.items() if len(data)})
@@ -65,7 +75,12 @@ def _map_task(cache: Cache, partitions: list[str], nodes: list[str], map_fn: Cal
 def _reduce_task(cache: Cache, partition: str, index: int, reduce_fn: Callable) -> tuple:
     keep_freed_memory()
     started = time.perf_counter()
-    data = cache.get(partition)
+    try:
+        data = cache.get(partition)
+    except (DataLost, CacheMiss):
+        # Its node died (a partition that lived on its own home node reads as a miss, and a
+        # shuffle's partitions always exist): the driver rebuilds it and runs this again.
+        return ray.get_runtime_context().get_node_id(), _LOST, {}
     read = time.perf_counter()
     result = reduce_fn(index, data)
     stats = {"read_seconds": read - started, "reduce_seconds": time.perf_counter() - read}
@@ -115,7 +130,7 @@ class ProgressBars:
         from tqdm.auto import tqdm  # imported on use: tasks never need it
 
         bar = self.bars.get(phase)
-        if bar is None:
+        if bar is None or done == 0:  # a phase run again (rebuilding lost partitions): a new bar
             bar = self.bars[phase] = tqdm(total=total, desc=f"{self.prefix} {phase}", unit="task")
         bar.update(done - bar.n)
         if done >= total:
@@ -142,7 +157,11 @@ class Shuffle:
         self.cache = cache
         self.prefix = prefix or f"shuffle-{uuid.uuid4().hex[:12]}"
         self.partitions = [f"{self.prefix}/{i:06d}" for i in range(num_partitions)]
+        self.strategy = strategy
         self.placement = cache.init(self.partitions, strategy=strategy)
+        #: After ``run``: partitions rebuilt after a node died during the reduce phase, and
+        #: what it took (``[{"partitions": [index, ...], "seconds": s}]``).
+        self.recoveries: list[dict] = []
         #: After ``run``: the node each reducer ran on, in partition order.
         self.reducer_nodes: list[str] = []
         #: After ``run``: what ``map_fn`` returned beside its partitions, in input order.
@@ -193,24 +212,22 @@ class Shuffle:
             progress = None
         with ray_errors(f"shuffle {self.prefix}: a task failed"):
             started = time.perf_counter()
-            nodes = [self.placement[pid] for pid in self.partitions]
-            submit = [partial(map_task.remote, self.cache, self.partitions, nodes, map_fn, item) for item in inputs]
-            mapped = _run_all(submit, "map", limit, progress)
+            items = list(inputs)  # kept: lost partitions are rebuilt by mapping again
+            mapped = self._map(items, map_task, map_fn, None, limit, progress)
             self.times["map"] = time.perf_counter() - started
-            submit = [
-                partial(
-                    _reduce_task.options(
-                        scheduling_strategy=self.cache.scheduling_strategy(pid), **(reduce_options or {})
-                    ).remote,
-                    self.cache,
-                    pid,
-                    index,
-                    reduce_fn,
-                )
-                for index, pid in enumerate(self.partitions)
-            ]
-            done = _run_all(submit, "reduce", limit, progress)
+            reduce_options = reduce_options or {}
+            done = self._reduce(range(len(self.partitions)), reduce_options, reduce_fn, limit, progress)
             self.times["reduce"] = time.perf_counter() - started - self.times["map"]
+            self.recoveries = []
+            while lost := [i for i, (_, result, _) in enumerate(done) if isinstance(result, str) and result == _LOST]:
+                if len(self.recoveries) == MAX_RECOVERIES:
+                    raise DataLost(self.partitions[lost[0]], "", f"still lost after {MAX_RECOVERIES} rebuilds")
+                began = time.perf_counter()
+                self.placement.update(self.cache.init([self.partitions[i] for i in lost], strategy=self.strategy))
+                self._map(items, map_task, map_fn, frozenset(lost), limit, progress)
+                for i, again in zip(lost, self._reduce(lost, reduce_options, reduce_fn, limit, progress)):
+                    done[i] = again
+                self.recoveries.append({"partitions": lost, "seconds": time.perf_counter() - began})
         self.map_results = [result for _, result, _ in mapped]
         self.reducer_nodes = [node for node, _, _ in done]
         self.task_stats = {}
@@ -218,6 +235,23 @@ class Shuffle:
             for key, value in stats.items():
                 self.task_stats[key] = self.task_stats.get(key, 0) + value
         return [result for _, result, _ in done]
+
+    def _map(self, items: list, map_task, map_fn: Callable, only: frozenset | None, limit: int, progress) -> list:
+        """Run a mapper per input (appending only to the partitions in ``only``, if given)."""
+        nodes = [self.placement[pid] for pid in self.partitions]
+        submit = [partial(map_task.remote, self.cache, self.partitions, nodes, map_fn, item, only) for item in items]
+        return _run_all(submit, "map" if only is None else "map (rebuild)", limit, progress)
+
+    def _reduce(self, indices, options: dict, reduce_fn: Callable, limit: int, progress) -> list:
+        """Run the reducers of the partitions at ``indices``, each where its partition lives."""
+        submit = [
+            partial(
+                _reduce_task.options(scheduling_strategy=self.cache.scheduling_strategy(self.partitions[i]), **options).remote,
+                self.cache, self.partitions[i], i, reduce_fn,
+            )
+            for i in indices
+        ]
+        return _run_all(submit, "reduce", limit, progress)
 
     def cleanup(self) -> None:
         """Delete the partitions (their data and placement records)."""

@@ -127,3 +127,41 @@ def test_a_shuffle_larger_than_the_limits_fails_early_with_cache_full(cluster):
         assert all(s["used"] == 0 for s in small.stats().values())  # nothing left behind
     finally:
         small.close()
+
+
+def _numbers_map(block):
+    import numpy as np
+
+    numbers = np.arange(block * 1000, (block + 1) * 1000, dtype=np.int64)
+    return {p: numbers[numbers % 6 == p].tobytes() for p in range(6)}
+
+
+def _sum_reduce(partition, data):
+    import numpy as np
+
+    return int(np.frombuffer(data, dtype=np.int64).sum())
+
+
+def test_a_node_lost_during_the_reduce_phase_is_rebuilt_from_the_mappers(cluster, cache):
+    import numpy as np
+
+    extra = cluster.add_node(num_cpus=1, object_store_memory=300 * MB)
+    cluster.wait_for_nodes()
+    removed = []
+
+    def progress(phase, done, total):
+        if phase == "reduce" and not removed:  # every mapper has finished: kill a node now
+            cluster.remove_node(extra)
+            removed.append(extra.node_id)
+
+    with Shuffle(cache, 6, prefix="rebuilt") as sh:
+        on_extra = sorted(i for i, pid in enumerate(sh.partitions) if sh.placement[pid] == extra.node_id)
+        assert on_extra, "the shuffle must have partitions on the node that dies"
+        results = sh.run(range(8), _numbers_map, _sum_reduce, progress=progress)
+        numbers = np.arange(8000)
+        assert results == [int(numbers[numbers % 6 == p].sum()) for p in range(6)]  # as undisturbed
+        assert removed and [p for r in sh.recoveries for p in r["partitions"]] == on_extra
+        assert extra.node_id not in sh.reducer_nodes
+        print(f"rebuilt {on_extra} in {sum(r['seconds'] for r in sh.recoveries):.1f}s "
+              f"(map {sh.times['map']:.1f}s, reduce {sh.times['reduce']:.1f}s)")
+    assert cache.ids("rebuilt/") == []
