@@ -16,6 +16,11 @@ Built on the public :class:`~shoveling_ray.Cache` API only::
 
 The partitions are deleted when the ``with`` block ends (or on ``cleanup()``), also when a
 task failed. ``run`` returns the reduce results in partition order.
+
+A node lost during the reduce phase loses the partitions it held; their reducers report it,
+and ``run`` recreates them, reruns every mapper appending only to them (so ``map_fn`` must be
+deterministic), and reruns their reducers (``recoveries`` records it). A node lost during the
+map phase fails the run: a mapper's appends may have landed on some nodes and not others.
 """
 
 from __future__ import annotations
