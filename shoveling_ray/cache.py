@@ -205,7 +205,12 @@ class Cache:
         config = self._router.view["consul"]
         if config is None or self._closed:
             return None
-        return watch.view((self._name, self._router.view["epoch"]), config, self._name)
+        return watch.view(self._consul_key, config, self._name)
+
+    @property
+    def _consul_key(self) -> tuple[str, str]:
+        """This incarnation of the cache, as the process-wide Consul views know it."""
+        return self._name, self._router.view["epoch"]
 
     def _check_healthy(self, node: str, ids: list[str]) -> None:
         view = self._consul
@@ -528,8 +533,9 @@ class Cache:
 
     def stats(self) -> Stats:
         """Per node: ``used`` (stored bytes), ``raw`` (bytes before compression), ``limit``,
-        ``ids``, ``evictions``, ``policy`` and ``consul`` (``None`` without Consul, else the
-        heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
+        ``ids``, ``evictions``, ``policy``, ``lost`` (ids homed there whose only copy died) and
+        ``consul`` (``None`` without Consul, else the heartbeat's ``beats`` and last
+        ``error``). A dict; in Jupyter, an HTML table."""
         return Stats(self._router.each_node("stats"))
 
     def _repr_html_(self) -> str:
@@ -557,7 +563,7 @@ class Cache:
             pass  # already gone, or stuck: it is killed below either way
         ray.kill(self._coordinator)
         if self._router.view["consul"] is not None:
-            watch.close((self._name, self._router.view["epoch"]))
+            watch.close(self._consul_key)
         while time.monotonic() < deadline:
             try:
                 ray.get_actor(coordinator_name(self._name), namespace=NAMESPACE)

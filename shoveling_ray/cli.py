@@ -75,7 +75,8 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     if thread.is_alive():
         raise CliError(f"no answer from a Ray cluster at {address} within {timeout:.0f} s")
     if "error" in outcome:
-        reason = str(outcome["error"]).strip().splitlines()[0] if str(outcome["error"]).strip() else type(outcome["error"]).__name__
+        text = str(outcome["error"]).strip()
+        reason = text.splitlines()[0] if text else type(outcome["error"]).__name__
         raise CliError(f"cannot connect to a Ray cluster at {address}: {reason}")
 
 
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ShovelingError, TypeError, ValueError) as exc:
         print(f"shoveling: {exc}", file=sys.stderr)
         sys.stderr.flush()
-        if threading.active_count() > 1 and any(t.name == "shoveling-connect" for t in threading.enumerate()):
+        if any(t.name == "shoveling-connect" and t.is_alive() for t in threading.enumerate()):
             os._exit(1)  # a connection attempt still hangs in ray.init: do not wait for it
         return 1
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from .actors.protocol import OK
 from .codec import OBJECT_STORE_BYTES, Stored, is_stored, payload_size
 from .errors import ray_errors
 
@@ -51,7 +52,7 @@ def adopt(frames: list) -> list:
 def _replace_stored(results: list, swap) -> None:
     """Apply ``swap`` to the ``Stored`` payload of every frame of every OK ``get`` result."""
     for index, (status, value) in enumerate(results):
-        if status == 0 and any(is_stored(f) for f in value[2]):
+        if status == OK and any(is_stored(f) for f in value[2]):
             frames = [(f[0], f[1], swap(f[2])) if is_stored(f) else f for f in value[2]]
             results[index] = (status, (value[0], value[1], frames))
 

@@ -73,8 +73,9 @@ class _Coordinator:
 
         Dead members leave first (their hash slots move to the survivors), new alive nodes get
         an actor, and only then are ``settings`` (``max_memory`` / ``policy``) given explicitly
-        by a client applied to every member (``http`` turns the members' endpoints on or off). All the waiting shares one deadline
-        (:data:`JOIN_DEADLINE`), and the actors are asked in parallel.
+        by a client applied to every member (``http`` turns the members' endpoints on or off).
+        All the waiting shares one deadline (:data:`JOIN_DEADLINE`), and the actors are asked
+        in parallel.
 
         Raises:
             ShovelingError: no alive node has a cache actor.
@@ -118,15 +119,15 @@ class _Coordinator:
             self._configure(settings.get("max_memory", self.max_memory), settings.get("policy", self.policy), deadline)
         if settings and "http" in settings:
             self.http = settings["http"]
-            calls = [h.serve_http.remote(self.http) for h in self.members.values()]
-            ray.wait(calls, num_returns=len(calls), timeout=max(deadline - time.monotonic(), 0))
+            _wait_all([h.serve_http.remote(self.http) for h in self.members.values()], deadline)
         return self.view()
 
     def _rebuild(self, moved_slots: list[int], lost_nodes: list[str], deadline: float) -> None:
         """Have every member mend the placement directory (see ``_NodeActor.rebuild``) before
         any client sees the new table: this join answers only when they are done."""
-        calls = [h.rebuild.remote(self.table, moved_slots, lost_nodes, dict(self.members)) for h in self.members.values()]
-        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=max(deadline - time.monotonic(), 0))
+        peers = dict(self.members)
+        calls = [h.rebuild.remote(self.table, moved_slots, lost_nodes, peers) for h in self.members.values()]
+        ready = _wait_all(calls, deadline)
         log.warning("cache %s: directory rebuilt after losing %s (%d slots moved, %d of %d members done)",
                     self.cache, lost_nodes or "no node", len(moved_slots), len(ready), len(calls))
 
@@ -135,7 +136,7 @@ class _Coordinator:
         """Ping every actor at once: ``True`` answered, ``False`` dead, ``None`` no answer by
         the deadline (busy or still starting)."""
         pings = {h.ping.remote(): m for m, h in actors.items()}
-        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=max(deadline - time.monotonic(), 0))
+        ready = _wait_all(list(pings), deadline)
         out: dict[str, bool | None] = {m: None for m in actors}
         for ref in ready:
             try:
@@ -157,8 +158,7 @@ class _Coordinator:
 
     def _configure(self, max_memory: int | None, policy: str, deadline: float) -> None:
         self.max_memory, self.policy = max_memory, policy
-        calls = [h.configure.remote(self._limit(self.info[m]), policy) for m, h in self.members.items()]
-        ray.wait(calls, num_returns=len(calls), timeout=max(deadline - time.monotonic(), 0))
+        _wait_all([h.configure.remote(self._limit(self.info[m]), policy) for m, h in self.members.items()], deadline)
 
     def view(self) -> dict:
         """What a client needs to route: members with their actors and resources, the table."""
@@ -181,6 +181,14 @@ class _Coordinator:
         for handle in self.members.values():
             ray.kill(handle)
         self.members.clear()
+
+
+def _wait_all(refs: list, deadline: float) -> list:
+    """The refs among ``refs`` that are ready by ``deadline`` (``time.monotonic()``)."""
+    if not refs:
+        return []
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(deadline - time.monotonic(), 0))
+    return ready
 
 
 Coordinator = ray.remote(num_cpus=0, max_restarts=0)(_Coordinator)
