@@ -12,6 +12,7 @@ It does not store data (``actors``), decide placement (``placement``) or route (
 from __future__ import annotations
 
 import html
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from . import codec
 from .actors import protocol as p
 from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
+from .actors.disk import check_max_disk
 from .actors.storage import check_max_memory, check_policy
 from .errors import CacheClosed, CacheFull, CacheMiss, DataLost, NodeUnavailable, ShovelingError, ray_errors
 from .membership import ray_nodes, watch
@@ -105,8 +107,16 @@ class Cache:
         max_memory: bytes each node's actor may hold. ``None`` keeps the running cache's
             setting (for a new cache: each node's object store capacity). Given explicitly, it
             is applied to every node of a running cache too.
-        eviction: ``"reject"`` (raise :class:`CacheFull`) or ``"lru"``; ``None`` keeps the
-            running cache's setting (for a new cache: ``"reject"``).
+        eviction: ``"spill"`` (least recently used values go to disk on their node and come
+            back on read; :class:`CacheFull` only when ``max_disk`` is reached too),
+            ``"reject"`` (raise :class:`CacheFull`) or ``"lru"`` (evict); ``None`` keeps the
+            running cache's setting (for a new cache: ``"spill"``).
+        max_disk: bytes of spill files each node may hold. ``None`` keeps the running cache's
+            setting (for a new cache: whatever leaves 10% of the disk free).
+        spill_dir: directory for spill files on every node (each node's actor uses
+            ``<spill_dir>/<name>/<node_id>``); ``None``: the Ray session's directory of the
+            node. Taken when the cache starts; a different one for a running cache is a
+            ``ValueError``.
         compression: ``"auto"`` (lz4 when the data shrinks), ``"lz4"`` or ``None``; a
             property of this client's writes, readers decode any.
         consul: ``None`` (auto: use Consul when ``CONSUL_HTTP_ADDR`` is set or an agent
@@ -131,6 +141,8 @@ class Cache:
         *,
         max_memory: int | None = None,
         eviction: str | None = None,
+        max_disk: int | None = None,
+        spill_dir: str | os.PathLike | None = None,
         compression: str | None = "auto",
         consul: str | bool | None = None,
         consul_token: str | None = None,
@@ -146,6 +158,10 @@ class Cache:
             settings["max_memory"] = check_max_memory(max_memory)
         if eviction is not None:
             settings["policy"] = check_policy(eviction)
+        if max_disk is not None:
+            settings["max_disk"] = check_max_disk(max_disk)
+        if spill_dir is not None:
+            settings["spill_dir"] = os.path.abspath(os.fspath(spill_dir))
         if http is not None:
             if not isinstance(http, bool):
                 raise TypeError(f"http must be True, False or None, not {type(http).__name__}")
@@ -171,6 +187,10 @@ class Cache:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)  # another process is closing this cache: its name frees soon
+            except ShovelingError as exc:
+                if isinstance(exc.__cause__, ValueError):  # a setting the running cache refuses
+                    raise ValueError(str(exc.__cause__)) from None
+                raise
 
     def _start_coordinator(self, consul_config) -> ray.actor.ActorHandle:
         # Pinned to the head node: the cluster's GCS lives there, so the coordinator dies only
@@ -185,7 +205,7 @@ class Cache:
                 get_if_exists=True,
                 lifetime="detached",
                 scheduling_strategy=strategy,
-            ).remote(self._name, None, "reject", consul_config)
+            ).remote(self._name, consul_config)
 
     # -- pickling: a handle passed to tasks keeps its view and the placements it knows -------
 
@@ -273,8 +293,7 @@ class Cache:
             if status == p.LOST:
                 raise DataLost(cache_id, value)
             if status == p.FULL:
-                limit, used, needed = value
-                raise CacheFull(node, limit, used, needed, cache_id)
+                raise CacheFull(node, *value[:3], cache_id, value[3])
             if status == p.WRONG_TYPE:
                 raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
 
@@ -532,10 +551,12 @@ class Cache:
         return {node: url for node, url in self._router.each_node("endpoint").items() if url}
 
     def stats(self) -> Stats:
-        """Per node: ``used`` (stored bytes), ``raw`` (bytes before compression), ``limit``,
-        ``ids``, ``evictions``, ``policy``, ``lost`` (ids homed there whose only copy died) and
-        ``consul`` (``None`` without Consul, else the heartbeat's ``beats`` and last
-        ``error``). A dict; in Jupyter, an HTML table."""
+        """Per node: ``used`` (memory held: payloads as stored plus per-id overhead), ``raw``
+        (payload bytes before compression), ``limit``, ``ids``, ``evictions``, ``policy``, the
+        disk tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` /
+        ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``lost`` (ids homed
+        there whose only copy died) and ``consul`` (``None`` without Consul, else the
+        heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
         return Stats(self._router.each_node("stats"))
 
     def _repr_html_(self) -> str:

@@ -47,26 +47,28 @@ class CacheMiss(ShovelingError, KeyError):
 
 
 class CacheFull(ShovelingError):
-    """A node's cache is full under the ``reject`` policy, or a value exceeds the limit.
+    """A node's cache is full: under ``reject``, past ``max_memory``; under ``spill``, its disk
+    tier is full too (or spilling took too long); under ``lru``, a value exceeds the limit.
 
     Attributes:
         node_id: hex id of the Ray node whose limit was hit.
         limit: that node's ``max_memory`` in bytes.
         used: bytes held on that node when the write was refused.
         needed: bytes the refused write would have added.
+        reason: why spilling did not help (``""`` without it).
     """
 
-    def __init__(self, node_id: str, limit: int, used: int, needed: int, cache_id: str = "") -> None:
+    def __init__(self, node_id: str, limit: int, used: int, needed: int, cache_id: str = "", reason: str = "") -> None:
         self.node_id, self.limit, self.used, self.needed = node_id, limit, used, needed
-        self.cache_id = cache_id
+        self.cache_id, self.reason = cache_id, reason
         what = f"writing {cache_id!r}" if cache_id else "the write"
         super().__init__(
             f"cache full on node {node_id}: {what} needs {needed} bytes, "
-            f"{used} of max_memory={limit} bytes are in use"
+            f"{used} of max_memory={limit} bytes are in use" + (f" {reason}" if reason else "")
         )
 
     def __reduce__(self):
-        return type(self), (self.node_id, self.limit, self.used, self.needed, self.cache_id)
+        return type(self), (self.node_id, self.limit, self.used, self.needed, self.cache_id, self.reason)
 
 
 class DataLost(ShovelingError):

@@ -49,6 +49,11 @@ def adopt(frames: list) -> list:
     return out
 
 
+def load(stored: Stored) -> Any:
+    """The payload of a value this actor keeps in the object store (zero-copy on its node)."""
+    return ray.get(stored.ref)
+
+
 def _replace_stored(results: list, swap) -> None:
     """Apply ``swap`` to the ``Stored`` payload of every frame of every OK ``get`` result."""
     for index, (status, value) in enumerate(results):

@@ -47,16 +47,20 @@ class _Coordinator:
 
     Args:
         cache: the cache name.
-        max_memory: limit per node in bytes; ``None`` = each node's object store capacity.
-        policy: ``"reject"`` or ``"lru"``.
         consul: Consul settings for the actors, or ``None`` for Ray alone.
+
+    The settings start at a new cache's defaults and change with :meth:`join`'s ``settings``:
+    ``max_memory`` (per node; ``None`` = each node's object store capacity), ``policy``,
+    ``max_disk``, ``spill_dir`` and ``http``.
     """
 
-    def __init__(self, cache: str, max_memory: int | None, policy: str, consul: ConsulConfig | None) -> None:
+    def __init__(self, cache: str, consul: ConsulConfig | None) -> None:
         self.cache = cache
         self.consul = consul
-        self.max_memory = max_memory
-        self.policy = policy
+        self.max_memory: int | None = None
+        self.policy = "spill"
+        self.max_disk: int | None = None
+        self.spill_dir: str | None = None
         self.http = False
         self.members: dict[str, ray.actor.ActorHandle] = {}
         self.info: dict[str, NodeInfo] = {}
@@ -72,15 +76,23 @@ class _Coordinator:
         """Bring the member list up to date with Ray's alive nodes and return the view.
 
         Dead members leave first (their hash slots move to the survivors), new alive nodes get
-        an actor, and only then are ``settings`` (``max_memory`` / ``policy``) given explicitly
-        by a client applied to every member (``http`` turns the members' endpoints on or off).
+        an actor, and only then are ``settings`` (``max_memory`` / ``policy`` / ``max_disk``)
+        given explicitly by a client applied to every member (``http`` turns the members'
+        endpoints on or off). ``spill_dir`` is taken by a new cache only.
         All the waiting shares one deadline (:data:`JOIN_DEADLINE`), and the actors are asked
         in parallel.
 
         Raises:
             ShovelingError: no alive node has a cache actor.
+            ValueError: ``spill_dir`` differs from the running cache's.
         """
         deadline = time.monotonic() + JOIN_DEADLINE
+        settings = settings or {}
+        if "spill_dir" in settings and settings["spill_dir"] != self.spill_dir:
+            if self.members:
+                raise ValueError(f"cache {self.cache!r} already spills under {self.spill_dir or 'the Ray session directory'}; "
+                                 "close it to change spill_dir")
+            self.spill_dir = settings["spill_dir"]
         nodes = {n.node_id: n for n in ray_nodes()}
         dead = [m for m in self.members if not nodes.get(m, NodeInfo(m, False, 0, 0)).alive]
         for node_id in dead:
@@ -115,9 +127,9 @@ class _Coordinator:
             lost = set(dead) | set(replaced)
             moved = [s for s, (old, new) in enumerate(zip(old_table, self.table)) if old != new or old in lost]
             self._rebuild(moved, sorted(lost), deadline)
-        if settings and ("max_memory" in settings or "policy" in settings):
-            self._configure(settings.get("max_memory", self.max_memory), settings.get("policy", self.policy), deadline)
-        if settings and "http" in settings:
+        if {"max_memory", "policy", "max_disk"} & settings.keys():
+            self._configure(settings, deadline)
+        if "http" in settings:
             self.http = settings["http"]
             _wait_all([h.serve_http.remote(self.http) for h in self.members.values()], deadline)
         return self.view()
@@ -154,11 +166,15 @@ class _Coordinator:
             namespace=NAMESPACE,
             lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-        ).remote(self.cache, node.node_id, self._limit(node), self.policy, self.consul, self.http)
+        ).remote(self.cache, node.node_id, self._limit(node), self.policy, self.max_disk, self.spill_dir,
+                 self.consul, self.http)
 
-    def _configure(self, max_memory: int | None, policy: str, deadline: float) -> None:
-        self.max_memory, self.policy = max_memory, policy
-        _wait_all([h.configure.remote(self._limit(self.info[m]), policy) for m, h in self.members.items()], deadline)
+    def _configure(self, settings: dict, deadline: float) -> None:
+        self.max_memory = settings.get("max_memory", self.max_memory)
+        self.policy = settings.get("policy", self.policy)
+        self.max_disk = settings.get("max_disk", self.max_disk)
+        calls = [h.configure.remote(self._limit(self.info[m]), self.policy, self.max_disk) for m, h in self.members.items()]
+        _wait_all(calls, deadline)
 
     def view(self) -> dict:
         """What a client needs to route: members with their actors and resources, the table."""

@@ -19,11 +19,10 @@ import threading
 
 import ray
 
-from ..errors import CacheFull
+from ..errors import CacheFull, NodeUnavailable, ray_errors
 from ..heap import keep_freed_memory
-from ..errors import NodeUnavailable, ray_errors
-from ..codec import KIND_BYTES, decode
-from ..objects import adopt, fetch, refs_beside
+from ..codec import KIND_BYTES, decode, stored_size
+from ..objects import adopt, fetch, load, refs_beside
 from ..placement import slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
@@ -31,12 +30,19 @@ from ..wire import no_gc, pack, unpack
 from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
 from . import protocol as p
+from .disk import SpillFiles
 from .storage import Store
 
 log = logging.getLogger(__name__)
 
 #: Seconds a home waits for another node's actor during ``init`` or ``delete``.
 PEER_TIMEOUT = 30.0
+
+
+def _session_dir() -> str:
+    """This node's directory of the running Ray session (``/tmp/ray/session_...``)."""
+    context = ray.get_runtime_context()
+    return os.path.join(context.get_temp_dir(), context.get_session_name(), "shoveling_ray")
 
 
 def _locked(method):
@@ -55,8 +61,12 @@ class _NodeActor:
     Args:
         cache: the cache name.
         node_id: hex id of the node the actor is pinned to.
-        max_memory: limit on stored bytes; ``None`` for none.
-        policy: ``"reject"`` or ``"lru"``.
+        max_memory: limit on the memory held (see :mod:`.storage`); ``None`` for none.
+        policy: ``"spill"``, ``"reject"`` or ``"lru"``.
+        max_disk: limit on spill files; ``None``: keep 10% of the disk free.
+        spill_dir: where spill files go, in ``<spill_dir>/<cache>/<node_id>``; ``None``: the
+            Ray session's directory on this node. Whatever a dead predecessor left there is
+            removed first.
         consul: Consul settings, or ``None`` for Ray alone. The actor talks to the agent its
             node names in ``CONSUL_HTTP_ADDR``, else to the one in ``consul``.
         http: serve the HTTP read endpoint (:mod:`shoveling_ray.observe.http`) on the node's
@@ -69,19 +79,22 @@ class _NodeActor:
         node_id: str,
         max_memory: int | None,
         policy: str,
+        max_disk: int | None = None,
+        spill_dir: str | None = None,
         consul: ConsulConfig | None = None,
         http: bool = False,
     ) -> None:
         keep_freed_memory()
         self.cache = cache
         self.node_id = node_id
-        self.store = Store(node_id, max_memory, policy)
+        disk = SpillFiles(os.path.join(spill_dir or _session_dir(), cache, node_id), max_disk)
+        self.store = Store(node_id, max_memory, policy, disk, own=adopt, load=load)
         # Placement records of ids homed here but placed on another node by init.
         self.records: dict[str, str] = {}
         # Ids homed here whose only copy was on a node that died: id -> that node.
         self.lost: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._base = {"max-memory": max_memory, "eviction": policy, "http": http}
+        self._base = {"max-memory": max_memory, "max-disk": max_disk, "eviction": policy, "http": http}
         self._kv: dict = {}
         self._threads: list = []
         self._endpoint: ReadEndpoint | None = None
@@ -108,10 +121,10 @@ class _NodeActor:
     def _apply(self) -> None:
         config = {**self._base, **self._kv}
         before = self.store.evictions
-        self.store.configure(config["max-memory"], config["eviction"])
+        self.store.configure(config["max-memory"], config["eviction"], config["max-disk"])
         self._serve(config["http"])
-        log.info("cache %s: max-memory=%s eviction=%s http=%s", self.cache, config["max-memory"], config["eviction"],
-                 config["http"])
+        log.info("cache %s: max-memory=%s max-disk=%s eviction=%s http=%s", self.cache, config["max-memory"],
+                 config["max-disk"], config["eviction"], config["http"])
         if self.store.evictions > before:
             log.warning("cache %s: the new limit evicted %d ids", self.cache, self.store.evictions - before)
 
@@ -141,7 +154,8 @@ class _NodeActor:
 
     def _publish(self) -> None:
         store = self.store
-        self._metrics.held(store.used, store.max_memory, len(store), store.evictions, len(self.lost))
+        self._metrics.held(store.used, store.max_memory, len(store), store.evictions, len(self.lost),
+                           store.disk.used, store.spills)
 
     def _absent(self, cache_id: str, via: int) -> tuple:
         """The answer for an id not held here (see :mod:`.protocol`)."""
@@ -156,12 +170,12 @@ class _NodeActor:
     def get(self, items: list) -> list:
         out = []
         for cache_id, via in items:
-            entry = self.store.get(cache_id)
-            if entry is None:
+            value = self.store.get(cache_id)
+            if value is None:
                 out.append(self._absent(cache_id, via))
             else:
-                self._moved += entry.nbytes
-                out.append((p.OK, (entry.kind, entry.meta, entry.frames)))
+                self._moved += stored_size(value[2])
+                out.append((p.OK, value))
         return out
 
     @_locked
@@ -197,7 +211,7 @@ class _NodeActor:
             try:
                 self._moved += apply(item)
             except CacheFull as exc:
-                out.append((p.FULL, (exc.limit, exc.used, exc.needed)))
+                out.append((p.FULL, (exc.limit, exc.used, exc.needed, exc.reason)))
             except TypeError:
                 out.append((p.WRONG_TYPE, None))
             else:
@@ -363,9 +377,9 @@ class _NodeActor:
                 "consul": self._threads[0].status() if self._threads else None}
 
     @_locked
-    def configure(self, max_memory: int | None, policy: str) -> None:
+    def configure(self, max_memory: int | None, policy: str, max_disk: int | None) -> None:
         """New base settings; keys set in Consul KV still override them."""
-        self._base.update({"max-memory": max_memory, "eviction": policy})
+        self._base.update({"max-memory": max_memory, "eviction": policy, "max-disk": max_disk})
         self._apply()
         self._publish()
 
@@ -398,25 +412,28 @@ class _NodeActor:
     def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
         """For the HTTP endpoint: ``(200, bytes)``, or ``(404 | 410 | 415, None)`` (410: a lost
         id homed here)."""
-        entry = self.store.get(cache_id)
-        if entry is None:
+        value = self.store.get(cache_id)
+        if value is None:
             return (410, None) if cache_id in self.lost else (404, None)
-        if entry.kind != KIND_BYTES:
+        kind, meta, frames = value
+        if kind != KIND_BYTES:
             return 415, None
-        (frames,) = fetch([entry.frames])
-        return 200, decode(entry.kind, entry.meta, frames)
+        (frames,) = fetch([frames])
+        return 200, decode(kind, meta, frames)
 
     @_locked
     def http_ids(self, prefix: str) -> list[str]:
         return sorted(self.store.ids(prefix))
 
     def shutdown(self) -> None:
-        """Stop the HTTP endpoint and the Consul threads (each joined), and deregister this
-        actor's instance."""
+        """Stop the HTTP endpoint and the Consul threads (each joined), deregister this
+        actor's instance and remove its spill files."""
         if self._endpoint is not None:
             self._endpoint.stop()
         for thread in self._threads:
             thread.stop()
+        with self._lock:
+            self.store.close()
 
 
 NodeActor = ray.remote(num_cpus=0, max_restarts=0, concurrency_groups={"peer": 1})(_NodeActor)

@@ -1,40 +1,71 @@
-"""The storage engine of one node's cache actor: entries, byte accounting, limits, eviction.
+"""The storage engine of one node's cache actor: entries, memory accounting, limits, eviction
+and the disk tier.
 
 Plain Python, no Ray: the actor wraps it, tests drive it directly. It stores encoded values
-(``codec``'s ``(kind, meta, frames)``) without looking inside them and counts the bytes of
-their payloads as stored (compressed) plus their raw size for reporting. Per-entry Python
-overhead (about 200 bytes an id) is not counted against ``max_memory``.
+(``codec``'s ``(kind, meta, frames)``) without looking inside them. ``used`` is the memory the
+entries really take: their payloads as stored (compressed; in the heap or in Ray's object
+store) plus the Python objects around them (:func:`overhead`, measured per id and per frame).
+``raw`` is the payload bytes before compression, for reporting.
 
 Policies when a write would pass ``max_memory``:
 
-- ``reject`` (default, safe for shuffles): the write raises :class:`~shoveling_ray.CacheFull`
-  and nothing stored changes.
+- ``spill`` (default for new caches): least recently used values move to spill files
+  (:mod:`.disk`) until the write fits, and come back into memory when read, if they fit
+  without pushing anything else out (otherwise they are served from disk). A value may be
+  partly on disk: what is appended after it was spilled stays in memory until the next spill.
+  The write waits while this happens (back-pressure, counted in ``spill_wait``); it gets
+  ``CacheFull`` only when the disk tier has no room either, or spilling took longer than
+  :data:`SPILL_TIMEOUT`, and then nothing stored changes.
+- ``reject``: the write raises :class:`~shoveling_ray.CacheFull` and nothing stored changes.
 - ``lru``: least recently used non-empty entries are evicted until the write fits. A value
   larger than the whole limit is refused with ``CacheFull`` and evicts nothing.
 
-Lowering the limit below current usage applies the policy: ``lru`` evicts at once, ``reject``
-keeps everything and refuses writes that add bytes until usage falls below the limit.
+Lowering the limit below current usage applies the policy at once (``spill`` spills, ``lru``
+evicts); ``reject`` keeps everything and refuses writes that add bytes until usage falls
+below the limit.
+
+Small pieces appended to one value are joined into one payload once they add up to
+:data:`COALESCE_BYTES`, so a value built from many small appends costs its bytes, not a
+Python object per piece.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from ..codec import KIND_BYTES, raw_size, stored_size
+from ..codec import CODEC_RAW, KIND_BYTES, Stored, is_stored, payload_size, raw_size, stored_size
 from ..errors import CacheFull
+from .disk import Spilled, SpillFiles
 
-POLICIES = ("reject", "lru")
+POLICIES = ("spill", "reject", "lru")
+
+#: Memory an id takes besides its frames and the characters of its name: the entry, its frame
+#: list, its places in the store's dicts and the id's string object (measured with
+#: tracemalloc, checked in ``tests/unit/test_storage.py``).
+ID_OVERHEAD = 280
+#: Memory a frame takes besides its payload bytes: its tuple, the payload's object header.
+FRAME_OVERHEAD = 110
+#: Trailing small appended pieces of a value are joined once they add up to this many bytes.
+COALESCE_BYTES = 64 << 10
+#: A spill goes down to this share of ``max_memory``, so that the writes that follow do not
+#: each spill a sliver.
+SPILL_TO = 0.9
+#: Bytes written per spill file; between files the writer's deadline is checked.
+SEGMENT_BYTES = 64 << 20
+#: Seconds a write may wait for spilling to make room before it gets ``CacheFull``.
+SPILL_TIMEOUT = 60.0
 
 
 def check_policy(policy: object) -> str:
     """Return ``policy`` if valid.
 
     Raises:
-        ValueError: not ``"reject"`` or ``"lru"``.
+        ValueError: not ``"spill"``, ``"reject"`` or ``"lru"``.
     """
     if policy not in POLICIES:
-        raise ValueError(f"eviction must be 'reject' or 'lru', not {policy!r}")
+        raise ValueError(f"eviction must be 'spill', 'reject' or 'lru', not {policy!r}")
     return policy  # type: ignore[return-value]
 
 
@@ -54,13 +85,24 @@ def check_max_memory(max_memory: object) -> int | None:
     return max_memory
 
 
-class Entry:
-    """One stored value: its kind, numpy meta, frames and sizes."""
+def overhead(cache_id: str, frames: int) -> int:
+    """Memory an id with ``frames`` frames takes besides its payload bytes."""
+    return ID_OVERHEAD + len(cache_id) + FRAME_OVERHEAD * frames
 
-    __slots__ = ("kind", "meta", "frames", "nbytes", "raw")
+
+class Entry:
+    """One stored value: its kind, numpy meta, frames and sizes.
+
+    ``nbytes`` counts the payload bytes in memory, ``disk`` those in spill files, ``raw``
+    all of them before compression; ``tail`` / ``tail_bytes`` the trailing small raw frames
+    not joined yet.
+    """
+
+    __slots__ = ("kind", "meta", "frames", "nbytes", "raw", "disk", "tail", "tail_bytes")
 
     def __init__(self, kind: int, meta: bytes, frames: list) -> None:
         self.kind, self.meta, self.frames = kind, meta, frames
+        self.disk = self.tail = self.tail_bytes = 0
         if len(frames) == 1 and len(frames[0]) == 3 and type(frames[0][2]) is bytes:
             self.raw = frames[0][1]  # the common small case, without the generic walk
             self.nbytes = len(frames[0][2])
@@ -68,24 +110,58 @@ class Entry:
             self.nbytes = stored_size(frames)
             self.raw = raw_size(frames)
 
+    def cost(self, cache_id: str) -> int:
+        """Memory it takes."""
+        return self.nbytes + overhead(cache_id, len(self.frames))
+
+
+def _is_small_raw(frame: tuple) -> bool:
+    payload = frame[2]
+    return frame[0] == CODEC_RAW and type(payload) is bytes and len(payload) < COALESCE_BYTES
+
+
+def _in_memory(frame: tuple) -> bool:
+    """Whether a frame holds payload bytes in memory (the heap or Ray's object store)."""
+    payload = frame[2]
+    return type(payload) is not Spilled and (payload.size if type(payload) is Stored else payload_size(payload)) > 0
+
 
 class Store:
-    """Entries of one node with a byte limit and an eviction policy.
+    """Entries of one node with a memory limit, an eviction policy and a disk tier.
 
     Args:
         node_id: hex id of the node, named in ``CacheFull``.
-        max_memory: limit in bytes on stored payloads; ``None`` for no limit.
-        policy: ``"reject"`` or ``"lru"``.
+        max_memory: limit in bytes on memory held (see the module docstring); ``None`` for
+            no limit.
+        policy: ``"spill"``, ``"reject"`` or ``"lru"``.
+        disk: the spill files; ``None`` for none (``spill`` then behaves as ``reject``).
+        own: makes frames read back from disk the store's own (the actor puts large payloads
+            into Ray's object store); identity by default.
+        load: the bytes of a payload kept in Ray's object store, to write it to disk.
     """
 
-    def __init__(self, node_id: str, max_memory: int | None = None, policy: str = "reject") -> None:
+    def __init__(
+        self,
+        node_id: str,
+        max_memory: int | None = None,
+        policy: str = "spill",
+        disk: SpillFiles | None = None,
+        own: Callable[[list], list] = lambda frames: frames,
+        load: Callable | None = None,
+    ) -> None:
         self.node_id = node_id
         self.max_memory = check_max_memory(max_memory)
         self.policy = check_policy(policy)
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self.disk = disk
+        self._own, self._load = own, load
+        self._entries: dict[str, Entry] = {}
+        # Ids with payload bytes in memory, least recently used first: what may be spilled.
+        self._resident: OrderedDict[str, None] = OrderedDict()
         self.used = 0
+        self.payload = 0  # payload bytes in memory: what spilling can free
         self.raw = 0
-        self.evictions = 0
+        self.evictions = self.spills = self.restores = 0
+        self.spill_wait = 0.0
 
     def __contains__(self, cache_id: str) -> bool:
         return cache_id in self._entries
@@ -93,31 +169,48 @@ class Store:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, cache_id: str) -> Entry | None:
-        """The entry, marked as recently used, or ``None``."""
-        entry = self._entries.get(cache_id)
-        if entry is not None:
-            self._entries.move_to_end(cache_id)
-        return entry
-
     def peek(self, cache_id: str) -> Entry | None:
-        """The entry without touching its recency."""
+        """The entry without touching its recency; its frames may name spill files."""
         return self._entries.get(cache_id)
 
+    def get(self, cache_id: str) -> tuple | None:
+        """``(kind, meta, frames)`` with every payload readable, marked as recently used; or
+        ``None``. A spilled value comes back into memory if it fits without spilling others."""
+        entry = self._entries.get(cache_id)
+        if entry is None:
+            return None
+        if cache_id in self._resident:
+            self._resident.move_to_end(cache_id)
+        if not entry.disk:
+            return entry.kind, entry.meta, entry.frames
+        self.restores += 1
+        spilled = [f[2] for f in entry.frames if type(f[2]) is Spilled]
+        frames = [(f[0], f[1], self.disk.read(f[2])) if type(f[2]) is Spilled else f for f in entry.frames]
+        limit = self.max_memory
+        if limit is None or self.used + entry.disk <= limit:
+            frames = [self._own([f])[0] if type(old[2]) is Spilled else f for f, old in zip(frames, entry.frames)]
+            self._account(cache_id, entry, -1)
+            entry.frames, entry.nbytes, entry.disk = frames, entry.nbytes + entry.disk, 0
+            self._account(cache_id, entry, +1)
+            for where in spilled:
+                self.disk.free(where)
+        return entry.kind, entry.meta, frames
+
     def set(self, cache_id: str, kind: int, meta: bytes, frames: list) -> int:
-        """Replace the value of ``cache_id``; returns the bytes stored.
+        """Replace the value of ``cache_id``; returns the payload bytes stored.
 
         Raises:
             CacheFull: it does not fit (see the module docstring); nothing changed.
         """
         new = Entry(kind, meta, frames)
         old = self._entries.get(cache_id)
-        self._make_room(cache_id, new.nbytes - (old.nbytes if old else 0), keep=cache_id)
+        old_cost = old.cost(cache_id) if old else 0
+        self._make_room(cache_id, new.cost(cache_id) - old_cost, new.nbytes - (old.nbytes if old else 0))
         if old is not None:
-            self._account(old, -1)
+            self._remove(cache_id, old)
         self._entries[cache_id] = new
-        self._entries.move_to_end(cache_id)
-        self._account(new, +1)
+        self._account(cache_id, new, +1)
+        self._settle()
         return new.nbytes
 
     def append(self, cache_id: str, frames: list) -> int:
@@ -131,46 +224,68 @@ class Store:
         if entry is not None and entry.kind != KIND_BYTES:
             raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
         added = Entry(KIND_BYTES, b"", frames)
-        self._make_room(cache_id, added.nbytes, keep=cache_id)
+        grows = added.nbytes + FRAME_OVERHEAD * len(frames) + (0 if entry else overhead(cache_id, 0))
+        self._make_room(cache_id, grows, added.nbytes)
         if entry is None:
-            self._entries[cache_id] = added
+            entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
         else:
-            entry.frames.extend(frames)
-            entry.nbytes += added.nbytes
-            entry.raw += added.raw
-            self._entries.move_to_end(cache_id)
-        self.used += added.nbytes
-        self.raw += added.raw
+            self._account(cache_id, entry, -1)
+        for frame in frames:
+            entry.frames.append(frame)
+            if _is_small_raw(frame):
+                entry.tail += 1
+                entry.tail_bytes += len(frame[2])
+            else:
+                entry.tail = entry.tail_bytes = 0
+        entry.nbytes += added.nbytes
+        entry.raw += added.raw
+        if entry.tail > 1 and entry.tail_bytes >= COALESCE_BYTES:
+            tail = entry.frames[-entry.tail:]
+            del entry.frames[-entry.tail:]
+            entry.frames.append((CODEC_RAW, entry.tail_bytes, b"".join(f[2] for f in tail)))
+            entry.tail = entry.tail_bytes = 0
+        self._account(cache_id, entry, +1)
+        self._settle()
         return added.nbytes
 
     def create_empty(self, cache_id: str) -> bool:
         """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created."""
         if cache_id in self._entries:
             return False
-        self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
+        entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
+        self._account(cache_id, entry, +1)
         return True
 
     def delete(self, cache_id: str) -> bool:
-        """Remove ``cache_id``. Returns whether it existed."""
+        """Remove ``cache_id`` (and its spilled bytes). Returns whether it existed."""
         entry = self._entries.pop(cache_id, None)
         if entry is None:
             return False
-        self._account(entry, -1)
+        self._remove(cache_id, entry)
         return True
 
     def ids(self, prefix: str = "") -> Iterator[str]:
         """Ids starting with ``prefix``."""
         return (i for i in self._entries if i.startswith(prefix))
 
-    def configure(self, max_memory: int | None, policy: str) -> None:
-        """Change the limit and policy; under ``lru`` evict at once down to the new limit."""
+    def configure(self, max_memory: int | None, policy: str, max_disk: int | None = None) -> None:
+        """Change the limits and policy; ``lru`` evicts and ``spill`` spills at once down to
+        the new limit."""
         self.max_memory = check_max_memory(max_memory)
         self.policy = check_policy(policy)
-        if self.policy == "lru" and self.max_memory is not None:
-            self._evict_until(self.max_memory)
+        if self.disk is not None:
+            self.disk.set_limit(max_disk)
+        if self.max_memory is not None and self.used > self.max_memory:
+            if self.policy == "lru":
+                self._evict_until(self.max_memory)
+            elif self.policy == "spill" and self.disk is not None:
+                self._spill_until(int(SPILL_TO * self.max_memory), deadline=None)
 
     def stats(self) -> dict:
-        """``used`` / ``raw`` / ``limit`` / ``ids`` / ``evictions`` / ``policy``."""
+        """``used`` / ``raw`` / ``limit`` / ``ids`` / ``evictions`` / ``policy`` and the disk
+        tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` / ``restores`` /
+        ``spill_wait`` (seconds writes waited for spilling)."""
+        disk = self.disk
         return {
             "used": self.used,
             "raw": self.raw,
@@ -178,27 +293,129 @@ class Store:
             "ids": len(self._entries),
             "evictions": self.evictions,
             "policy": self.policy,
+            "disk_used": disk.used if disk else 0,
+            "disk_limit": disk.limit() if disk else 0,
+            "spilled_ids": sum(1 for e in self._entries.values() if e.disk),
+            "spills": self.spills,
+            "restores": self.restores,
+            "spill_wait": round(self.spill_wait, 3),
         }
 
-    def _account(self, entry: Entry, sign: int) -> None:
-        self.used += sign * entry.nbytes
-        self.raw += sign * entry.raw
+    def close(self) -> None:
+        """Drop every entry and remove the spill files."""
+        self._entries.clear()
+        self._resident.clear()
+        self.used = self.payload = self.raw = 0
+        if self.disk is not None:
+            self.disk.close()
 
-    def _make_room(self, cache_id: str, delta: int, keep: str) -> None:
+    # -- accounting ------------------------------------------------------------------------
+
+    def _account(self, cache_id: str, entry: Entry, sign: int) -> None:
+        self.used += sign * entry.cost(cache_id)
+        self.payload += sign * entry.nbytes
+        self.raw += sign * entry.raw
+        if sign > 0 and entry.nbytes:
+            self._resident[cache_id] = None
+            self._resident.move_to_end(cache_id)
+        elif sign > 0:
+            self._resident.pop(cache_id, None)
+
+    def _remove(self, cache_id: str, entry: Entry) -> None:
+        self._account(cache_id, entry, -1)
+        self._resident.pop(cache_id, None)
+        if entry.disk:
+            for frame in entry.frames:
+                if type(frame[2]) is Spilled:
+                    self.disk.free(frame[2])
+
+    # -- making room -----------------------------------------------------------------------
+
+    def _make_room(self, cache_id: str, grows: int, payload: int) -> None:
+        """Raise ``CacheFull`` unless ``grows`` more bytes of memory can be held, spilling
+        others first under ``spill``. ``payload`` is the part of it that spilling can free."""
         limit = self.max_memory
-        if limit is None or delta <= 0 or self.used + delta <= limit:
+        if limit is None or grows <= 0 or self.used + grows <= limit:
             return
-        own = self._entries[keep].nbytes if keep in self._entries else 0
-        if self.policy == "reject" or own + delta > limit:
-            raise CacheFull(self.node_id, limit, self.used, delta, cache_id)
-        self._evict_until(limit - delta, keep=keep)
+        if self.policy == "spill" and self.disk is not None:
+            need = self.used + grows - limit
+            room = self.disk.room()
+            if need > min(room, self.payload + payload):
+                reason = (f"and max_disk is reached too ({self.disk.used} bytes on disk, room for {room})"
+                          if need > room else "and what is left in memory cannot be spilled")
+                raise CacheFull(self.node_id, limit, self.used, grows, cache_id, reason)
+            started = time.monotonic()
+            try:
+                self._spill_until(min(int(SPILL_TO * limit), limit - grows), keep=cache_id,
+                                  deadline=started + SPILL_TIMEOUT)
+            finally:
+                self.spill_wait += time.monotonic() - started
+            return  # what still does not fit is the new value's own part: _settle spills it
+        own = self._entries[cache_id].cost(cache_id) if cache_id in self._entries else 0
+        if self.policy != "lru" or own + grows > limit:
+            raise CacheFull(self.node_id, limit, self.used, grows, cache_id)
+        self._evict_until(limit - grows, keep=cache_id)
+
+    def _settle(self) -> None:
+        """After a spilling write: spill whatever still passes the limit, the new value too."""
+        limit = self.max_memory
+        if limit is not None and self.used > limit and self.policy == "spill" and self.disk is not None:
+            self._spill_until(limit, deadline=None)
+
+    def _spill_until(self, target: int, keep: str | None = None, deadline: float | None = None) -> None:
+        """Spill least recently used values until ``used <= target``, a file at a time.
+
+        Raises:
+            CacheFull: past ``deadline`` with ``used`` still above ``target``; what was
+                spilled stays spilled (readable), nothing is lost.
+        """
+        while self.used > target:
+            victims, size = [], 0
+            for cache_id in self._resident:
+                if cache_id != keep:
+                    victims.append(cache_id)
+                    size += self._entries[cache_id].nbytes
+                    if self.used - size <= target or size >= SEGMENT_BYTES:
+                        break
+            if not victims:
+                return
+            self._spill(victims)
+            if deadline is not None and self.used > target and time.monotonic() > deadline:
+                raise CacheFull(self.node_id, self.max_memory, self.used, self.used - target, keep or "",
+                                f"and spilling did not make room within {SPILL_TIMEOUT:.0f} s")
+
+    def _spill(self, victims: list[str]) -> None:
+        """Write the in-memory payloads of ``victims`` into one spill file."""
+        frames = [f for c in victims for f in self._entries[c].frames if _in_memory(f)]
+        written = iter(self.disk.write([self._load(f[2]) if is_stored(f) else f[2] for f in frames]))
+        for cache_id in victims:
+            entry = self._entries[cache_id]
+            self._account(cache_id, entry, -1)
+            frames: list = []
+            for f in entry.frames:
+                if not _in_memory(f):
+                    frames.append(f)
+                    continue
+                where = next(written)
+                last = frames[-1] if frames else None
+                if f[0] == CODEC_RAW and last and last[0] == CODEC_RAW and type(last[2]) is Spilled \
+                        and last[2].segment == where.segment and last[2].offset + last[2].size == where.offset:
+                    # Raw pieces written one after another read back as one.
+                    where = Spilled(where.segment, last[2].offset, last[2].size + where.size)
+                    frames[-1] = (CODEC_RAW, last[1] + f[1], where)
+                else:
+                    frames.append((f[0], f[1], where))
+            entry.frames = frames
+            entry.disk += entry.nbytes
+            entry.nbytes = entry.tail = entry.tail_bytes = 0
+            self._account(cache_id, entry, +1)
+            self.spills += 1
 
     def _evict_until(self, target: int, keep: str | None = None) -> None:
-        for victim in list(self._entries):
+        for victim in list(self._resident):
             if self.used <= target:
                 return
-            entry = self._entries[victim]
-            if victim == keep or entry.nbytes == 0:
-                continue
-            self.delete(victim)
-            self.evictions += 1
+            if victim != keep:
+                self.delete(victim)
+                self.evictions += 1
+

@@ -8,7 +8,7 @@ Two daemon threads per actor, both on the agent of the actor's own node:
   restarted). When the agent stops answering it logs once and keeps trying.
 - :class:`ConfigFollower` runs blocking queries on ``shoveling/<cache>/`` (index + wait, a
   client timeout longer than the wait, exponential backoff on errors) and hands the effective
-  ``max-memory`` / ``eviction`` / ``http`` to a callback. A malformed value is logged and ignored: the
+  ``max-memory`` / ``max-disk`` / ``eviction`` / ``http`` to a callback. A malformed value is logged and ignored: the
   previous value of that key stays in force. A node key overrides the cache-wide key.
 
 Neither thread touches the cache's data; the actor applies the configuration under its lock.
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 #: Seconds a blocking KV query waits on the server before returning unchanged.
 KV_WAIT_SECONDS = 5
 MAX_BACKOFF = 5.0
-CONFIG_KEYS = ("max-memory", "eviction", "http")
+CONFIG_KEYS = ("max-memory", "max-disk", "eviction", "http")
 _SWITCH = {"on": True, "off": False}
 #: Seconds between two heartbeats: five a TTL, so one lost request never fails the check.
 BEAT_INTERVAL = CHECK_TTL / 5
@@ -41,7 +41,7 @@ def parse_config_value(key: str, raw: bytes) -> int | str | bool:
     """Parse one configuration value from KV.
 
     Raises:
-        ValueError: ``max-memory`` is not a non-negative integer, ``eviction`` is not a known
+        ValueError: ``max-memory`` / ``max-disk`` is not a non-negative integer, ``eviction`` is not a known
             policy, or ``http`` is not ``on`` / ``off``.
     """
     text = raw.decode("utf-8", "replace").strip()
@@ -49,9 +49,9 @@ def parse_config_value(key: str, raw: bytes) -> int | str | bool:
         if text not in _SWITCH:
             raise ValueError(f"http must be 'on' or 'off', got {text!r}")
         return _SWITCH[text]
-    if key == "max-memory":
+    if key in ("max-memory", "max-disk"):
         if not text.isdigit():
-            raise ValueError(f"max-memory must be a non-negative integer number of bytes, got {text!r}")
+            raise ValueError(f"{key} must be a non-negative integer number of bytes, got {text!r}")
         return int(text)
     if text not in POLICIES:
         raise ValueError(f"eviction must be one of {', '.join(POLICIES)}, got {text!r}")
@@ -129,7 +129,7 @@ class ConfigFollower(threading.Thread):
     Args:
         agent: the node's agent.
         cache: the cache name.
-        apply: called with ``{"max-memory": int, "eviction": str}`` holding the keys that are
+        apply: called with ``{"max-memory": int, "max-disk": int, "eviction": str, "http": bool}`` holding the keys that are
             set and valid (node over cache-wide), whenever that changes.
     """
 

@@ -6,14 +6,13 @@ exported only where a Ray metrics agent runs, which needs ``ray[default]``
 (``pip install shoveling_ray[metrics]``); without it, recording them costs little and goes
 nowhere.
 
-- gauges ``shoveling_bytes_used``, ``shoveling_bytes_limit`` (0: no limit), ``shoveling_ids``,
-  ``shoveling_lost_ids`` (ids homed here whose only copy died with another node);
+- gauges ``shoveling_bytes_used`` (memory held), ``shoveling_bytes_limit`` (0: no limit),
+  ``shoveling_disk_bytes_used`` (spill files), ``shoveling_ids``, ``shoveling_lost_ids`` (ids
+  homed here whose only copy died with another node);
 - counters ``shoveling_operations_total`` (tag ``op``: items served per actor method),
   ``shoveling_bytes_in_total`` (bytes stored by writes), ``shoveling_bytes_out_total`` (bytes
-  returned by reads), ``shoveling_evictions_total``.
-
-Not yet exported, because what they count does not exist yet: ``shoveling_disk_bytes_used``
-and ``shoveling_spills_total`` (the disk tier).
+  returned by reads), ``shoveling_evictions_total``, ``shoveling_spills_total`` (values
+  written to disk).
 """
 
 from __future__ import annotations
@@ -33,7 +32,8 @@ class NodeMetrics:
             metric.set_default_tags(tags)
             return metric
 
-        self.bytes_used = made(Gauge("shoveling_bytes_used", "bytes held (stored, after compression)", _TAGS))
+        self.bytes_used = made(Gauge("shoveling_bytes_used", "memory held: payloads and per-id overhead", _TAGS))
+        self.disk_used = made(Gauge("shoveling_disk_bytes_used", "bytes in spill files", _TAGS))
         self.bytes_limit = made(Gauge("shoveling_bytes_limit", "max_memory in bytes (0: none)", _TAGS))
         self.ids = made(Gauge("shoveling_ids", "ids held", _TAGS))
         self.lost_ids = made(Gauge("shoveling_lost_ids", "ids homed here whose only copy died", _TAGS))
@@ -41,7 +41,8 @@ class NodeMetrics:
         self.bytes_in = made(Counter("shoveling_bytes_in_total", "bytes stored by writes", _TAGS))
         self.bytes_out = made(Counter("shoveling_bytes_out_total", "bytes returned by reads", _TAGS))
         self.evictions = made(Counter("shoveling_evictions_total", "ids evicted to make room", _TAGS))
-        self._evictions_seen = 0
+        self.spills = made(Counter("shoveling_spills_total", "values written to disk to make room", _TAGS))
+        self._seen = {"evictions": 0, "spills": 0}
 
     def served(self, op: str, items: int, bytes_in: int = 0, bytes_out: int = 0) -> None:
         """Count one batch: ``items`` served by method ``op`` and the bytes that moved."""
@@ -52,12 +53,15 @@ class NodeMetrics:
         if bytes_out:
             self.bytes_out.inc(bytes_out)
 
-    def held(self, used: int, limit: int | None, ids: int, evictions: int, lost: int) -> None:
-        """The store's state after a change."""
+    def held(self, used: int, limit: int | None, ids: int, evictions: int, lost: int, disk_used: int,
+             spills: int) -> None:
+        """The store's state after a change (``evictions`` and ``spills``: totals so far)."""
         self.bytes_used.set(used)
         self.bytes_limit.set(limit or 0)
+        self.disk_used.set(disk_used)
         self.ids.set(ids)
         self.lost_ids.set(lost)
-        if evictions > self._evictions_seen:
-            self.evictions.inc(evictions - self._evictions_seen)
-            self._evictions_seen = evictions
+        for name, total in (("evictions", evictions), ("spills", spills)):
+            if total > self._seen[name]:
+                getattr(self, name).inc(total - self._seen[name])
+                self._seen[name] = total

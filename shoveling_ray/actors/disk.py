@@ -1,0 +1,129 @@
+"""The disk tier of one node's cache actor: spill files in a directory of its own.
+
+Values that leave memory (``eviction="spill"``, see :mod:`.storage`) are written in batches: one
+spill writes all its payloads one after another into a new *segment* file, and each payload
+is then known by a :class:`Spilled` ``(segment, offset, size)``. A segment is removed when the
+last payload in it is freed (deleted, overwritten or read back into memory), so disk use is
+the size of the segments that still hold something. Reads use ``preadv`` straight into a new
+buffer: one copy from the page cache, none in Python.
+
+The directory belongs to one (cache, node): whatever is in it when a tier starts was left by a
+dead predecessor and is removed, and :meth:`SpillFiles.close` removes it all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..codec import OUT_OF_BAND_BYTES
+
+#: Without an explicit ``max_disk``, spilling stops where less than this share of the disk
+#: would stay free.
+KEEP_FREE = 0.10
+
+
+class Spilled(NamedTuple):
+    """A frame payload kept in a spill file."""
+
+    segment: int
+    offset: int
+    size: int
+
+
+def check_max_disk(max_disk: object) -> int | None:
+    """Return ``max_disk`` if it is ``None`` or a non-negative int.
+
+    Raises:
+        TypeError: not an int (bools are refused too).
+        ValueError: negative.
+    """
+    if max_disk is None:
+        return None
+    if isinstance(max_disk, bool) or not isinstance(max_disk, int):
+        raise TypeError(f"max_disk must be an int number of bytes or None, not {type(max_disk).__name__}")
+    if max_disk < 0:
+        raise ValueError(f"max_disk must not be negative, got {max_disk}")
+    return max_disk
+
+
+class SpillFiles:
+    """Segment files under ``directory``, with a byte limit.
+
+    Args:
+        directory: created if absent; anything already in it is removed.
+        max_disk: bytes the segments may take; ``None`` for "leave :data:`KEEP_FREE` of the
+            disk free".
+    """
+
+    def __init__(self, directory: str, max_disk: int | None = None) -> None:
+        self.directory = directory
+        self.max_disk = check_max_disk(max_disk)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
+        self._live: dict[int, list[int]] = {}  # segment -> [payload bytes still held, file size]
+        self._next = 0
+        self.used = 0
+
+    def limit(self) -> int:
+        """Bytes the segments may take now (with no ``max_disk``: what keeps 10% of the disk free)."""
+        if self.max_disk is not None:
+            return self.max_disk
+        disk = shutil.disk_usage(self.directory)
+        return max(self.used + disk.free - int(KEEP_FREE * disk.total), 0)
+
+    def room(self) -> int:
+        """Bytes that can still be written."""
+        return max(self.limit() - self.used, 0)
+
+    def write(self, payloads: list) -> list[Spilled]:
+        """Write bytes-like payloads into one new segment; returns where each went."""
+        segment, self._next = self._next, self._next + 1
+        out, offset = [], 0
+        with open(self._path(segment), "wb") as f:
+            for payload in payloads:
+                view = memoryview(payload).cast("B")
+                f.write(view)
+                out.append(Spilled(segment, offset, view.nbytes))
+                offset += view.nbytes
+        self._live[segment] = [offset, offset]
+        self.used += offset
+        return out
+
+    def read(self, where: Spilled) -> Any:
+        """The payload: ``bytes`` when small, else a uint8 array (which travels out of band)."""
+        with open(self._path(where.segment), "rb", buffering=0) as f:
+            if where.size < OUT_OF_BAND_BYTES:
+                return os.pread(f.fileno(), where.size, where.offset)
+            buf = np.empty(where.size, dtype=np.uint8)
+            done = 0
+            while done < where.size:
+                got = os.preadv(f.fileno(), [memoryview(buf)[done:]], where.offset + done)
+                if got == 0:
+                    raise OSError(f"spill file {self._path(where.segment)} ends early")
+                done += got
+            return buf
+
+    def free(self, where: Spilled) -> None:
+        """Forget a payload; its segment goes when nothing in it is held."""
+        live = self._live[where.segment]
+        live[0] -= where.size
+        if live[0] <= 0:
+            del self._live[where.segment]
+            self.used -= live[1]
+            os.unlink(self._path(where.segment))
+
+    def set_limit(self, max_disk: int | None) -> None:
+        self.max_disk = check_max_disk(max_disk)
+
+    def close(self) -> None:
+        """Remove every file and the directory."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self._live.clear()
+        self.used = 0
+
+    def _path(self, segment: int) -> str:
+        return os.path.join(self.directory, f"segment-{segment}")
