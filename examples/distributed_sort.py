@@ -234,12 +234,10 @@ def main() -> None:
     else:
         from ray.cluster_utils import Cluster
 
-        # Object stores sized for the data: each node holds its share of the partitions and of
-        # the sorted output (the cache has no disk tier yet, so a store too small is CacheFull).
-        store = max(150 << 20, int(2.5 * n * RECORD / args.nodes))
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+        # Cluster's default object stores (150 MiB a node): what does not fit spills to disk.
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         for _ in range(args.nodes - 1):
-            cluster.add_node(num_cpus=1, object_store_memory=store)
+            cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
     cache = sr.Cache("distributed-sort")

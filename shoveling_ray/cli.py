@@ -197,13 +197,16 @@ def cmd_config(args: argparse.Namespace) -> None:
         settings["max_memory"] = args.max_memory
     if args.eviction is not None:
         settings["eviction"] = args.eviction
+    if args.max_disk is not None:
+        settings["max_disk"] = args.max_disk
     stats = open_cache(args.name, **settings).stats()
-    current = {node: {"max_memory": s["limit"], "eviction": s["policy"]} for node, s in stats.items()}
+    current = {node: {"max_memory": s["limit"], "eviction": s["policy"], "max_disk": s["disk_limit"]}
+               for node, s in stats.items()}
     if args.json:
         _print_json(current)
     else:
-        body = [(node, str(c["max_memory"]), c["eviction"]) for node, c in sorted(current.items())]
-        print(text_table(("node", "max_memory", "eviction"), body))
+        body = [(node, str(c["max_memory"]), c["eviction"], str(c["max_disk"])) for node, c in sorted(current.items())]
+        print(text_table(("node", "max_memory", "eviction", "max_disk"), body))
 
 
 def cmd_close(args: argparse.Namespace) -> None:
@@ -251,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("caches", cmd_caches, "list the running caches", reads=True)
-    p = command("status", cmd_status, "per node: ids, used / limit, evictions, policy, Consul health; HTTP endpoints", reads=True)
+    p = command("status", cmd_status, "per node: ids, used / limit, disk, evictions, policy, Consul health; HTTP endpoints",
+                reads=True)
     p.add_argument("name", help="cache name")
     p = command("ls", cmd_ls, "list a cache's ids", reads=True)
     p.add_argument("name", help="cache name")
@@ -273,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("config", cmd_config, "show, or change for every node, a cache's settings", reads=True)
     p.add_argument("name", help="cache name")
     p.add_argument("--max-memory", type=_bytes_arg, help="bytes each node's actor may hold")
-    p.add_argument("--eviction", type=_policy_arg, help="reject | lru")
+    p.add_argument("--eviction", type=_policy_arg, help="spill | reject | lru")
+    p.add_argument("--max-disk", type=_bytes_arg, help="bytes of spill files each node may hold")
     p.add_argument("--replicas", type=_positive_arg, help="copies per id (not available yet)")
     p = command("close", cmd_close, "stop a cache and drop its data")
     p.add_argument("name", help="cache name")

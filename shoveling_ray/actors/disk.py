@@ -120,8 +120,12 @@ class SpillFiles:
         self.max_disk = check_max_disk(max_disk)
 
     def close(self) -> None:
-        """Remove every file and the directory."""
+        """Remove every file and the directory, and its parent (the cache's) once empty."""
         shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(self.directory))
+        except OSError:
+            pass  # another node of the cache still has its directory there
         self._live.clear()
         self.used = 0
 

@@ -2,7 +2,7 @@
 
 :class:`Stats` is what ``cache.stats()`` returns: a plain ``{node_id: figures}`` dict that
 also renders itself as an HTML table in a notebook (per node: ids, used / limit with a bar,
-evictions, lost ids, policy, Consul standing). :func:`text_table` is the same table for the ``shoveling``
+disk (spill files, spilled ids), evictions, lost ids, policy, Consul standing). :func:`text_table` is the same table for the ``shoveling``
 command. Pure formatting: no Ray import, tested without a cluster.
 """
 
@@ -32,7 +32,7 @@ def consul_state(figures: dict) -> str:
     return f"failing: {consul['error']}" if consul.get("error") else "passing"
 
 
-COLUMNS = ("node", "ids", "used", "limit", "use", "evictions", "lost", "policy", "consul")
+COLUMNS = ("node", "ids", "used", "limit", "use", "disk", "spilled", "evictions", "lost", "policy", "consul")
 
 
 def rows(stats: dict) -> list[tuple[str, ...]]:
@@ -42,8 +42,9 @@ def rows(stats: dict) -> list[tuple[str, ...]]:
         s = stats[node]
         limit = s.get("limit")
         share = f"{100 * s['used'] / limit:.0f}%" if limit else "-"
-        out.append((node, str(s["ids"]), human_bytes(s["used"]), human_bytes(limit), share,
-                    str(s["evictions"]), str(s.get("lost", 0)), str(s["policy"]), consul_state(s)))
+        out.append((node, str(s["ids"]), human_bytes(s["used"]), human_bytes(limit), share, human_bytes(s.get("disk_used", 0)),
+                    str(s.get("spilled_ids", 0)), str(s["evictions"]), str(s.get("lost", 0)), str(s["policy"]),
+                    consul_state(s)))
     return out
 
 
@@ -67,7 +68,8 @@ def _bar(used: int, limit: int | None) -> str:
 
 def html_table(stats: dict, title: str = "") -> str:
     """The per-node table as HTML (node ids shortened to 12 characters, full id on hover)."""
-    head = "".join(f"<th>{c}</th>" for c in ("node", "ids", "used / limit", "", "evictions", "lost", "policy", "consul"))
+    head = "".join(f"<th>{c}</th>" for c in ("node", "ids", "used / limit", "", "disk (ids)", "evictions", "lost", "policy",
+                                             "consul"))
     body = []
     for node in sorted(stats):
         s = stats[node]
@@ -76,6 +78,7 @@ def html_table(stats: dict, title: str = "") -> str:
             f"<td>{s['ids']:,}</td>",
             f"<td>{human_bytes(s['used'])} / {human_bytes(s.get('limit'))}</td>",
             f"<td>{_bar(s['used'], s.get('limit'))}</td>",
+            f"<td>{human_bytes(s.get('disk_used', 0))} ({s.get('spilled_ids', 0):,})</td>",
             f"<td>{s['evictions']:,}</td>",
             f"<td>{s.get('lost', 0):,}</td>",
             f"<td>{html.escape(str(s['policy']))}</td>",

@@ -137,8 +137,10 @@ def test_ls_status_and_rm(cluster):
 def test_config_applies_to_every_node(cluster):
     before = json.loads(ok("config", NAME, "--json"))
     assert len(before) == 2
-    after = json.loads(ok("config", NAME, "--max-memory", str(64 * MB), "--eviction", "lru", "--json"))
-    assert all(c == {"max_memory": 64 * MB, "eviction": "lru"} for c in after.values())
+    assert all(c["eviction"] == "spill" and c["max_disk"] > 0 for c in before.values())  # a new cache's defaults
+    after = json.loads(ok("config", NAME, "--max-memory", str(64 * MB), "--eviction", "lru", "--max-disk", str(MB),
+                          "--json"))
+    assert all(c == {"max_memory": 64 * MB, "eviction": "lru", "max_disk": MB} for c in after.values())
     assert json.loads(ok("config", NAME, "--json")) == after
     assert "not available yet" in fails(1, "config", NAME, "--replicas", "2")
 

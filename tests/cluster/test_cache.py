@@ -399,7 +399,7 @@ def test_compression_modes_and_stats(cluster):
         sizes[mode] = (sum(v["used"] for v in s.values()), sum(v["raw"] for v in s.values()))
         c.close()
     raw = 1_600_000
-    assert sizes[None] == (raw, raw)
+    assert sizes[None][1] == raw and raw < sizes[None][0] < raw + 1000  # and two ids' overhead
     assert sizes["auto"][1] == raw and sizes["auto"][0] < 800_000 + 20_000
     assert sizes["lz4"][0] > sizes["auto"][0]  # lz4 also "compresses" the noise, a bit larger
     with pytest.raises(ValueError, match="compression"):
@@ -423,13 +423,13 @@ def test_reject_policy(cluster):
             c.append(same_node, b"x" * 5000)
         assert not c.exists(same_node)
         stats = c.stats()[node]
-        assert stats["used"] == 6000 and stats["limit"] == 10_000 and stats["evictions"] == 0
+        assert 6000 < stats["used"] < 6500 and stats["limit"] == 10_000 and stats["evictions"] == 0
     finally:
         c.close()
 
 
 def test_lru_policy(cluster):
-    c = sr.Cache("limit-lru", max_memory=10_000, eviction="lru", compression=None)
+    c = sr.Cache("limit-lru", max_memory=11_000, eviction="lru", compression=None)  # 3 values and their overhead
     try:
         node = c.node_id("k0")
         keys = [k for k in (f"k{i}" for i in range(5000)) if c.node_id(k) == node][:4]
@@ -441,14 +441,14 @@ def test_lru_policy(cluster):
         assert c.get(keys[0]) == b"v" * 3000 and c.get(keys[3]) == b"w" * 3000
         assert c.stats()[node]["evictions"] == 1
         with pytest.raises(sr.CacheFull):
-            c.set(keys[0], b"x" * 10_001)
+            c.set(keys[0], b"x" * 11_001)  # larger than the whole limit
         assert c.get(keys[0]) == b"v" * 3000
     finally:
         c.close()
 
 
 def test_settings_given_again_apply_to_the_running_cache(cluster):
-    c = sr.Cache("limit-change", max_memory=1000, compression=None)
+    c = sr.Cache("limit-change", max_memory=1000, eviction="reject", compression=None)
     try:
         with pytest.raises(sr.CacheFull):
             c.set("a", b"x" * 2000)
@@ -486,7 +486,10 @@ def test_malformed_calls_are_refused_before_sending_and_harm_nothing(cache):
     cache.set("fuzz/ok", b"precious")
     cache.init(["fuzz/partition"])
     cache.append("fuzz/partition", b"rows")
-    before = cache.stats()
+    def unchanged(stats):  # disk_limit follows the disk's free space
+        return {node: {k: v for k, v in figures.items() if k != "disk_limit"} for node, figures in stats.items()}
+
+    before = unchanged(cache.stats())
     count = 0
 
     @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
@@ -502,7 +505,7 @@ def test_malformed_calls_are_refused_before_sending_and_harm_nothing(cache):
     assert count >= 300
     assert cache.get("fuzz/ok") == b"precious"
     assert cache.get("fuzz/partition") == b"rows"
-    assert cache.stats() == before
+    assert unchanged(cache.stats()) == before
     cache.set("fuzz/after", b"still serving")
     assert cache.get("fuzz/after") == b"still serving"
 

@@ -36,33 +36,39 @@ def scrape(node_id: str, cache: str) -> dict[tuple[str, str], float]:
 
 
 def test_metrics_show_what_the_node_holds_and_served(cluster):
-    cache = sr.Cache("metered", max_memory=4000, eviction="lru", compression=None)
+    cache = sr.Cache("metered", max_memory=10_000, eviction="lru", compression=None)
+    spilling = sr.Cache("metered-spill", max_memory=10_000, compression=None)  # eviction="spill"
     try:
         node = cache.nodes()[0]
         ids = [i for i in (f"m{k}" for k in range(10_000)) if cache.node_id(i) == node][:12]
         cache.set_many({i: b"x" * 100 for i in ids[:10]})  # 1,000 bytes in
         cache.get_many(ids[:10])  # 1,000 bytes out
         cache.append(ids[0], b"y" * 50)
-        cache.set(ids[10], b"z" * 3500)  # past the limit: lru evicts
-        stats = cache.stats()[node]
-        assert stats["evictions"] > 0
+        cache.set(ids[10], b"z" * 6000)  # past the limit: lru evicts
+        spilling.set_many({i: b"s" * 4000 for i in ids[:4]})  # past the limit: spills
+        stats, spilled = cache.stats()[node], spilling.stats()[node]
+        assert stats["evictions"] > 0 and spilled["spills"] > 0 and spilled["disk_used"] >= 4000
         expected = {
-            ("ray_shoveling_ids", ""): stats["ids"],
-            ("ray_shoveling_lost_ids", ""): 0,
-            ("ray_shoveling_bytes_used", ""): stats["used"],
-            ("ray_shoveling_bytes_limit", ""): 4000,
-            ("ray_shoveling_evictions_total", ""): stats["evictions"],
-            ("ray_shoveling_operations_total", "set"): 11,
-            ("ray_shoveling_operations_total", "get"): 10,
-            ("ray_shoveling_operations_total", "append"): 1,
-            ("ray_shoveling_bytes_in_total", ""): 1000 + 50 + 3500,
-            ("ray_shoveling_bytes_out_total", ""): 1000,
+            ("metered", "ray_shoveling_ids", ""): stats["ids"],
+            ("metered", "ray_shoveling_lost_ids", ""): 0,
+            ("metered", "ray_shoveling_bytes_used", ""): stats["used"],
+            ("metered", "ray_shoveling_bytes_limit", ""): 10_000,
+            ("metered", "ray_shoveling_evictions_total", ""): stats["evictions"],
+            ("metered", "ray_shoveling_operations_total", "set"): 11,
+            ("metered", "ray_shoveling_operations_total", "get"): 10,
+            ("metered", "ray_shoveling_operations_total", "append"): 1,
+            ("metered", "ray_shoveling_bytes_in_total", ""): 1000 + 50 + 6000,
+            ("metered", "ray_shoveling_bytes_out_total", ""): 1000,
+            ("metered-spill", "ray_shoveling_spills_total", ""): spilled["spills"],
+            ("metered-spill", "ray_shoveling_disk_bytes_used", ""): spilled["disk_used"],
+            ("metered-spill", "ray_shoveling_bytes_used", ""): spilled["used"],
         }
 
         seen: dict = {}
 
         def exported() -> bool:
-            seen.update(scrape(node, "metered"))
+            for name in ("metered", "metered-spill"):
+                seen.update({(name, *key): value for key, value in scrape(node, name).items()})
             return {key: seen.get(key) for key in expected} == expected
 
         try:
@@ -71,3 +77,4 @@ def test_metrics_show_what_the_node_holds_and_served(cluster):
             print({key: seen.get(key) for key in expected})
     finally:
         cache.close()
+        spilling.close()

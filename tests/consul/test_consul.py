@@ -4,6 +4,7 @@ and 127.0.0.3, each paired with one Ray node through CONSUL_HTTP_ADDR (one set-u
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -304,6 +305,32 @@ def test_kv_config_is_followed_live(cluster, agents, pairing):
         wait_for(lambda: cache.stats()[holder]["limit"] == 100000, timeout=15, what="fallback to cache-wide")
     finally:
         kv.kv_delete("shoveling/kv/config/max-memory")
+        cache.close()
+
+
+def test_kv_eviction_spill_and_max_disk_are_followed_live(cluster, agents, pairing):
+    cache = sr.Cache("kv-spill", max_memory=50_000, eviction="reject", compression=None)
+    kv = ConsulAgent(resolve("127.0.0.1:8500"))
+    try:
+        holder = cache.nodes()[0]
+        ids = [i for i in (f"s{k}" for k in range(1000)) if cache.node_id(i) == holder][:6]
+        values = {i: os.urandom(20_000) for i in ids}
+        kv.kv_put("shoveling/kv-spill/config/eviction", "spill")
+        kv.kv_put("shoveling/kv-spill/config/max-disk", "60000")
+        wait_for(lambda: all(s["policy"] == "spill" and s["disk_limit"] == 60_000 for s in cache.stats().values()),
+                 timeout=15, what="eviction=spill and max-disk from KV")
+        for cache_id in ids[:5]:  # 100 KB into 50 KB of memory: spilled, not refused
+            cache.set(cache_id, values[cache_id])
+        assert cache.stats()[holder]["spilled_ids"] >= 2
+        with pytest.raises(sr.CacheFull, match="max_disk"):
+            cache.set(ids[5], values[ids[5]])
+        kv.kv_put("shoveling/kv-spill/config/max-disk", "200000")
+        wait_for(lambda: cache.stats()[holder]["disk_limit"] == 200_000, timeout=15, what="max-disk raised")
+        cache.set(ids[5], values[ids[5]])
+        assert cache.get_many(ids) == values
+    finally:
+        for key in ("eviction", "max-disk"):
+            kv.kv_delete(f"shoveling/kv-spill/config/{key}")
         cache.close()
 
 

@@ -9,6 +9,7 @@ record without its data, or an id listed twice.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections import Counter
 
@@ -25,7 +26,8 @@ NODES = ["node-a", "node-b", "node-c"]
 
 
 def make_actors() -> dict[str, _NodeActor]:
-    return {n: _NodeActor("unit", n, None, "reject") for n in NODES}
+    spill_dir = tempfile.mkdtemp(prefix="router-spill-")  # a spill_dir keeps Ray's session out of it
+    return {n: _NodeActor("unit", n, None, "reject", spill_dir=spill_dir) for n in NODES}
 
 
 class Serial:
