@@ -110,6 +110,39 @@ def ray_data_sort(n: int, block: int, seed: int, strategy) -> float:
     return time.perf_counter() - t
 
 
+def ray_core_sort(n: int, block: int, seed: int, partitions: int) -> float:
+    """Seconds of the same sort hand-rolled with Ray core tasks, validated like ours: map tasks
+    return their pieces (``num_returns``), reduce tasks take them as arguments and return the
+    sorted partition, which stays in the object store like our sorted output stays cached."""
+    blocks = ds.blocks_of(n, block)
+    t = time.perf_counter()
+    samples = np.concatenate(ray.get([ds.sample.remote(seed, b, c, 2000) for b, c in blocks]))
+    splitters = np.quantile(np.sort(samples), np.linspace(0, 1, partitions + 1)[1:-1], method="lower")
+    map_block = ds.make_map(seed, splitters)
+
+    @ray.remote(num_returns=partitions + 1)
+    def mapper(spec):
+        parts, total = map_block(spec)
+        return (*(np.frombuffer(parts[p], dtype=np.uint8) for p in range(partitions)), total)
+
+    @ray.remote(num_returns=2)
+    def reducer(*pieces):
+        out = ds.sort_records(np.concatenate(pieces).reshape(-1, ds.RECORD))
+        first, last = (out[0, :ds.KEY].tobytes(), out[-1, :ds.KEY].tobytes()) if len(out) else (None, None)
+        return out, (len(out), ds.checksum(out), first, last, ds.is_sorted(out))
+
+    maps = [mapper.remote(spec) for spec in blocks]
+    reduced = [reducer.remote(*(m[p] for m in maps)) for p in range(partitions)]
+    summaries = ray.get([r[1] for r in reduced])
+    expected = sum(ray.get([m[partitions] for m in maps])) % 2**64
+    seconds = time.perf_counter() - t
+    bounds = [(f, l) for count, _, f, l, _ in summaries if count]
+    assert sum(s[0] for s in summaries) == n and sum(s[1] for s in summaries) % 2**64 == expected
+    assert all(s[4] for s in summaries) and all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))
+    del reduced, maps
+    return seconds
+
+
 def copies(summary: dict) -> list[tuple[str, float]]:
     """Bytes written per byte sorted at each step of shoveling_ray's sort, counted from the
     data path (one write of every byte per step) and the measured share sent between nodes."""
@@ -189,6 +222,13 @@ def main() -> None:
             print(f"  cold runs: shoveling_ray {cold:.2f}s, numpy floor {floors[0]:.2f}s ({floors[0] / cold:.2f}x)")
             report.add(f"sort {gb:.1f} GB vs single-process numpy (floor)", 1000 * gb / ours, 1000 * gb / min(floors), "MB/s", 1.0)
             report.add(f"sort {gb:.1f} GB vs numpy floor + same validation", 1000 * gb / ours, 1000 * gb / checked, "MB/s", None)
+        core = []
+        for i in range(args.repeat):
+            with Peak() as peak:
+                core.append(ray_core_sort(n, args.block, 1, summary["partitions"]))
+            print(f"  ray core hand-rolled run {i + 1}: {core[-1]:.2f}s; {peak}; "
+                  f"{peak.disk / (n * 100):.2f} disk bytes per byte sorted", flush=True)
+        report.add(f"sort {gb:.1f} GB vs hand-rolled Ray core shuffle", 1000 * gb / ours, 1000 * gb / min(core), "MB/s", 1.0)
         if args.skip_ray_data or n > args.ray_data_max_records:
             continue
         best = None
@@ -199,7 +239,8 @@ def main() -> None:
                 print(f"  ray data {strategy.value} run {i + 1}: {seconds:.2f}s; {peak}; "
                       f"{peak.disk / (n * 100):.2f} disk bytes per byte sorted", flush=True)
                 best = seconds if best is None else min(best, seconds)
-        report.add(f"sort {gb:.1f} GB vs Ray Data sort (faster strategy)", 1000 * gb / ours, 1000 * gb / best, "MB/s", 8.0)
+        target = 3.0 if max_memory else 8.0  # spilling (issue 12) / in memory
+        report.add(f"sort {gb:.1f} GB vs Ray Data sort (faster strategy)", 1000 * gb / ours, 1000 * gb / best, "MB/s", target)
     stop(cluster)
     print(f"saved {report.save()}")
 

@@ -116,8 +116,19 @@ def _big_map(item):
     return {0: bytes(2 * MB), 1: bytes(2 * MB)}
 
 
+def test_a_shuffle_larger_than_memory_spills_and_completes(cluster):
+    small = sr.Cache("shuffle-spill", max_memory=3 * MB, compression=None)  # eviction="spill"
+    try:
+        with Shuffle(small, 2, prefix="big") as sh:
+            assert sh.run(range(4), _big_map, lambda i, d: d == bytes(8 * MB)) == [True, True]
+            assert sum(s["spills"] for s in small.stats().values()) > 0
+        assert all(s["disk_used"] == 0 and s["ids"] == 0 for s in small.stats().values())
+    finally:
+        small.close()
+
+
 def test_a_shuffle_larger_than_the_limits_fails_early_with_cache_full(cluster):
-    small = sr.Cache("shuffle-small", max_memory=3 * MB, compression=None)
+    small = sr.Cache("shuffle-small", max_memory=3 * MB, eviction="reject", compression=None)
     try:
         with pytest.raises(sr.CacheFull) as err:
             with Shuffle(small, 2, prefix="big") as sh:
