@@ -162,19 +162,22 @@ def copies(summary: dict) -> list[tuple[str, float]]:
     ]
 
 
-def run_ours(n: int, block: int, repeat: int, max_memory: int | None) -> tuple[float, float, dict]:
+def run_ours(n: int, block: int, repeat: int, max_memory: int | None, partitions: int | None) -> tuple[float, float, dict]:
     cache = sr.Cache("bench-sort", max_memory=max_memory)
     runs = []
     for i in range(repeat):
         with Peak() as peak:
             t = time.perf_counter()
-            summary = ds.distributed_sort(cache, n, seed=1, block_records=block, progress=lambda m: None)
+            summary = ds.distributed_sort(cache, n, seed=1, partitions=partitions, block_records=block,
+                                          progress=lambda m: None)
             seconds = time.perf_counter() - t
         assert summary["ok"], summary
         phases = ", ".join(f"{k} {v:.2f}s" for k, v in summary["times"].items())
-        spilled = sum(s["spills"] for s in cache.stats().values())
+        stats = cache.stats().values()
+        spilled, waited = sum(s["spills"] for s in stats), sum(s["spill_wait"] for s in stats)
         print(f"  shoveling_ray run {i + 1}: {seconds:.2f}s ({phases}); {peak}; "
-              f"{peak.disk / summary['bytes']:.2f} disk bytes per byte sorted; {spilled} spills so far", flush=True)
+              f"{peak.disk / summary['bytes']:.2f} disk bytes per byte sorted; so far {spilled} spills, "
+              f"writers waited {waited:.1f}s for them", flush=True)
         runs.append((seconds, summary))
     cache.close()
     best, summary = min(runs, key=lambda r: r[0])
@@ -191,6 +194,8 @@ def main() -> None:
     parser.add_argument("--object-store-mb", type=int, help="per node (default: 3x the largest size, 512-6000)")
     parser.add_argument("--max-memory-mb", type=int, help="the cache's max_memory per node (default: the object store)")
     parser.add_argument("--skip-floor", action="store_true", help="no numpy floor (it needs the data in memory)")
+    parser.add_argument("--skip-ray-core", action="store_true", help="no hand-rolled Ray core shuffle")
+    parser.add_argument("--partitions", type=int, help="default: 2 per node, up to one per block (64 at most)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.records.split(",")]
     from ray.data.context import ShuffleStrategy
@@ -211,7 +216,7 @@ def main() -> None:
         if floors:
             checked = min(numpy_floor(n, args.block, seed=1, validate=True) for _ in range(args.repeat))
             print(f"  numpy floor with the same validation: {checked:.2f}s (best of {args.repeat})", flush=True)
-        cold, ours, summary = run_ours(n, args.block, args.repeat, max_memory)
+        cold, ours, summary = run_ours(n, args.block, args.repeat, max_memory, args.partitions)
         per_task = ", ".join(f"{k} {v:.2f}" for k, v in summary["task_stats"].items() if k.endswith("seconds"))
         print(f"  summed over tasks (s): {per_task}")
         steps = copies(summary)
@@ -223,12 +228,13 @@ def main() -> None:
             report.add(f"sort {gb:.1f} GB vs single-process numpy (floor)", 1000 * gb / ours, 1000 * gb / min(floors), "MB/s", 1.0)
             report.add(f"sort {gb:.1f} GB vs numpy floor + same validation", 1000 * gb / ours, 1000 * gb / checked, "MB/s", None)
         core = []
-        for i in range(args.repeat):
+        for i in range(0 if args.skip_ray_core else args.repeat):
             with Peak() as peak:
                 core.append(ray_core_sort(n, args.block, 1, summary["partitions"]))
             print(f"  ray core hand-rolled run {i + 1}: {core[-1]:.2f}s; {peak}; "
                   f"{peak.disk / (n * 100):.2f} disk bytes per byte sorted", flush=True)
-        report.add(f"sort {gb:.1f} GB vs hand-rolled Ray core shuffle", 1000 * gb / ours, 1000 * gb / min(core), "MB/s", 1.0)
+        if core:
+            report.add(f"sort {gb:.1f} GB vs hand-rolled Ray core shuffle", 1000 * gb / ours, 1000 * gb / min(core), "MB/s", 1.0)
         if args.skip_ray_data or n > args.ray_data_max_records:
             continue
         best = None
