@@ -1,8 +1,8 @@
 """The disk tier of one node's cache actor: spill files in a directory of its own.
 
-Values that leave memory (``eviction="spill"``, see :mod:`.storage`) are written in batches: one
-spill writes all its payloads one after another into a new *segment* file, and each payload
-is then known by a :class:`Spilled` ``(segment, offset, size)``. A segment is removed when the
+Values that leave memory (``eviction="spill"``, see :mod:`.storage`) are written in batches:
+:meth:`SpillFiles.write` puts payloads one after another into a new *segment* file, and each
+payload is then known by a :class:`Spilled` ``(segment, offset, size)``. A segment is removed when the
 last payload in it is freed (deleted, overwritten or read back into memory), so disk use is
 the size of the segments that still hold something. Reads use ``preadv`` straight into a new
 buffer: one copy from the page cache, none in Python.

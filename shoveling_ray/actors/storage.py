@@ -52,8 +52,11 @@ COALESCE_BYTES = 64 << 10
 #: A spill goes down to this share of ``max_memory``, so that the writes that follow do not
 #: each spill a sliver.
 SPILL_TO = 0.9
-#: Bytes written per spill file; between files the writer's deadline is checked.
+#: Bytes spilled per round; between rounds the writer's deadline is checked.
 SEGMENT_BYTES = 64 << 20
+#: A value with at least this many bytes to spill gets a spill file of its own; smaller ones
+#: share one, so small values do not cost a file each.
+OWN_FILE_BYTES = 1 << 20
 #: Seconds a write may wait for spilling to make room before it gets ``CacheFull``.
 SPILL_TIMEOUT = 60.0
 
@@ -385,7 +388,15 @@ class Store:
                                 f"and spilling did not make room within {SPILL_TIMEOUT:.0f} s")
 
     def _spill(self, victims: list[str]) -> None:
-        """Write the in-memory payloads of ``victims`` into one spill file."""
+        """Write the in-memory payloads of ``victims`` to disk: values of at least
+        :data:`OWN_FILE_BYTES` each into a file of their own (freed as soon as the value is
+        deleted or replaced, as a shuffle does with each partition), the others together."""
+        large = [c for c in victims if self._entries[c].nbytes >= OWN_FILE_BYTES]
+        small = [c for c in victims if self._entries[c].nbytes < OWN_FILE_BYTES]
+        for group in [[c] for c in large] + ([small] if small else []):
+            self._spill_together(group)
+
+    def _spill_together(self, victims: list[str]) -> None:
         frames = [f for c in victims for f in self._entries[c].frames if _in_memory(f)]
         written = iter(self.disk.write([self._load(f[2]) if is_stored(f) else f[2] for f in frames]))
         for cache_id in victims:

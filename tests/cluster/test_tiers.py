@@ -70,6 +70,19 @@ def test_values_past_max_memory_spill_and_read_back(cluster, tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "tiers"))  # close() removes the files
 
 
+def test_spill_dir_is_taken_when_the_cache_starts(cluster, tmp_path):
+    cache = sr.Cache("tiers-dir", spill_dir=tmp_path / "a")
+    try:
+        assert sr.Cache("tiers-dir", spill_dir=tmp_path / "a").nodes() == cache.nodes()  # the same: fine
+        with pytest.raises(ValueError, match="already spills under"):
+            sr.Cache("tiers-dir", spill_dir=tmp_path / "b")
+        with pytest.raises(TypeError, match="max_disk"):
+            sr.Cache("tiers-dir", max_disk="10GB")
+        assert sorted(os.listdir(tmp_path / "a" / "tiers-dir")) == cache.nodes()
+    finally:
+        cache.close()
+
+
 def test_disk_full_raises_cache_full_and_keeps_what_is_stored(cluster, tmp_path):
     cache = sr.Cache("tiers-full", max_memory=2 * MB, max_disk=3 * MB, spill_dir=tmp_path, compression=None)
     try:
