@@ -26,7 +26,7 @@ from .actors import protocol as p
 from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
 from .actors.disk import check_max_disk
 from .actors.storage import check_max_memory, check_policy
-from .errors import CacheClosed, CacheFull, CacheMiss, DataLost, NodeUnavailable, ShovelingError, ray_errors
+from .errors import CacheClosed, CacheFull, CacheMiss, DataLost, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from .membership import ray_nodes, watch
 from .membership.consul import DEFAULT_SERVICE, resolve
 from .objects import fetch
@@ -250,14 +250,15 @@ class Cache:
 
     def _gather(self, pending: dict[str, ray.ObjectRef], ids: dict[str, list[str]], method: str) -> dict[str, Any]:
         """Wait for one call per node; with Consul, give up on a node whose check turns
-        critical. A dead actor refreshes the member list before ``NodeUnavailable`` is raised."""
+        critical. A dead or drained actor refreshes the member list before ``NodeUnavailable``
+        is raised."""
         out = {}
         for node, ref in pending.items():
             try:
                 with ray_errors(f"cache {self._name!r}: {method} on node {node}", node=node, ids=ids[node]):
                     out[node] = self._wait(ref, node, ids[node])
             except NodeUnavailable as exc:
-                if isinstance(exc.__cause__, ray.exceptions.RayActorError):
+                if isinstance(exc, NodeDrained) or isinstance(exc.__cause__, ray.exceptions.RayActorError):
                     self._refresh()
                 raise
         return out
@@ -413,6 +414,32 @@ class Cache:
         """
         found = self._router.each_node("lost_ids")
         return sorted(i for lost in found.values() for i in lost)
+
+    def drain(self, node_id: str) -> int:
+        """Move every id off ``node_id`` before the node goes away; returns how many moved.
+
+        The node's hash slots go to the other nodes, its actor hands each id (its value, and
+        the placement records and lost ids it kept as a home) to the id's new home and stops,
+        and no id lands there again (``init`` skips it; a later ``Cache(...)`` starts no actor
+        there). Removing the node afterwards loses nothing. Calls that meet the node meanwhile
+        wait, then go to the new homes. An ``init`` racing the drain may raise
+        :class:`NodeUnavailable` for ids it chose to put there: calling it again places them.
+
+        Raises:
+            ValueError: ``node_id`` is not a member, or is the last one.
+            CacheFull: a new home had no room (nothing moved; the node keeps serving).
+        """
+        if not isinstance(node_id, str):
+            raise TypeError(f"node_id must be a str (a hex Ray node id), not {type(node_id).__name__}")
+        with ray_errors(f"cache {self._name!r}: draining node {node_id}"):
+            try:
+                moved, view = ray.get(self._coordinator.drain.remote(node_id))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, ValueError):
+                    raise ValueError(str(exc.cause)) from None
+                raise
+        self._router.apply_view(view)
+        return moved
 
     def writer(self, max_bytes: int = 8 << 20) -> BufferedWriter:
         """A buffered writer for many small appends (shuffles).

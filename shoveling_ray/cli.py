@@ -185,8 +185,8 @@ def cmd_rm(args: argparse.Namespace) -> None:
 
 
 def cmd_drain(args: argparse.Namespace) -> None:
-    open_cache(args.name)  # an unknown cache is reported as such first
-    raise CliError("drain is not available yet: moving ids off a node comes with node-loss support (replicas)")
+    moved = open_cache(args.name).drain(args.node_id)
+    print(f"node {args.node_id} drained: {moved} ids moved to other nodes; it can be removed")
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rm", cmd_rm, "delete an id (exit 1 if it does not exist)")
     p.add_argument("name", help="cache name")
     p.add_argument("id", help="cache id")
-    p = command("drain", cmd_drain, "move every id off a node (not available yet)")
+    p = command("drain", cmd_drain, "move every id off a node before removing it")
     p.add_argument("name", help="cache name")
     p.add_argument("node_id", help="Ray node id (hex)")
     p = command("config", cmd_config, "show, or change for every node, a cache's settings", reads=True)

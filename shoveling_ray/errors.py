@@ -6,10 +6,10 @@ at the boundary with ``raise ... from exc``; none reaches a user raw::
 
     ShovelingError
      ├── CacheMiss          (also a KeyError) the id does not exist
-     ├── CacheFull          a node's max_memory would be exceeded under the reject policy,
-     │                      or the value is larger than the limit
+     ├── CacheFull          a node's memory (and, under spill, its disk) cannot take the write
      ├── DataLost           the node that held the data is gone
      ├── NodeUnavailable    a node's cache actor does not answer
+     │   └── NodeDrained    ... because it was drained (calls are retried on the new homes)
      ├── ConsulError        Consul was required but did not answer, or refused a request
      └── CacheClosed        the cache was closed
 
@@ -110,6 +110,11 @@ class NodeUnavailable(ShovelingError):
 
     def __reduce__(self):
         return type(self), (self.node_id, self.cache_ids, self.reason)
+
+
+class NodeDrained(NodeUnavailable):
+    """The node was drained: its ids live on other nodes now (the client refreshes its view and
+    tries again)."""
 
 
 class ConsulError(ShovelingError):

@@ -62,6 +62,7 @@ class _Coordinator:
         self.max_disk: int | None = None
         self.spill_dir: str | None = None
         self.http = False
+        self.drained: set[str] = set()  # nodes that get no actor again
         self.members: dict[str, ray.actor.ActorHandle] = {}
         self.info: dict[str, NodeInfo] = {}
         self.table: list[str] | None = None
@@ -105,7 +106,8 @@ class _Coordinator:
             log.warning("cache %s: the actor on node %s died; its data is lost", self.cache, node_id)
             del self.members[node_id]
         old_table = self.table
-        started = {n.node_id: self._start(n) for n in nodes.values() if n.alive and n.node_id not in self.members}
+        started = {n.node_id: self._start(n) for n in nodes.values()
+                   if n.alive and n.node_id not in self.members and n.node_id not in self.drained}
         for node_id, ok in self._answering(started, deadline).items():
             if ok:
                 self.members[node_id] = started[node_id]
@@ -186,6 +188,32 @@ class _Coordinator:
             "table": self.table,
             "consul": self.consul,
         }
+
+    def drain(self, node_id: str) -> tuple[int, dict]:
+        """Move every id off ``node_id``: its hash slots go to the other members, its actor
+        hands its ids, records and lost ids to their new homes and is stopped, and the node
+        gets no actor again. Returns ``(ids moved, view)``.
+
+        Raises:
+            ValueError: the node is not a member, or is the only one.
+            ShovelingError: a new home could not take its ids (nothing moved).
+        """
+        if node_id not in self.members:
+            raise ValueError(f"node {node_id} is not a member of cache {self.cache!r}")
+        if len(self.members) == 1:
+            raise ValueError(f"node {node_id} is the last node of cache {self.cache!r}: nowhere to move its ids")
+        rest = {m: h for m, h in self.members.items() if m != node_id}
+        table = reassign_slots(self.table, rest)
+        handle = self.members[node_id]
+        moved = ray.get(handle.hand_over.remote(self.table, table, rest), timeout=JOIN_DEADLINE)
+        self.members, self.table = rest, table
+        self.info.pop(node_id, None)
+        self.drained.add(node_id)
+        self.version += 1
+        ray.wait([handle.shutdown.remote()], timeout=SHUTDOWN_GRACE)
+        ray.kill(handle)
+        log.warning("cache %s: node %s drained, %d ids moved", self.cache, node_id, moved)
+        return moved, self.view()
 
     def shutdown(self) -> None:
         """Stop every node actor of the cache (their data goes with them).

@@ -61,6 +61,7 @@ class SpillFiles:
 
     def __init__(self, directory: str, max_disk: int | None = None) -> None:
         self.directory = directory
+        self._root = os.path.dirname(os.path.dirname(directory))  # spill_dir: never removed here
         self.max_disk = check_max_disk(max_disk)
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory)
@@ -72,7 +73,7 @@ class SpillFiles:
         """Bytes the segments may take now (with no ``max_disk``: what keeps 10% of the disk free)."""
         if self.max_disk is not None:
             return self.max_disk
-        disk = shutil.disk_usage(self.directory)
+        disk = shutil.disk_usage(self._root)
         return max(self.used + disk.free - int(KEEP_FREE * disk.total), 0)
 
     def room(self) -> int:

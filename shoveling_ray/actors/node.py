@@ -19,7 +19,7 @@ import threading
 
 import ray
 
-from ..errors import CacheFull, NodeUnavailable, ray_errors
+from ..errors import CacheFull, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from ..heap import keep_freed_memory
 from ..codec import KIND_BYTES, decode, stored_size
 from ..objects import adopt, fetch, load, refs_beside
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a home waits for another node's actor during ``init`` or ``delete``.
 PEER_TIMEOUT = 30.0
+#: Bytes of values a drained node sends in one call.
+HAND_OVER_BYTES = 64 << 20
 
 
 def _session_dir() -> str:
@@ -100,6 +102,7 @@ class _NodeActor:
         self._endpoint: ReadEndpoint | None = None
         self._metrics = NodeMetrics(cache, node_id)
         self._moved = 0  # bytes stored or returned by the batch being served
+        self.retired = False  # drained: every id went to another node
         if http:
             self._serve(True)
         if consul is not None:
@@ -141,6 +144,8 @@ class _NodeActor:
         Returns ``(blob, buffers, refs)``: the packed results, with every ObjectRef of a
         stored frame moved to ``refs`` (see :func:`~shoveling_ray.objects.refs_beside`).
         """
+        if self.retired:
+            raise NodeDrained(self.node_id, [], "it was drained: its ids live on other nodes now")
         with no_gc():
             items = unpack(blob, buffers)
             self._moved = 0
@@ -311,6 +316,8 @@ class _NodeActor:
     @ray.method(concurrency_group="peer")
     def create_empty(self, cache_ids: list) -> int:
         """Create ids as empty bytes where absent; returns how many were created."""
+        if self.retired:
+            raise NodeDrained(self.node_id, cache_ids, "it was drained")
         created = sum(self.store.create_empty(i) for i in cache_ids)
         self._publish()
         return created
@@ -367,6 +374,106 @@ class _NodeActor:
             if cache_id not in self.store:
                 self.records[cache_id] = node
                 self.lost.pop(cache_id, None)
+        self._publish()
+
+    def hand_over(self, old_table: list, table: list, peers: dict) -> int:
+        """Drain this node: give every id held here to its home under ``table`` (which no
+        longer names this node; ``old_table`` is the table it replaces), and the placement
+        records and lost ids homed here to their new homes; then refuse every call
+        (:class:`NodeDrained`), so that clients move to the new homes. Returns how many ids
+        moved.
+
+        Calls wait until it is done. If a home refuses (full, unreachable), what was sent is
+        dropped there again and nothing changes here.
+        """
+        with self._lock:
+            held: dict[str, list] = {}
+            for cache_id in list(self.store.ids()):
+                held.setdefault(table[slot_of(cache_id)], []).append(cache_id)
+            directory: dict[str, tuple[list, list]] = {}
+            for entries, index in ((self.records, 0), (self.lost, 1)):
+                for cache_id, node in entries.items():
+                    directory.setdefault(table[slot_of(cache_id)], ([], []))[index].append((cache_id, node))
+            sent: dict[str, tuple] = {}  # home -> ([(id, homed here)], records, lost) it took
+            try:
+                for home in set(held) | set(directory):
+                    records, lost = directory.get(home, ([], []))
+                    for chunk in self._chunks(held.get(home, [])) or [[]]:
+                        blob, buffers = self._pack(chunk, old_table)
+                        took = sent.setdefault(home, ([], records, lost))
+                        took[0].extend((i, old_table[slot_of(i)] == self.node_id) for i in chunk)
+                        self._call_peer(peers, home, "receive", (self.node_id, blob, buffers, records, lost))
+                        records, lost = [], []
+            except ShovelingError:
+                for home, took in sent.items():
+                    try:
+                        self._call_peer(peers, home, "give_back", (self.node_id, *took))
+                    except ShovelingError as exc:
+                        log.warning("cache %s: could not take back %d ids from %s: %s", self.cache, len(took[0]), home, exc)
+                raise
+            moved = len(self.store)
+            self.store.close()
+            self.records.clear()
+            self.lost.clear()
+            self.retired = True
+            self._publish()
+            log.warning("cache %s: drained, %d ids moved to other nodes", self.cache, moved)
+            return moved
+
+    def _chunks(self, ids: list) -> list[list]:
+        chunks, size = [[]], 0
+        for cache_id in ids:
+            entry = self.store.peek(cache_id)
+            if chunks[-1] and size + entry.nbytes + entry.disk > HAND_OVER_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(cache_id)
+            size += entry.nbytes + entry.disk
+        return chunks if ids else []
+
+    def _pack(self, ids: list, old_table: list) -> tuple:
+        """Values of ``ids`` as they travel to another node: read from disk, out of the object
+        store (the receiver keeps its own copy), each with whether this node was its home."""
+        values = [self.store.get(i) for i in ids]
+        frames = fetch([v[2] for v in values])
+        homed = [old_table[slot_of(i)] == self.node_id for i in ids]
+        return pack([(i, k, m, f, h) for i, (k, m, _), f, h in zip(ids, values, frames, homed)])
+
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def receive(self, handed: tuple) -> None:
+        """At a new home, from a node being drained: values, placement records and lost ids.
+
+        A value whose home did not change is taken only while this home's record still points
+        at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
+        """
+        source, blob, buffers, records, lost = handed
+        for cache_id, kind, meta, frames, homed_there in unpack(blob, buffers):
+            if homed_there or self.records.get(cache_id) == source:
+                self.store.set(cache_id, kind, meta, adopt(frames))
+                self.records.pop(cache_id, None)
+                self.lost.pop(cache_id, None)
+        for cache_id, node in records:
+            if cache_id not in self.store:
+                self.records[cache_id] = node
+        for cache_id, node in lost:
+            if cache_id not in self.store and cache_id not in self.records:
+                self.lost[cache_id] = node
+        self._publish()
+
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def give_back(self, returned: tuple) -> None:
+        """Undo :meth:`receive` after a drain failed: the node keeps its ids and its directory."""
+        source, ids, records, lost = returned
+        for cache_id, homed_there in ids:
+            self.store.delete(cache_id)
+            if not homed_there:
+                self.records[cache_id] = source
+        for entries, pairs in ((self.records, records), (self.lost, lost)):
+            for cache_id, node in pairs:
+                if entries.get(cache_id) == node:
+                    del entries[cache_id]
         self._publish()
 
     @_locked

@@ -145,9 +145,16 @@ def test_config_applies_to_every_node(cluster):
     assert "not available yet" in fails(1, "config", NAME, "--replicas", "2")
 
 
-def test_drain_says_it_is_not_available_yet(cluster):
-    node = next(iter(json.loads(ok("status", NAME, "--json"))["nodes"]))
-    assert "not available yet" in fails(1, "drain", NAME, node)
+def test_drain_moves_every_id_off_the_node(cluster):
+    for i in range(20):
+        ok("put", NAME, f"drain/{i}", "-", stdin=f"value {i}".encode())
+    nodes = sorted(json.loads(ok("status", NAME, "--json"))["nodes"])
+    out = ok("drain", NAME, nodes[1])
+    assert f"node {nodes[1]} drained" in out and "ids moved" in out
+    assert sorted(json.loads(ok("status", NAME, "--json"))["nodes"]) == [nodes[0]]
+    for i in range(20):
+        assert ok("get", NAME, f"drain/{i}") == f"value {i}"
+    assert "not a member" in fails(1, "drain", NAME, nodes[1])
 
 
 def test_python_dash_m_is_the_same_program(cluster):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -90,6 +91,54 @@ def test_a_dead_node_loses_only_its_data_and_says_so(cluster):
     # (unlisted losses until replicas keep their names elsewhere)
     gone_with_home = {i for i, n in placed.items() if n == victim == homes[i]}
     assert len(listed) == len(set(listed)) and set(listed) == set(placed) - {on_victim[1]} - gone_with_home
+    cache.close()
+
+
+@ray.remote(num_cpus=0)
+def append_numbered(cache: sr.Cache, ids: list[str], count: int) -> int:
+    for seq in range(count):
+        cache.append(ids[seq % len(ids)], f"{seq};".encode())
+    return count
+
+
+def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
+    extra = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    victim = extra.node_id
+    # a small max_memory: part of what the victim holds is in its spill files when it drains
+    cache = sr.Cache("drain", max_memory=300_000, spill_dir=tmp_path)
+    assert victim in cache.nodes()
+    placed = cache.init([f"p{i}" for i in range(60)])  # init-placed: records at their homes
+    homes = {i: cache._router.home(i) for i in placed}
+    assert any(n == victim != homes[i] for i, n in placed.items())  # held there, homed elsewhere
+    assert any(homes[i] == victim != n for i, n in placed.items())  # homed there, held elsewhere
+    values = {i: os.urandom(20_000) for i in placed}
+    cache.set_many(values)
+    own = {f"own{i}": os.urandom(50_000) for i in range(40)}  # set: held on their homes
+    cache.set_many(own)
+    assert any(homes.get(i, cache._router.home(i)) == victim for i in own)
+    assert cache.stats()[victim]["spilled_ids"] > 0
+    cache.delete("p0")
+    # a writer keeps appending to ids, some of them on the victim, while it drains
+    logs = [i for i in (f"log{k}" for k in range(1000)) if cache.node_id(i) == victim][:3] + ["log-elsewhere"]
+    writer = append_numbered.remote(cache, logs, 1500)
+    moved = cache.drain(victim)
+    assert ray.get(writer) == 1500
+    assert moved > 0 and victim not in cache.nodes() and victim not in sr.Cache("drain").nodes()
+    assert victim not in cache.init([f"q{i}" for i in range(30)]).values()
+    cluster.remove_node(extra)
+    wait_for(lambda: victim not in alive(), what="Ray to mark the node dead")
+    for reader in (cache, sr.Cache("drain")):  # the old handle and one that knows no placements
+        assert reader.get_many(list(values)[1:]) == {i: values[i] for i in list(values)[1:]}
+        assert reader.get("p0", None) is None  # deleted before the drain: stays deleted
+        assert reader.get_many(list(own)) == own
+        assert reader.lost_ids() == []
+    for k, cache_id in enumerate(logs):  # every append once, in order
+        assert cache.get(cache_id) == b"".join(f"{s};".encode() for s in range(k, 1500, len(logs)))
+    with pytest.raises(ValueError, match="not a member"):
+        cache.drain(victim)
+    with pytest.raises(TypeError):
+        cache.drain(7)
     cache.close()
 
 
