@@ -10,6 +10,7 @@ ids to the same homes.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -17,7 +18,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..errors import ShovelingError
-from ..membership import NodeInfo, ray_nodes
+from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
 from ..placement import build_slot_table, reassign_slots
 from .node import NodeActor
@@ -30,6 +31,8 @@ NAMESPACE = "shoveling_ray"
 JOIN_DEADLINE = 120.0
 #: Seconds actors get to deregister from Consul before they are killed.
 SHUTDOWN_GRACE = 10.0
+#: Seconds between two looks at the nodes Ray is draining.
+DRAIN_POLL = 1.0
 
 
 def actor_name(cache: str, node_id: str) -> str:
@@ -69,6 +72,24 @@ class _Coordinator:
         self.version = 0
         # Tells this incarnation of the cache from one closed and started again under its name.
         self.epoch = uuid.uuid4().hex
+        threading.Thread(target=self._follow_ray_draining, name="shoveling-drain-follower", daemon=True).start()
+
+    def _follow_ray_draining(self) -> None:
+        """Drain the cache off every member node that Ray starts draining (``ray drain-node``,
+        an autoscaler scaling down): a node keeps a detached actor alive until its deadline, so
+        the cache moves its ids away, its actor stops, and Ray can let the node go. The drain
+        runs as a call on this actor's own handle, in turn with ``join`` and the others."""
+        me = ray.get_runtime_context().current_actor
+        asked: set[str] = set()
+        while True:
+            time.sleep(DRAIN_POLL)
+            try:
+                for node_id in (draining_nodes() & set(self.members)) - asked:
+                    asked.add(node_id)
+                    log.warning("cache %s: Ray is draining node %s: moving its ids away", self.cache, node_id)
+                    me.drain.remote(node_id)
+            except Exception as exc:  # noqa: BLE001 - the follower must outlive any one failure
+                log.warning("cache %s: could not read Ray's draining nodes: %s", self.cache, exc)
 
     def _limit(self, node: NodeInfo) -> int:
         return self.max_memory if self.max_memory is not None else node.object_store_memory

@@ -5,6 +5,6 @@ alive nodes from Ray's GCS (the embedded default, no Consul needed).
 """
 
 from .base import NodeInfo
-from .ray import ray_nodes
+from .ray import draining_nodes, ray_nodes
 
-__all__ = ["NodeInfo", "ray_nodes"]
+__all__ = ["NodeInfo", "draining_nodes", "ray_nodes"]

@@ -24,3 +24,17 @@ def ray_nodes() -> list[NodeInfo]:
             )
         )
     return nodes
+
+
+def draining_nodes() -> set[str]:
+    """Nodes Ray is draining (``ray drain-node``, an autoscaler scaling down), from the GCS.
+
+    Ray 2.60 shows this state nowhere public (``ray.nodes()`` does not): this asks the GCS
+    client of the current worker, as Ray Serve does. Where that client or call does not exist
+    (another Ray version), it returns an empty set, and nodes are drained only explicitly.
+    """
+    gcs = getattr(getattr(ray._private.worker, "global_worker", None), "gcs_client", None)
+    get = getattr(gcs, "get_draining_nodes", None)
+    if get is None:
+        return set()
+    return {node if isinstance(node, str) else node.hex() for node in get()}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -139,6 +141,28 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
         cache.drain(victim)
     with pytest.raises(TypeError):
         cache.drain(7)
+    cache.close()
+
+
+def test_a_node_ray_drains_is_drained_by_the_cache_and_let_go(cluster):
+    extra = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    victim = extra.node_id
+    cache = sr.Cache("ray-drain")
+    placed = cache.init([f"r{i}" for i in range(30)])
+    assert victim in placed.values()
+    values = {i: os.urandom(1000) for i in placed}
+    cache.set_many(values)
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray_cli, "drain-node", "--address", cluster.address, "--node-id", victim,
+                    "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "test",
+                    "--deadline-remaining-seconds", "120"],
+                   check=True, capture_output=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    # the cache moves its ids off the node and stops its actor there; with no actor left, Ray
+    # lets the node go long before the deadline
+    wait_for(lambda: victim not in alive(), timeout=60, what="the drained node to be let go")
+    assert victim not in sr.Cache("ray-drain").nodes()
+    assert cache.get_many(list(values)) == values and cache.lost_ids() == []
     cache.close()
 
 
