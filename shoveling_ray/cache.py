@@ -333,10 +333,21 @@ class Cache:
         """
         self.append_many({_check_id(cache_id): data})
 
-    def append_many(self, mapping: Mapping[str, bytes | bytearray | memoryview]) -> None:
-        """Append to many ids, one actor call per node. See :meth:`append`."""
+    def append_many(self, mapping: Mapping[str, bytes | bytearray | memoryview], *, token: str | None = None) -> None:
+        """Append to many ids, one actor call per node. See :meth:`append`.
+
+        Args:
+            token: makes the call idempotent per id: an id that already took an append with
+                this token skips it, so a task that runs again (Ray retrying it after its node
+                died, or a shuffle rebuilding partitions) appends once. ``set``, ``delete`` and
+                ``init`` of a new id start its tokens afresh. Each token an id keeps costs about
+                100 bytes of its node's memory.
+        """
         _check_mapping(mapping)
-        items = [(i, codec.encode_append(d, self._compression)) for i, d in mapping.items()]
+        if token is not None and not isinstance(token, str):
+            raise TypeError(f"token must be a str or None, not {type(token).__name__}")
+        extra = (token,) if token is not None else ()
+        items = [(i, codec.encode_append(d, self._compression), *extra) for i, d in mapping.items()]
         self._raise_write_errors(items, self._run("append", items))
 
     def get(self, cache_id: str, default: Any = _MISSING) -> Any:

@@ -17,10 +17,12 @@ Built on the public :class:`~shoveling_ray.Cache` API only::
 The partitions are deleted when the ``with`` block ends (or on ``cleanup()``), also when a
 task failed. ``run`` returns the reduce results in partition order.
 
-A node lost during the reduce phase loses the partitions it held; their reducers report it,
-and ``run`` recreates them, reruns every mapper appending only to them (so ``map_fn`` must be
-deterministic), and reruns their reducers (``recoveries`` records it). A node lost during the
-map phase fails the run: a mapper's appends may have landed on some nodes and not others.
+A node lost during ``run`` loses the partitions it held; ``run`` recreates them, reruns every
+mapper appending only to them (so ``map_fn`` must be deterministic) and reruns their reducers;
+``recoveries`` records it. Each mapper appends with a token of its own
+(``append_many(..., token=...)``), so a mapper run again (by Ray, after its node died, or by
+``run``, after its appends met a dead node) adds nothing twice to the partitions that already
+took its output: during the map phase, mappers whose appends failed are simply run again.
 """
 
 from __future__ import annotations
@@ -34,23 +36,26 @@ from typing import Any
 import ray
 
 from .cache import Cache
-from .errors import CacheMiss, DataLost, ray_errors
+from .errors import CacheMiss, DataLost, NodeUnavailable, ray_errors
 from .heap import keep_freed_memory
+from .membership import ray_nodes
 
 
 #: Seconds to wait for the other tasks of a failed phase to end before cleaning up.
 _STRAGGLER_TIMEOUT = 60.0
-#: What a reducer returns when its partition was lost with a node.
+#: What a reducer returns when its partition was lost with a node, and a mapper whose
+#: appends met a dead node.
 _LOST = "__shoveling_partition_lost__"
 
 
-#: How many times one ``run`` rebuilds partitions lost with a node during the reduce phase.
+#: How many times one ``run`` rebuilds partitions lost with a node (in each phase).
 MAX_RECOVERIES = 3
 
 
 @ray.remote
 def _map_task(
-    cache: Cache, partitions: list[str], nodes: list[str], map_fn: Callable, item: Any, only: frozenset | None = None
+    cache: Cache, partitions: list[str], nodes: list[str], map_fn: Callable, item: Any, only: frozenset | None,
+    token: str,
 ) -> tuple:
     keep_freed_memory()
     started = time.perf_counter()
@@ -66,7 +71,10 @@ def _map_task(
         out = {p: data for p, data in out.items() if p in only}
     mapped = time.perf_counter()
     here = ray.get_runtime_context().get_node_id()
-    cache.append_many({partitions[p]: data for p, data in out.items() if len(data)})
+    try:
+        cache.append_many({partitions[p]: data for p, data in out.items() if len(data)}, token=token)
+    except (NodeUnavailable, DataLost):
+        return here, _LOST, {}  # a partition's node died: the driver runs this mapper again
     stats = {
         "map_seconds": mapped - started,
         "push_seconds": time.perf_counter() - mapped,
@@ -122,6 +130,10 @@ def _run_all(submit: list[Callable[[], ray.ObjectRef]], phase: str, limit: int, 
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=_STRAGGLER_TIMEOUT)
         raise
+
+
+def _is_lost(result: Any) -> bool:
+    return isinstance(result, str) and result == _LOST
 
 
 class ProgressBars:
@@ -218,21 +230,42 @@ class Shuffle:
         with ray_errors(f"shuffle {self.prefix}: a task failed"):
             started = time.perf_counter()
             items = list(inputs)  # kept: lost partitions are rebuilt by mapping again
-            mapped = self._map(items, map_task, map_fn, None, limit, progress)
+            self.recoveries = []
+            mapped = self._map(items, map_task, map_fn, [None] * len(items), limit, progress)
+            while (failed := [i for i, (_, result, _) in enumerate(mapped) if _is_lost(result)]) or self._lost():
+                # A node died during the map phase: rebuild the partitions it held, run again
+                # the mappers whose appends failed (their tokens keep what already landed from
+                # landing twice), and the others for the rebuilt partitions only.
+                if len(self.recoveries) == MAX_RECOVERIES:
+                    raise DataLost(detail=f"shuffle {self.prefix}: nodes kept dying during the map phase")
+                began = time.perf_counter()
+                lost = self._rebuild()
+                only = [None if i in failed else frozenset(lost) for i in range(len(items))]
+                rerun = [i for i in range(len(items)) if only[i] is None or lost]
+                again = self._map([items[i] for i in rerun], map_task, map_fn, [only[i] for i in rerun], limit,
+                                  progress, [f"{self.prefix}/map/{i}" for i in rerun])
+                for i, result in zip(rerun, again):
+                    if only[i] is None or _is_lost(result[1]):  # a partial rerun that failed runs whole next
+                        mapped[i] = result
+                self.recoveries.append({"phase": "map", "partitions": lost, "mappers": failed,
+                                        "seconds": time.perf_counter() - began})
             self.times["map"] = time.perf_counter() - started
             reduce_options = reduce_options or {}
             done = self._reduce(range(len(self.partitions)), reduce_options, reduce_fn, limit, progress)
             self.times["reduce"] = time.perf_counter() - started - self.times["map"]
-            self.recoveries = []
-            while lost := [i for i, (_, result, _) in enumerate(done) if isinstance(result, str) and result == _LOST]:
-                if len(self.recoveries) == MAX_RECOVERIES:
+            rebuilds = 0
+            while lost := [i for i, (_, result, _) in enumerate(done) if _is_lost(result)]:
+                if rebuilds == MAX_RECOVERIES:
                     raise DataLost(self.partitions[lost[0]], "", f"still lost after {MAX_RECOVERIES} rebuilds")
+                rebuilds += 1
                 began = time.perf_counter()
-                self.placement.update(self.cache.init([self.partitions[i] for i in lost], strategy=self.strategy))
-                self._map(items, map_task, map_fn, frozenset(lost), limit, progress)
+                self._rebuild(lost)
+                remapped = self._map(items, map_task, map_fn, [frozenset(lost)] * len(items), limit, progress)
+                if any(_is_lost(result) for _, result, _ in remapped):
+                    continue  # another node died meanwhile: these partitions are rebuilt again
                 for i, again in zip(lost, self._reduce(lost, reduce_options, reduce_fn, limit, progress)):
                     done[i] = again
-                self.recoveries.append({"partitions": lost, "seconds": time.perf_counter() - began})
+                self.recoveries.append({"phase": "reduce", "partitions": lost, "seconds": time.perf_counter() - began})
         self.map_results = [result for _, result, _ in mapped]
         self.reducer_nodes = [node for node, _, _ in done]
         self.task_stats = {}
@@ -241,11 +274,30 @@ class Shuffle:
                 self.task_stats[key] = self.task_stats.get(key, 0) + value
         return [result for _, result, _ in done]
 
-    def _map(self, items: list, map_task, map_fn: Callable, only: frozenset | None, limit: int, progress) -> list:
-        """Run a mapper per input (appending only to the partitions in ``only``, if given)."""
+    def _map(self, items: list, map_task, map_fn: Callable, only: list, limit: int, progress,
+             tokens: list[str] | None = None) -> list:
+        """Run a mapper per input, each appending only to the partitions in its ``only``
+        (``None``: all of them) with its token (by default ``<prefix>/map/<input index>``)."""
         nodes = [self.placement[pid] for pid in self.partitions]
-        submit = [partial(map_task.remote, self.cache, self.partitions, nodes, map_fn, item, only) for item in items]
-        return _run_all(submit, "map" if only is None else "map (rebuild)", limit, progress)
+        tokens = tokens or [f"{self.prefix}/map/{i}" for i in range(len(items))]
+        submit = [partial(map_task.remote, self.cache, self.partitions, nodes, map_fn, item, o, t)
+                  for item, o, t in zip(items, only, tokens)]
+        return _run_all(submit, "map" if all(o is None for o in only) else "map (rebuild)", limit, progress)
+
+    def _lost(self) -> list[int]:
+        """Partitions placed on a node that is no longer alive."""
+        alive = {n.node_id for n in ray_nodes() if n.alive}
+        return [i for i, pid in enumerate(self.partitions) if self.placement[pid] not in alive]
+
+    def _rebuild(self, lost: list[int] | None = None) -> list[int]:
+        """Recreate partitions (by default those placed on dead nodes) empty, on alive nodes;
+        returns their indices. Deleted first: an append that met the new home of a partition
+        whose home died may have started it again with part of the data."""
+        lost = self._lost() if lost is None else lost
+        for i in lost:
+            self.cache.delete(self.partitions[i])
+        self.placement.update(self.cache.init([self.partitions[i] for i in lost], strategy=self.strategy))
+        return lost
 
     def _reduce(self, indices, options: dict, reduce_fn: Callable, limit: int, progress) -> list:
         """Run the reducers of the partitions at ``indices``, each where its partition lives."""

@@ -230,8 +230,8 @@ class _NodeActor:
 
     @_locked
     def append(self, items: list) -> list:
-        """Items are ``(cache_id, via, frames)``."""
-        return self._write(items, lambda it: self.store.append(it[0], adopt(it[2])), clears_loss=False)
+        """Items are ``(cache_id, via, frames)`` or ``(cache_id, via, frames, token)``."""
+        return self._write(items, lambda it: self.store.append(it[0], adopt(it[2]), *it[3:]), clears_loss=False)
 
     def delete(self, items: list, peers: dict) -> list:
         """At a home: delete the id here, or its record and its data on the node it names.

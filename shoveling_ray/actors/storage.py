@@ -47,6 +47,8 @@ POLICIES = ("spill", "reject", "lru")
 ID_OVERHEAD = 280
 #: Memory a frame takes besides its payload bytes: its tuple, the payload's object header.
 FRAME_OVERHEAD = 110
+#: Memory an append token takes in its id's set (see :meth:`Store.append`).
+TOKEN_OVERHEAD = 100
 #: Trailing small appended pieces of a value are joined once they add up to this many bytes.
 COALESCE_BYTES = 64 << 10
 #: A spill goes down to this share of ``max_memory``, so that the writes that follow do not
@@ -101,11 +103,12 @@ class Entry:
     not joined yet.
     """
 
-    __slots__ = ("kind", "meta", "frames", "nbytes", "raw", "disk", "tail", "tail_bytes")
+    __slots__ = ("kind", "meta", "frames", "nbytes", "raw", "disk", "tail", "tail_bytes", "tokens")
 
     def __init__(self, kind: int, meta: bytes, frames: list) -> None:
         self.kind, self.meta, self.frames = kind, meta, frames
         self.disk = self.tail = self.tail_bytes = 0
+        self.tokens: set | None = None  # of the appends applied with a token
         if len(frames) == 1 and len(frames[0]) == 3 and type(frames[0][2]) is bytes:
             self.raw = frames[0][1]  # the common small case, without the generic walk
             self.nbytes = len(frames[0][2])
@@ -115,7 +118,8 @@ class Entry:
 
     def cost(self, cache_id: str) -> int:
         """Memory it takes."""
-        return self.nbytes + overhead(cache_id, len(self.frames))
+        tokens = TOKEN_OVERHEAD * len(self.tokens) if self.tokens else 0
+        return self.nbytes + overhead(cache_id, len(self.frames)) + tokens
 
 
 def _is_small_raw(frame: tuple) -> bool:
@@ -216,8 +220,12 @@ class Store:
         self._settle()
         return new.nbytes
 
-    def append(self, cache_id: str, frames: list) -> int:
+    def append(self, cache_id: str, frames: list, token: str | None = None) -> int:
         """Append bytes frames to ``cache_id``, creating it if absent; returns the bytes added.
+
+        ``token``: an append whose token this value has already taken is skipped (returns 0),
+        so a writer that runs again (a retried task) appends once. ``set``, ``delete`` and a
+        new value forget the tokens.
 
         Raises:
             TypeError: the stored value is not bytes.
@@ -226,8 +234,11 @@ class Store:
         entry = self._entries.get(cache_id)
         if entry is not None and entry.kind != KIND_BYTES:
             raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
+        if token is not None and entry is not None and entry.tokens and token in entry.tokens:
+            return 0
         added = Entry(KIND_BYTES, b"", frames)
         grows = added.nbytes + FRAME_OVERHEAD * len(frames) + (0 if entry else overhead(cache_id, 0))
+        grows += TOKEN_OVERHEAD if token is not None else 0
         self._make_room(cache_id, grows, added.nbytes)
         if entry is None:
             entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
@@ -242,6 +253,8 @@ class Store:
                 entry.tail = entry.tail_bytes = 0
         entry.nbytes += added.nbytes
         entry.raw += added.raw
+        if token is not None:
+            entry.tokens = (entry.tokens or set()) | {token}
         if entry.tail > 1 and entry.tail_bytes >= COALESCE_BYTES:
             tail = entry.frames[-entry.tail:]
             del entry.frames[-entry.tail:]

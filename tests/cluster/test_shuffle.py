@@ -153,6 +153,78 @@ def _sum_reduce(partition, data):
     return int(np.frombuffer(data, dtype=np.int64).sum())
 
 
+def test_a_node_lost_during_the_map_phase_is_rebuilt_and_nothing_lands_twice(cluster, cache):
+    import numpy as np
+
+    extra = cluster.add_node(num_cpus=1, object_store_memory=300 * MB)
+    cluster.wait_for_nodes()
+    removed = []
+
+    def progress(phase, done, total):
+        if phase == "map" and done >= 2 and not removed:  # some mappers done, others running
+            cluster.remove_node(extra)
+            removed.append(extra.node_id)
+
+    with Shuffle(cache, 6, prefix="map-rebuilt") as sh:
+        on_extra = sorted(i for i, pid in enumerate(sh.partitions) if sh.placement[pid] == extra.node_id)
+        assert on_extra, "the shuffle must have partitions on the node that dies"
+        results = sh.run(range(12), _numbers_map, _sum_reduce, progress=progress, max_in_flight=2)
+        numbers = np.arange(12000)
+        assert results == [int(numbers[numbers % 6 == p].sum()) for p in range(6)]  # every record once
+        assert removed and sh.recoveries and sh.recoveries[0]["phase"] == "map"
+        assert sorted(sh.recoveries[0]["partitions"]) == on_extra
+        assert extra.node_id not in sh.placement.values() and extra.node_id not in sh.reducer_nodes
+        print(f"map-phase rebuild of {on_extra}, mappers rerun whole {sh.recoveries[0]['mappers']}: "
+              f"{sum(r['seconds'] for r in sh.recoveries):.1f}s (map {sh.times['map']:.1f}s, reduce {sh.times['reduce']:.1f}s)")
+    assert cache.ids("map-rebuilt/") == []
+
+
+def test_the_validated_sort_survives_a_node_lost_in_each_phase(cluster, cache):
+    import time
+
+    doomed = [cluster.add_node(num_cpus=1, object_store_memory=300 * MB) for _ in range(2)]
+    cluster.wait_for_nodes()
+    cache.init(["wake"])  # the new nodes get their actors
+    removed = []
+
+    def progress(phase, done, total):
+        if phase == "map" and done >= 3 and not removed:
+            cluster.remove_node(doomed[0])
+            removed.append(phase)
+        elif phase == "reduce" and len(removed) == 1:
+            cluster.remove_node(doomed[1])
+            removed.append(phase)
+
+    started = time.perf_counter()
+    summary = ds.distributed_sort(cache, 300_000, seed=7, partitions=10, block_records=20_000,
+                                  progress=lambda m: None, progress_bar=progress)
+    disturbed = time.perf_counter() - started
+    assert removed == ["map", "reduce"]
+    assert summary["ok"] and summary["checksum_matches"] and summary["records"] == 300_000
+    started = time.perf_counter()
+    undisturbed = ds.distributed_sort(cache, 300_000, seed=7, partitions=10, block_records=20_000,
+                                      progress=lambda m: None)
+    assert undisturbed["ok"]
+    print(f"sort with a node lost in each phase: {disturbed:.1f}s, undisturbed: {time.perf_counter() - started:.1f}s")
+    cache.delete("wake")
+
+
+def test_a_retried_append_many_with_a_token_appends_once(cache):
+    ids = [f"tok/{i}" for i in range(6)]
+    cache.init(ids)
+    cache.append_many({i: b"a" for i in ids[:3]}, token="writer-1")
+    cache.append_many({i: b"a" for i in ids}, token="writer-1")  # run again: only the new ids take it
+    cache.append_many({i: b"b" for i in ids}, token="writer-2")
+    assert cache.get_many(ids) == {i: b"ab" for i in ids}
+    cache.set(ids[0], b"")  # a new value forgets its tokens
+    cache.append_many({ids[0]: b"a"}, token="writer-1")
+    assert cache.get(ids[0]) == b"a"
+    with pytest.raises(TypeError, match="token"):
+        cache.append_many({ids[0]: b"x"}, token=7)
+    for i in ids:
+        cache.delete(i)
+
+
 def test_a_node_lost_during_the_reduce_phase_is_rebuilt_from_the_mappers(cluster, cache):
     import numpy as np
 

@@ -3,6 +3,7 @@ import tracemalloc
 import pytest
 
 from shoveling_ray import CacheFull
+from shoveling_ray.actors import storage
 from shoveling_ray.actors.storage import Store, check_max_memory, check_policy, overhead
 from shoveling_ray.codec import KIND_BYTES, KIND_MSGPACK, encode
 
@@ -160,3 +161,14 @@ def test_errors_pickle_with_their_fields():
     assert isinstance(miss, KeyError) and miss.cache_id == "k" and str(miss) == str(CacheMiss("k", "c"))
     gone = pickle.loads(pickle.dumps(NodeUnavailable("n", ["a"], "dead")))
     assert gone.cache_ids == ["a"] and str(gone) == str(NodeUnavailable("n", ["a"], "dead"))
+
+
+def test_an_append_with_a_token_it_took_is_skipped():
+    s = Store("n", None)
+    assert s.append("p", encode(b"a", None)[2], "t1") == 1
+    assert s.append("p", encode(b"a", None)[2], "t1") == 0  # a retried writer
+    s.append("p", encode(b"b", None)[2], "t2")
+    s.append("p", encode(b"c", None)[2])  # no token: always applied
+    assert s.peek("p").raw == 3 and s.used == cost("p", 3, 3) + 2 * storage.TOKEN_OVERHEAD
+    put(s, "p", b"")  # a new value forgets the tokens
+    assert s.append("p", encode(b"a", None)[2], "t1") == 1
