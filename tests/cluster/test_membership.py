@@ -161,6 +161,7 @@ def test_a_node_ray_drains_is_drained_by_the_cache_and_let_go(cluster):
     # the cache moves its ids off the node and stops its actor there; with no actor left, Ray
     # lets the node go long before the deadline
     wait_for(lambda: victim not in alive(), timeout=60, what="the drained node to be let go")
+    cluster.remove_node(extra)  # Ray ended it; the Cluster object must forget it too
     assert victim not in sr.Cache("ray-drain").nodes()
     assert cache.get_many(list(values)) == values and cache.lost_ids() == []
     cache.close()

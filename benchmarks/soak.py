@@ -1,0 +1,106 @@
+"""Soak test (not part of the test run): writes and reads while nodes come and go.
+
+A local cluster (a head and ``--nodes`` workers) and one cache. For ``--minutes``, this process
+appends numbered records to ``--ids`` ids (init-placed over the nodes, as shuffle partitions
+are) and reads them back, while every ``--every`` seconds a random worker node is drained and
+removed, or removed without warning (graceful or SIGKILL, in turn), and a new node is added.
+
+After each event every id is checked against what this process had acknowledged: its value
+must be exactly the acknowledged records, in order, or the read must raise ``DataLost`` (its
+node died without a drain; the id is then written again from empty). Each append carries a
+token, so one that met a dying node is simply tried again. It prints what it did and
+the count of wrong values, which must be 0, and exits 1 otherwise.
+
+    python benchmarks/soak.py --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import ray
+from ray.cluster_utils import Cluster
+
+import shoveling_ray as sr
+
+
+def check(cache: sr.Cache, acked: dict[str, list[bytes]], counts: dict) -> None:
+    for cache_id, records in acked.items():
+        try:
+            value = cache.get(cache_id)
+        except sr.DataLost:
+            counts["lost"] += 1
+            cache.set(cache_id, b"")  # clears the loss; start again from empty
+            records.clear()
+            continue
+        counts["checked"] += len(records)
+        if value != b"".join(records):
+            counts["wrong"] += 1
+            print(f"  WRONG: {cache_id}: {len(value)} bytes, expected {sum(map(len, records))}", flush=True)
+            cache.set(cache_id, b"".join(records))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5)
+    parser.add_argument("--nodes", type=int, default=3, help="worker nodes besides the head")
+    parser.add_argument("--ids", type=int, default=50)
+    parser.add_argument("--every", type=float, default=20, help="seconds between node events")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    cache = sr.Cache("soak", consul=False)
+    ids = [f"soak/{i}" for i in range(args.ids)]
+    cache.init(ids)
+    acked: dict[str, list[bytes]] = {i: [] for i in ids}
+    counts = {"appends": 0, "failed appends": 0, "events": 0, "drained": 0, "checked": 0, "lost": 0, "wrong": 0}
+    kinds = ["drain", "graceful", "sigkill"]
+    end = time.monotonic() + 60 * args.minutes
+    next_event = time.monotonic() + args.every
+    seq = 0
+    while time.monotonic() < end:
+        cache_id = rng.choice(ids)
+        record = f"{seq};".encode()
+        seq += 1
+        for _ in range(30):  # a token per record: trying again never appends it twice
+            try:
+                cache.append_many({cache_id: record}, token=f"r{seq}")
+                acked[cache_id].append(record)
+                counts["appends"] += 1
+                break
+            except sr.DataLost:
+                counts["failed appends"] += 1
+                cache.set(cache_id, b"")
+                acked[cache_id].clear()
+                break
+            except sr.NodeUnavailable:
+                time.sleep(1)  # a node just died: Ray has not declared it dead yet
+        if time.monotonic() >= next_event:
+            kind = kinds[counts["events"] % len(kinds)]
+            victim = workers.pop(rng.randrange(len(workers)))
+            if kind == "drain":
+                cache.drain(victim.node_id)
+                counts["drained"] += 1
+            cluster.remove_node(victim, allow_graceful=kind != "sigkill")
+            workers.append(cluster.add_node(num_cpus=1))
+            cluster.wait_for_nodes()
+            counts["events"] += 1
+            check(cache, acked, counts)
+            print(f"  {time.strftime('%H:%M:%S')} {kind} removal and a new node; {counts}", flush=True)
+            next_event = time.monotonic() + args.every
+    check(cache, acked, counts)
+    print(f"done: {counts}")
+    cache.close()
+    ray.shutdown()
+    cluster.shutdown()
+    return 1 if counts["wrong"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
