@@ -34,20 +34,25 @@ class Spilled(NamedTuple):
     size: int
 
 
-def check_max_disk(max_disk: object) -> int | None:
-    """Return ``max_disk`` if it is ``None`` or a non-negative int.
+def check_limit(name: str, value: object) -> int | None:
+    """Return ``value`` if it is ``None`` or a non-negative int: a byte limit called ``name``.
 
     Raises:
         TypeError: not an int (bools are refused too).
         ValueError: negative.
     """
-    if max_disk is None:
+    if value is None:
         return None
-    if isinstance(max_disk, bool) or not isinstance(max_disk, int):
-        raise TypeError(f"max_disk must be an int number of bytes or None, not {type(max_disk).__name__}")
-    if max_disk < 0:
-        raise ValueError(f"max_disk must not be negative, got {max_disk}")
-    return max_disk
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of bytes or None, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def check_max_disk(max_disk: object) -> int | None:
+    """``max_disk`` if valid (see :func:`check_limit`)."""
+    return check_limit("max_disk", max_disk)
 
 
 class SpillFiles:

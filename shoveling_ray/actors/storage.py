@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 from ..codec import CODEC_RAW, KIND_BYTES, Stored, is_stored, payload_size, raw_size, stored_size
 from ..errors import CacheFull
-from .disk import Spilled, SpillFiles
+from .disk import Spilled, SpillFiles, check_limit
 
 POLICIES = ("spill", "reject", "lru")
 
@@ -75,19 +75,8 @@ def check_policy(policy: object) -> str:
 
 
 def check_max_memory(max_memory: object) -> int | None:
-    """Return ``max_memory`` if it is ``None`` or a non-negative int.
-
-    Raises:
-        TypeError: not an int (bools are refused too).
-        ValueError: negative.
-    """
-    if max_memory is None:
-        return None
-    if isinstance(max_memory, bool) or not isinstance(max_memory, int):
-        raise TypeError(f"max_memory must be an int number of bytes or None, not {type(max_memory).__name__}")
-    if max_memory < 0:
-        raise ValueError(f"max_memory must not be negative, got {max_memory}")
-    return max_memory
+    """``max_memory`` if valid (see :func:`~.disk.check_limit`)."""
+    return check_limit("max_memory", max_memory)
 
 
 def overhead(cache_id: str, frames: int) -> int:
@@ -254,7 +243,9 @@ class Store:
         entry.nbytes += added.nbytes
         entry.raw += added.raw
         if token is not None:
-            entry.tokens = (entry.tokens or set()) | {token}
+            if entry.tokens is None:
+                entry.tokens = set()
+            entry.tokens.add(token)
         if entry.tail > 1 and entry.tail_bytes >= COALESCE_BYTES:
             tail = entry.frames[-entry.tail:]
             del entry.frames[-entry.tail:]
