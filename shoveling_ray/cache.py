@@ -11,11 +11,12 @@ It does not store data (``actors``), decide placement (``placement``) or route (
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -83,6 +84,18 @@ def _connect_ray() -> None:
         ray.init()
     except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError, ...
         raise ShovelingError(f"could not start or connect to Ray: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _refusals_as_value_errors() -> Iterator[None]:
+    """A ``ValueError`` raised by the coordinator (a setting or node it refuses) comes out as
+    a plain ``ValueError``, like the client's own argument checks."""
+    try:
+        yield
+    except ShovelingError as exc:
+        if isinstance(exc.__cause__, ValueError):
+            raise ValueError(str(exc.__cause__)) from None
+        raise
 
 
 class Cache:
@@ -181,16 +194,12 @@ class Cache:
         while True:
             coordinator = self._start_coordinator(consul_config)
             try:
-                with ray_errors(f"cache {self._name!r}"):
+                with _refusals_as_value_errors(), ray_errors(f"cache {self._name!r}"):
                     return coordinator, ray.get(coordinator.join.remote(settings))
             except CacheClosed:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)  # another process is closing this cache: its name frees soon
-            except ShovelingError as exc:
-                if isinstance(exc.__cause__, ValueError):  # a setting the running cache refuses
-                    raise ValueError(str(exc.__cause__)) from None
-                raise
 
     def _start_coordinator(self, consul_config) -> ray.actor.ActorHandle:
         # Pinned to the head node: the cluster's GCS lives there, so the coordinator dies only
@@ -442,13 +451,8 @@ class Cache:
         """
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a str (a hex Ray node id), not {type(node_id).__name__}")
-        with ray_errors(f"cache {self._name!r}: draining node {node_id}"):
-            try:
-                moved, view = ray.get(self._coordinator.drain.remote(node_id))
-            except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, ValueError):
-                    raise ValueError(str(exc.cause)) from None
-                raise
+        with _refusals_as_value_errors(), ray_errors(f"cache {self._name!r}: draining node {node_id}"):
+            moved, view = ray.get(self._coordinator.drain.remote(node_id))
         self._router.apply_view(view)
         return moved
 

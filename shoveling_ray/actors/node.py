@@ -421,6 +421,7 @@ class _NodeActor:
             return moved
 
     def _chunks(self, ids: list) -> list[list]:
+        """``ids`` cut into calls of at most :data:`HAND_OVER_BYTES` (one id may be larger)."""
         chunks, size = [[]], 0
         for cache_id in ids:
             entry = self.store.peek(cache_id)
