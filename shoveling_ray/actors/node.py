@@ -434,24 +434,27 @@ class _NodeActor:
 
     def _pack(self, ids: list, old_table: list) -> tuple:
         """Values of ``ids`` as they travel to another node: read from disk, out of the object
-        store (the receiver keeps its own copy), each with whether this node was its home."""
+        store (the receiver keeps its own copy), each with whether this node was its home and
+        the append tokens it took."""
         values = [self.store.get(i) for i in ids]
         frames = fetch([v[2] for v in values])
         homed = [old_table[slot_of(i)] == self.node_id for i in ids]
-        return pack([(i, k, m, f, h) for i, (k, m, _), f, h in zip(ids, values, frames, homed)])
+        tokens = [sorted(self.store.peek(i).tokens or ()) for i in ids]
+        return pack([(i, k, m, f, h, t) for i, (k, m, _), f, h, t in zip(ids, values, frames, homed, tokens)])
 
     @_locked
     @ray.method(concurrency_group="peer")
     def receive(self, handed: tuple) -> None:
-        """At a new home, from a node being drained: values, placement records and lost ids.
+        """At a new home, from a node being drained: values (with their append tokens),
+        placement records and lost ids.
 
         A value whose home did not change is taken only while this home's record still points
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
         source, blob, buffers, records, lost = handed
-        for cache_id, kind, meta, frames, homed_there in unpack(blob, buffers):
+        for cache_id, kind, meta, frames, homed_there, tokens in unpack(blob, buffers):
             if homed_there or self.records.get(cache_id) == source:
-                self.store.set(cache_id, kind, meta, adopt(frames))
+                self.store.set(cache_id, kind, meta, adopt(frames), tokens)
                 self.records.pop(cache_id, None)
                 self.lost.pop(cache_id, None)
         for cache_id, node in records:

@@ -192,13 +192,15 @@ class Store:
                 self.disk.free(where)
         return entry.kind, entry.meta, frames
 
-    def set(self, cache_id: str, kind: int, meta: bytes, frames: list) -> int:
-        """Replace the value of ``cache_id``; returns the payload bytes stored.
+    def set(self, cache_id: str, kind: int, meta: bytes, frames: list, tokens: set | None = None) -> int:
+        """Replace the value of ``cache_id``; returns the payload bytes stored. ``tokens``: the
+        append tokens the value has taken (a value moved from another node keeps them).
 
         Raises:
             CacheFull: it does not fit (see the module docstring); nothing changed.
         """
         new = Entry(kind, meta, frames)
+        new.tokens = set(tokens) if tokens else None
         old = self._entries.get(cache_id)
         old_cost = old.cost(cache_id) if old else 0
         self._make_room(cache_id, new.cost(cache_id) - old_cost, new.nbytes - (old.nbytes if old else 0))

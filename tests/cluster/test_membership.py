@@ -121,6 +121,8 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
     assert any(homes.get(i, cache._router.home(i)) == victim for i in own)
     assert cache.stats()[victim]["spilled_ids"] > 0
     cache.delete("p0")
+    tokened = [i for i in (f"tok{k}" for k in range(1000)) if cache.node_id(i) == victim][:3]
+    cache.append_many({i: b"once" for i in tokened}, token="before-the-drain")
     # a writer keeps appending to ids, some of them on the victim, while it drains
     logs = [i for i in (f"log{k}" for k in range(1000)) if cache.node_id(i) == victim][:3] + ["log-elsewhere"]
     writer = append_numbered.remote(cache, logs, 1500)
@@ -137,6 +139,8 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
         assert reader.lost_ids() == []
     for k, cache_id in enumerate(logs):  # every append once, in order
         assert cache.get(cache_id) == b"".join(f"{s};".encode() for s in range(k, 1500, len(logs)))
+    cache.append_many({i: b"again" for i in tokened}, token="before-the-drain")  # a retried writer
+    assert cache.get_many(tokened) == {i: b"once" for i in tokened}  # the moved ids kept their tokens
     with pytest.raises(ValueError, match="not a member"):
         cache.drain(victim)
     with pytest.raises(TypeError):

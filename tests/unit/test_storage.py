@@ -172,3 +172,5 @@ def test_an_append_with_a_token_it_took_is_skipped():
     assert s.peek("p").raw == 3 and s.used == cost("p", 3, 3) + 2 * storage.TOKEN_OVERHEAD
     put(s, "p", b"")  # a new value forgets the tokens
     assert s.append("p", encode(b"a", None)[2], "t1") == 1
+    s.set("moved", *encode(b"x", None), tokens={"t9"})  # a value moved from a drained node keeps them
+    assert s.append("moved", encode(b"a", None)[2], "t9") == 0 and s.peek("moved").raw == 1
