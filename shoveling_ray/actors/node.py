@@ -21,7 +21,7 @@ import ray
 
 from ..errors import CacheFull, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from ..heap import keep_freed_memory
-from ..codec import KIND_BYTES, decode, stored_size
+from ..codec import KIND_BYTES, decode
 from ..objects import adopt, fetch, load, refs_beside
 from ..placement import slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
@@ -179,7 +179,8 @@ class _NodeActor:
             if value is None:
                 out.append(self._absent(cache_id, via))
             else:
-                self._moved += stored_size(value[2])
+                entry = self.store.peek(cache_id)
+                self._moved += entry.nbytes + entry.disk  # known sizes: no walk over the frames
                 out.append((p.OK, value))
         return out
 
