@@ -76,6 +76,18 @@ def _check_mapping(mapping: Any) -> Mapping:
     return mapping
 
 
+def _check_replicas(replicas: Any) -> int:
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise TypeError(f"replicas must be an int, not {type(replicas).__name__}")
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    return replicas
+
+
+def _this_node() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
 def _connect_ray() -> None:
     """``ray.init()`` when this process is not connected yet, with its errors mapped."""
     if ray.is_initialized():
@@ -141,6 +153,12 @@ class Cache:
         http: ``True`` serves each node's data read-only over HTTP on the node's address (see
             :meth:`endpoints`); ``False`` stops it; ``None`` keeps the running cache's setting
             (a new cache: off).
+        replicas: how many nodes hold each id (``None`` keeps the running cache's setting; a
+            new cache: 1). With ``k >= 2`` every write returns once every live copy applied
+            it, reads prefer a copy on the reader's node, and a node that dies loses no
+            acknowledged write: its copies are rebuilt on the survivors in the background
+            (``stats()`` counts ``under_replicated`` ids meanwhile). Given for a running cache,
+            copies are added or dropped to match.
 
     Raises:
         TypeError / ValueError: a bad argument, before Ray is touched.
@@ -161,6 +179,7 @@ class Cache:
         consul_token: str | None = None,
         consul_service: str = DEFAULT_SERVICE,
         http: bool | None = None,
+        replicas: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(
@@ -179,6 +198,8 @@ class Cache:
             if not isinstance(http, bool):
                 raise TypeError(f"http must be True, False or None, not {type(http).__name__}")
             settings["http"] = http
+        if replicas is not None:
+            settings["replicas"] = _check_replicas(replicas)
         codec.check_compression(compression)
         consul_config = resolve(consul, consul_token, consul_service)
         _connect_ray()
@@ -186,7 +207,7 @@ class Cache:
         self._compression = compression
         self._closed = False
         self._coordinator, view = self._open(consul_config, settings)
-        self._router = Router(name, view, self._handle, _submit, self._gather)
+        self._router = Router(name, view, self._handle, _submit, self._gather, local=_this_node())
 
     def _open(self, consul_config, settings: dict) -> tuple[ray.actor.ActorHandle, dict]:
         """Start or find the coordinator and join; retried while a closing one holds the name."""
@@ -428,9 +449,11 @@ class Cache:
 
         Reading one (``get``, ``get_many`` with or without a default, ``size``) or appending to
         it raises :class:`DataLost` naming the id and the node, until it is ``set``, deleted or
-        ``init``-ed again (``init`` recreates it empty on a live node). Known for ids that
-        lived away from their home (``init``-placed ones, such as shuffle partitions); an id
-        that lived on its own home node goes with it, unlisted, until replicas exist.
+        ``init``-ed again (``init`` recreates it empty on a live node). Known for ids whose
+        placement record names the dead node (``init``-placed ones, such as shuffle
+        partitions; the record survives on the slot's backup home). With ``replicas=1`` an id
+        first written by ``set`` / ``append`` lives on its home and has no record: if that node
+        dies it goes unlisted and reads as a miss; with ``replicas >= 2`` it has copies.
         """
         found = self._router.each_node("lost_ids")
         return sorted(i for lost in found.values() for i in lost)
@@ -511,16 +534,18 @@ class Cache:
         return {m: 1.0 for m in members}
 
     def node_ids(self, cache_id: str) -> list[str]:
-        """Ray node ids (hex) that hold ``cache_id``; empty if it does not exist."""
+        """Ray node ids (hex) that hold a live copy of ``cache_id``, its primary copy first;
+        empty if it does not exist."""
         (status, value, _node), = self._run("locate", [(_check_id(cache_id),)])
-        return [value] if status == p.OK else []
+        return list(value) if status == p.OK else []
 
     def node_id(self, cache_id: str, strategy: str = "default") -> str:
         """The Ray node id (hex) best placed to work on ``cache_id``.
 
-        ``default``: the node holding the data; for an id that does not exist yet, the node
-        where a ``set`` / ``append`` would create it. With Consul, if that node's check is
-        critical, the passing node nearest to it by network coordinates.
+        ``default``: the node holding the data (its primary copy); for an id that does not
+        exist yet, the node where a ``set`` / ``append`` would create it. With Consul, if that
+        node's check is critical, the nearest holder whose check passes, else the passing node
+        nearest to it by network coordinates.
 
         Raises:
             ValueError: unknown strategy.
@@ -528,19 +553,23 @@ class Cache:
         _check_id(cache_id)
         if strategy not in NODE_ID_STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(NODE_ID_STRATEGIES)}")
-        holder = self._holder(cache_id)
+        holders = self._holders(cache_id)
         view = self._consul
-        if view is None or not view.critical(holder):
-            return holder
+        if view is None or not view.critical(holders[0]):
+            return holders[0]
+        alive = [h for h in holders if not view.critical(h)]
+        if alive:
+            return min(alive, key=lambda h: self._distance(h, holders[0]))
         passing = [m for m in sorted(self._router.members) if not view.critical(m)]
-        return min(passing, key=lambda m: self._distance(m, holder), default=holder)
+        return min(passing, key=lambda m: self._distance(m, holders[0]), default=holders[0])
 
-    def _holder(self, cache_id: str) -> str:
+    def _holders(self, cache_id: str) -> list[str]:
+        """The holders of ``cache_id``, primary first; the node that would create it if absent."""
         try:
             holders = self.node_ids(cache_id)
         except NodeUnavailable as exc:
-            return exc.node_id  # where the data is, even if that node cannot serve it now
-        return holders[0] if holders else self._router.home(cache_id)
+            return [exc.node_id]  # where the data is, even if that node cannot serve it now
+        return holders or [self._router.home(cache_id)]
 
     def _distance(self, node_id: str, holder: str) -> float:
         if node_id == holder:
@@ -552,16 +581,16 @@ class Cache:
     def _node_cache_score(self, node_id: str, cache_id: str) -> float:
         """Distance between ``node_id`` and the data of ``cache_id``; lower is nearer.
 
-        0.0 on the node that holds the data (for an id that does not exist yet: the node that
-        would create it). Elsewhere, with Consul, the round-trip time in seconds that Consul's
-        network coordinates estimate between the two nodes' agents (Consul's own formula, the
-        figure ``consul rtt`` prints). Without Consul, or before coordinates exist, every other
+        0.0 on a node that holds a copy of the data (for an id that does not exist yet: the
+        node that would create it). Elsewhere, with Consul, the round-trip time in seconds that
+        Consul's network coordinates estimate between the node's agent and the nearest
+        holder's (Consul's own formula, the figure ``consul rtt`` prints). Without Consul, or before coordinates exist, every other
         node scores :data:`~shoveling_ray.placement.DEFAULT_REMOTE_SCORE` (0.001 s, one
         nominal LAN round trip), since Ray alone knows no distances.
         """
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a hex str, not {type(node_id).__name__}")
-        return self._distance(node_id, self._holder(_check_id(cache_id)))
+        return min(self._distance(node_id, holder) for holder in self._holders(_check_id(cache_id)))
 
     def scheduling_strategy(self, cache_id: str) -> NodeAffinitySchedulingStrategy:
         """A soft node-affinity strategy for a task or actor that works on ``cache_id``.
@@ -596,8 +625,11 @@ class Cache:
         """Per node: ``used`` (memory held: payloads as stored plus per-id overhead), ``raw``
         (payload bytes before compression), ``limit``, ``ids``, ``evictions``, ``policy``, the
         disk tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` /
-        ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``lost`` (ids homed
-        there whose only copy died) and ``consul`` (``None`` without Consul, else the
+        ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``copies`` (ids
+        held there as a copy of another node's; counted in ``ids`` too), ``under_replicated``
+        (ids whose primary copy is there with fewer copies than ``replicas``: being rebuilt,
+        or fewer nodes than ``replicas``), ``lost`` (ids homed there whose only copy died) and
+        ``consul`` (``None`` without Consul, else the
         heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
         return Stats(self._router.each_node("stats"))
 
@@ -643,5 +675,5 @@ def _restore(name, compression, coordinator, view, placements, closed) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
     cache._closed = closed
-    cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements)
+    cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements, _this_node())
     return cache

@@ -8,6 +8,9 @@ id, else to the home; it follows a redirect (the home names the holder) and a re
 remembered placement went stale: ask the home again), at most :data:`MAX_ROUNDS` times, and
 remembers where ids live, so steady-state routing is one actor call per node touched.
 
+With replicas, writes go to the primary copy (a copy redirects them there) and reads go to a
+copy on the reader's own node when the id has one (``local``), else to the primary.
+
 The router knows nothing of Ray. It is given ``handle_for(node, ids)`` (the node's actor, or
 raises :class:`~shoveling_ray.NodeUnavailable`), ``submit(handle, method, *args)`` (start a
 call, return its pending reply) and ``gather({node: pending}, {node: ids}, method)`` (wait for
@@ -28,13 +31,15 @@ from typing import Any
 from .actors import protocol as p
 from .errors import NodeUnavailable, ShovelingError
 from .objects import refs_back
-from .placement import assign, home_index, slot_of
+from .placement import assign, holders, home_index, slot_of
 from .wire import no_gc, pack, unpack
 
 #: Redirects and reroutes one operation may follow before giving up.
 MAX_ROUNDS = 6
 #: Item methods whose home calls other nodes' actors: they get the members' handles.
 _PEER_METHODS = ("place", "delete")
+#: Item methods any copy of an id answers.
+_READS = ("get", "exists", "size", "locate")
 
 
 def call_now(handle: Any, method: str, *args: Any) -> Any:
@@ -53,11 +58,12 @@ class Router:
     Args:
         name: the cache name, for messages.
         view: the coordinator's view: ``members`` (node id -> actor) and ``table`` (slot ->
-            node id) at least.
+            node id) at least; ``chains`` (slot -> nodes) and ``replicas`` with copies.
         handle_for: ``(node, ids) -> actor``; raises ``NodeUnavailable`` for a node that
             cannot serve.
         submit, gather: how calls start and are waited for (see the module docstring).
         placements: remembered ``{id: node}`` of ids that live away from their home.
+        local: the node this process runs on: reads go to a copy there when there is one.
     """
 
     def __init__(
@@ -68,8 +74,9 @@ class Router:
         submit: Callable[..., Any] = call_now,
         gather: Callable[[dict, dict, str], dict] = gather_now,
         placements: dict[str, str] | None = None,
+        local: str | None = None,
     ) -> None:
-        self.name = name
+        self.name, self.local = name, local
         self.handle_for, self.submit, self.gather = handle_for, submit, gather
         self.placements: dict[str, str] = placements if placements is not None else {}
         self.apply_view(view)
@@ -78,6 +85,8 @@ class Router:
         self.view = view
         self.members: dict[str, Any] = view["members"]
         self.table: list[str] = view["table"]
+        self.chains: list[list[str]] | None = view.get("chains")
+        self.replicas: int = view.get("replicas", 1)
 
     def home(self, cache_id: str) -> str:
         return self.table[slot_of(cache_id)]
@@ -103,10 +112,16 @@ class Router:
         results: list = [None] * len(items)
         groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         members = self.members
+        local = self.local if cached and method in _READS and self.replicas > 1 and self.local in members else None
+        copy_read: set[int] = set()  # served by a local copy: not where the id lives
         for index, item in enumerate(items):
             node = placements.get(item[0]) if cached else None
             if node is not None and node not in members:
                 node = None  # remembered on a node that left: its home knows what became of it
+            if local is not None and local != (node or homes[index]):
+                if local in holders(node or homes[index], self.chains[slot_of(item[0])], self.replicas):
+                    node = local
+                    copy_read.add(index)
             group = groups[node or homes[index]]
             group[0].append(index)
             group[1].append(p.AT_HOME if node is None else p.VIA_CACHE)
@@ -120,11 +135,13 @@ class Router:
                         retry[value][0].append(index)
                         retry[value][1].append(p.VIA_HOME)
                     elif status == p.REROUTE:
-                        placements.pop(items[index][0], None)
+                        if index not in copy_read:
+                            placements.pop(items[index][0], None)
+                        copy_read.discard(index)
                         retry[homes[index]][0].append(index)
                         retry[homes[index]][1].append(p.AT_HOME)
                     else:
-                        if status == p.OK and node != homes[index]:
+                        if status == p.OK and node != homes[index] and index not in copy_read:
                             placements[items[index][0]] = node
                         results[index] = (status, value, node)
             if not retry:
@@ -165,7 +182,7 @@ class Router:
                 calling again places the rest.
         """
         located = self.run("locate", [(i,) for i in ids], cached=False)
-        placed = {i: r[1] for i, r in zip(ids, located) if r[0] == p.OK}
+        placed = {i: r[1][0] for i, r in zip(ids, located) if r[0] == p.OK}
         new = [i for i in ids if i not in placed]
         if new:
             targets = assign(len(new), weights)

@@ -3,8 +3,9 @@
 One detached actor per cache, found by name, kept on the head node when it can be. Clients
 ask it only when they open a cache, run ``init`` or meet a dead node; data never passes
 through it. It creates the per-node actors itself, so two processes opening the same cache at
-once cannot start two actors on one node, and it owns the slot table so every process hashes
-ids to the same homes.
+once cannot start two actors on one node, and it owns the slot chains (homes, backup homes and
+where copies go) so every process hashes ids to the same nodes; every change of members or
+chains reaches every actor before any client sees it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..errors import ShovelingError
 from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
-from ..placement import build_slot_table, reassign_slots
+from ..placement import build_chains, reassign_chains
 from .node import NodeActor
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class _Coordinator:
 
     The settings start at a new cache's defaults and change with :meth:`join`'s ``settings``:
     ``max_memory`` (per node; ``None`` = each node's object store capacity), ``policy``,
-    ``max_disk``, ``spill_dir`` and ``http``.
+    ``max_disk``, ``spill_dir``, ``http`` and ``replicas``.
     """
 
     def __init__(self, cache: str, consul: ConsulConfig | None) -> None:
@@ -65,10 +66,11 @@ class _Coordinator:
         self.max_disk: int | None = None
         self.spill_dir: str | None = None
         self.http = False
+        self.replicas = 1
         self.drained: set[str] = set()  # nodes that get no actor again
         self.members: dict[str, ray.actor.ActorHandle] = {}
         self.info: dict[str, NodeInfo] = {}
-        self.table: list[str] | None = None
+        self.chains: list[list[str]] | None = None
         self.version = 0
         # Tells this incarnation of the cache from one closed and started again under its name.
         self.epoch = uuid.uuid4().hex
@@ -97,10 +99,13 @@ class _Coordinator:
     def join(self, settings: dict | None = None) -> dict:
         """Bring the member list up to date with Ray's alive nodes and return the view.
 
-        Dead members leave first (their hash slots move to the survivors), new alive nodes get
-        an actor, and only then are ``settings`` (``max_memory`` / ``policy`` / ``max_disk``)
-        given explicitly by a client applied to every member (``http`` turns the members'
-        endpoints on or off). ``spill_dir`` is taken by a new cache only.
+        Dead members leave first (their places in the slot chains go to the survivors), new
+        alive nodes get an actor (and fill chains shorter than they should be), ``replicas``
+        changes the chains' length, and every member takes the new view and mends copies and
+        directory (``_NodeActor.rebuild``) before this returns. Only then are ``settings``
+        (``max_memory`` / ``policy`` / ``max_disk``) given explicitly by a client applied to
+        every member (``http`` turns the members' endpoints on or off). ``spill_dir`` is taken
+        by a new cache only.
         All the waiting shares one deadline (:data:`JOIN_DEADLINE`), and the actors are asked
         in parallel.
 
@@ -126,7 +131,7 @@ class _Coordinator:
             # The node lives (or Ray has not noticed yet) but its actor died: start a fresh one.
             log.warning("cache %s: the actor on node %s died; its data is lost", self.cache, node_id)
             del self.members[node_id]
-        old_table = self.table
+        old_chains, old_replicas = self.chains, self.replicas
         started = {n.node_id: self._start(n) for n in nodes.values()
                    if n.alive and n.node_id not in self.members and n.node_id not in self.drained}
         for node_id, ok in self._answering(started, deadline).items():
@@ -138,18 +143,15 @@ class _Coordinator:
         self.info = {m: nodes[m] for m in self.members}
         if not self.members:
             raise ShovelingError(f"cache {self.cache}: no alive Ray node could start a cache actor")
-        if self.table is None:
-            self.table = build_slot_table(sorted(self.members))
+        self.replicas = settings.get("replicas", self.replicas)
+        zones = {m: i.zone for m, i in self.info.items() if i.zone}
+        if self.chains is None:
+            self.chains = build_chains(sorted(self.members), self._length(), zones)
+        else:
+            self.chains = reassign_chains(self.chains, self.members, self._length(), zones)
+        if old_chains is None or started or dead or replaced or old_chains != self.chains or old_replicas != self.replicas:
             self.version += 1
-        elif dead or not set(self.table) <= set(self.members):
-            self.table = reassign_slots(self.table, self.members)
-            self.version += 1
-        if started:
-            self.version += 1
-        if old_table is not None and (dead or replaced or old_table != self.table):
-            lost = set(dead) | set(replaced)
-            moved = [s for s, (old, new) in enumerate(zip(old_table, self.table)) if old != new or old in lost]
-            self._rebuild(moved, sorted(lost), deadline)
+            self._rebuild(old_chains, sorted(set(dead) | set(replaced)), deadline)
         if {"max_memory", "policy", "max_disk"} & settings.keys():
             self._configure(settings, deadline)
         if "http" in settings:
@@ -157,14 +159,21 @@ class _Coordinator:
             _wait_all([h.serve_http.remote(self.http) for h in self.members.values()], deadline)
         return self.view()
 
-    def _rebuild(self, moved_slots: list[int], lost_nodes: list[str], deadline: float) -> None:
-        """Have every member mend the placement directory (see ``_NodeActor.rebuild``) before
-        any client sees the new table: this join answers only when they are done."""
+    def _length(self) -> int:
+        """Nodes per slot chain: the copies, and at least two, so that the placement directory
+        lives on two nodes whatever ``replicas`` is."""
+        return max(self.replicas, 2)
+
+    def _rebuild(self, old_chains: list | None, gone: list[str], deadline: float, full: bool = False) -> None:
+        """Give every member the new view and have it mend copies and the placement directory
+        (see ``_NodeActor.rebuild``) before any client sees it: this answers only when they
+        are done."""
         peers = dict(self.members)
-        calls = [h.rebuild.remote(self.table, moved_slots, lost_nodes, peers) for h in self.members.values()]
+        calls = [h.rebuild.remote(old_chains, self.chains, gone, peers, self.replicas, full) for h in peers.values()]
         ready = _wait_all(calls, deadline)
-        log.warning("cache %s: directory rebuilt after losing %s (%d slots moved, %d of %d members done)",
-                    self.cache, lost_nodes or "no node", len(moved_slots), len(ready), len(calls))
+        if gone or full:
+            log.warning("cache %s: copies and directory rebuilt without %s (%d of %d members done)",
+                        self.cache, gone or "a drained node", len(ready), len(calls))
 
     @staticmethod
     def _answering(actors: dict[str, ray.actor.ActorHandle], deadline: float) -> dict[str, bool | None]:
@@ -206,14 +215,17 @@ class _Coordinator:
             "epoch": self.epoch,
             "members": dict(self.members),
             "info": {m: i.to_dict() for m, i in self.info.items()},
-            "table": self.table,
+            "table": [chain[0] for chain in self.chains],
+            "chains": self.chains,
+            "replicas": self.replicas,
             "consul": self.consul,
         }
 
     def drain(self, node_id: str) -> tuple[int, dict]:
-        """Move every id off ``node_id``: its hash slots go to the other members, its actor
-        hands its ids, records and lost ids to their new homes and is stopped, and the node
-        gets no actor again. Returns ``(ids moved, view)``.
+        """Move every id off ``node_id``: its places in the slot chains go to the other
+        members, its actor hands its ids, records and lost ids to their new homes (with
+        replicas: sends the copies it owed, and the copies elsewhere are promoted) and is
+        stopped, and the node gets no actor again. Returns ``(ids moved, view)``.
 
         Raises:
             ValueError: the node is not a member, or is the only one.
@@ -224,13 +236,16 @@ class _Coordinator:
         if len(self.members) == 1:
             raise ValueError(f"node {node_id} is the last node of cache {self.cache!r}: nowhere to move its ids")
         rest = {m: h for m, h in self.members.items() if m != node_id}
-        table = reassign_slots(self.table, rest)
+        old_chains = self.chains
+        zones = {m: i.zone for m, i in self.info.items() if i.zone and m != node_id}
+        chains = reassign_chains(old_chains, rest, self._length(), zones)
         handle = self.members[node_id]
-        moved = ray.get(handle.hand_over.remote(self.table, table, rest), timeout=JOIN_DEADLINE)
-        self.members, self.table = rest, table
+        moved = ray.get(handle.hand_over.remote(old_chains, chains, rest), timeout=JOIN_DEADLINE)
+        self.members, self.chains = rest, chains
         self.info.pop(node_id, None)
         self.drained.add(node_id)
         self.version += 1
+        self._rebuild(old_chains, [node_id] if self.replicas > 1 else [], time.monotonic() + JOIN_DEADLINE, full=True)
         ray.wait([handle.shutdown.remote()], timeout=SHUTDOWN_GRACE)
         ray.kill(handle)
         log.warning("cache %s: node %s drained, %d ids moved", self.cache, node_id, moved)

@@ -1,5 +1,5 @@
-"""The cache actor pinned to one Ray node: its share of the data and the placement records
-of the ids whose home it is.
+"""The cache actor pinned to one Ray node: its share of the data, the copies it keeps for
+other nodes, and the placement records of the ids whose home or backup home it is.
 
 The class is plain Python (testable without Ray); :data:`NodeActor` is its Ray actor. Client
 calls run one at a time, which is what keeps each writer's appends in call order and makes each
@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import threading
+import time
 
 import ray
 
@@ -23,7 +24,7 @@ from ..errors import CacheFull, NodeDrained, NodeUnavailable, ShovelingError, ra
 from ..heap import keep_freed_memory
 from ..codec import KIND_BYTES, decode
 from ..objects import adopt, fetch, load, refs_beside
-from ..placement import slot_of
+from ..placement import holders, slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
 from ..wire import no_gc, pack, unpack
@@ -37,8 +38,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a home waits for another node's actor during ``init`` or ``delete``.
 PEER_TIMEOUT = 30.0
-#: Bytes of values a drained node sends in one call.
+#: Bytes of values a drained node sends in one call, and a repair at most.
 HAND_OVER_BYTES = 64 << 20
+#: Pace of the background copying that rebuilds missing copies after a node left.
+REPAIR_BYTES_PER_SECOND = 256 << 20
 
 
 def _session_dir() -> str:
@@ -95,6 +98,17 @@ class _NodeActor:
         self.records: dict[str, str] = {}
         # Ids homed here whose only copy was on a node that died: id -> that node.
         self.lost: dict[str, str] = {}
+        # Where ids go (set by the coordinator through rebuild): slot chains, the members'
+        # actors, copies per id.
+        self.chains: list | None = None
+        self.peers: dict = {}
+        self.replicas = 1
+        # Ids held here as a copy: id -> the node of its primary copy.
+        self.copies: dict[str, str] = {}
+        # Ids whose primary copy is here and whose copy on some holders is missing: id -> nodes.
+        self.repairs: dict[str, set] = {}
+        self._wake = threading.Event()
+        self._repairer: threading.Thread | None = None
         self._lock = threading.Lock()
         self._base = {"max-memory": max_memory, "max-disk": max_disk, "eviction": policy, "http": http}
         self._kv: dict = {}
@@ -139,7 +153,8 @@ class _NodeActor:
         """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`).
 
         ``peers`` (``{node_id: actor}``) are the other nodes' actors, for ``place`` and
-        ``delete``, which call them.
+        ``delete``, which call them. Writes taken here as the primary copy are applied on the
+        other copies before the answer (:meth:`_forward`).
 
         Returns ``(blob, buffers, refs)``: the packed results, with every ObjectRef of a
         stored frame moved to ``refs`` (see :func:`~shoveling_ray.objects.refs_beside`).
@@ -150,6 +165,8 @@ class _NodeActor:
             items = unpack(blob, buffers)
             self._moved = 0
             results = getattr(self, method)(items, peers) if peers is not None else getattr(self, method)(items)
+            if self.replicas > 1 and method in ("set", "append"):
+                self._forward(method, items, results)
             refs = refs_beside(results) if method == "get" else []
             moved = self._moved
             self._metrics.served(method, len(items), moved if method in ("set", "append") else 0,
@@ -159,13 +176,45 @@ class _NodeActor:
 
     def _publish(self) -> None:
         store = self.store
-        self._metrics.held(store.used, store.max_memory, len(store), store.evictions, len(self.lost),
-                           store.disk.used, store.spills)
+        self._metrics.held(store.used, store.max_memory, len(store), store.evictions,
+                           sum(1 for i in self.lost if self._is_home(i)), store.disk.used, store.spills)
+
+    def _secondaries(self, cache_id: str) -> list[str]:
+        """The other holders of an id whose primary copy is here, without those still waiting
+        for their copy (the copy they get will have the write)."""
+        if self.chains is None:
+            return []
+        nodes = holders(self.node_id, self.chains[slot_of(cache_id)], self.replicas)[1:]
+        pending = self.repairs.get(cache_id)
+        return [n for n in nodes if n not in pending] if pending else nodes
+
+    def _forward(self, method: str, items: list, results: list) -> None:
+        """Apply the writes of a batch that this node took as the primary copy on the ids'
+        other holders, in the order taken, and wait for them. A holder that does not answer is
+        dead or leaving: the coordinator's next rebuild replaces its copies. A holder that
+        could not apply a write dropped its copy; it is queued for repair."""
+        groups: dict[str, list] = {}
+        with self._lock:
+            for item, (status, _value) in zip(items, results):
+                if status == p.OK:
+                    for node in self._secondaries(item[0]):
+                        groups.setdefault(node, []).append(item)
+        for node, group in groups.items():
+            try:
+                failed = self._call_peer(self.peers, node, "replicate", (self.node_id, method, *pack(group)))
+            except NodeUnavailable as exc:
+                log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(group), exc)
+                continue
+            if failed:
+                with self._lock:
+                    for cache_id in failed:
+                        self.repairs.setdefault(cache_id, set()).add(node)
+                self._start_repairs()
 
     def _absent(self, cache_id: str, via: int) -> tuple:
         """The answer for an id not held here (see :mod:`.protocol`)."""
         target = self.records.get(cache_id)
-        if target is not None:
+        if target is not None and target != self.node_id:  # (to itself: evicted)
             return p.REDIRECT, target
         if cache_id in self.lost:
             return p.LOST, self.lost[cache_id]
@@ -198,15 +247,29 @@ class _NodeActor:
 
     @_locked
     def locate(self, items: list) -> list:
-        return [(p.OK, self.node_id) if i in self.store else self._absent(i, via) for i, via in items]
+        """Every node holding each id, its primary copy first."""
+        return [(p.OK, self._holders_of(i)) if i in self.store else self._absent(i, via) for i, via in items]
+
+    def _holders_of(self, cache_id: str) -> list[str]:
+        primary = self.copies.get(cache_id, self.node_id)
+        if self.chains is None:
+            return [primary]
+        nodes = holders(primary, self.chains[slot_of(cache_id)], self.replicas)
+        pending = self.repairs.get(cache_id, ())
+        return [n for n in nodes if n in self.peers and n not in pending]
 
     def _write(self, items: list, apply, clears_loss: bool) -> list:
         out = []
         for item in items:
             cache_id, via = item[0], item[1]
-            if cache_id not in self.store and (cache_id in self.records or via != p.AT_HOME):
+            if cache_id in self.copies:  # the primary orders writes
+                out.append((p.REDIRECT, self.copies[cache_id]))
+                continue
+            target = self.records.get(cache_id)
+            if target == self.node_id:
+                target = None  # placed here by init
+            if cache_id not in self.store and (target is not None or via != p.AT_HOME):
                 # Only the home creates ids: elsewhere a write could recreate a deleted id.
-                target = self.records.get(cache_id)
                 out.append((p.REDIRECT, target) if target is not None else (p.REROUTE, None))
                 continue
             if cache_id in self.lost:
@@ -234,70 +297,126 @@ class _NodeActor:
         """Items are ``(cache_id, via, frames)`` or ``(cache_id, via, frames, token)``."""
         return self._write(items, lambda it: self.store.append(it[0], adopt(it[2]), *it[3:]), clears_loss=False)
 
+    def _backup(self, cache_id: str) -> str | None:
+        """The backup home of an id's slot: the other node keeping its placement record."""
+        chain = self.chains[slot_of(cache_id)] if self.chains is not None else ()
+        return chain[1] if len(chain) > 1 and chain[1] != self.node_id else None
+
     def delete(self, items: list, peers: dict) -> list:
-        """At a home: delete the id here, or its record and its data on the node it names.
+        """At a home: delete the id, its copies and its placement records (here and at the
+        backup home).
 
         Items are ``(cache_id, via)``; returns whether each id existed. Items not sent to
         their home are rerouted there.
         """
-        out, elsewhere = [], {}
+        out, calls = [], {}
         with self._lock:
-            for index, (cache_id, via) in enumerate(items):
-                if self.store.delete(cache_id):
-                    out.append((p.OK, True))
-                elif self.lost.pop(cache_id, None) is not None:
-                    out.append((p.OK, True))
-                elif via != p.AT_HOME:
-                    out.append((p.REROUTE, None))
-                elif cache_id in self.records:
-                    elsewhere.setdefault(self.records.pop(cache_id), []).append(index)
-                    out.append((p.OK, True))
-                else:
-                    out.append((p.OK, False))
-        for node, indices in elsewhere.items():
+            for cache_id, via in items:
+                primary = self.records.pop(cache_id, None)
+                if primary is None and cache_id in self.store and cache_id not in self.copies:
+                    primary = self.node_id
+                if primary is None:
+                    if self.lost.pop(cache_id, None) is not None:
+                        if self._backup(cache_id):
+                            calls.setdefault(self._backup(cache_id), []).append(cache_id)
+                        out.append((p.OK, True))
+                    else:
+                        out.append((p.REROUTE, None) if via != p.AT_HOME else (p.OK, False))
+                    continue
+                self.lost.pop(cache_id, None)
+                nodes = self._holders_to_drop(cache_id, primary)
+                if self._backup(cache_id):  # its record there (init) or its lost entry
+                    nodes.add(self._backup(cache_id))
+                if self.node_id in nodes:
+                    nodes.discard(self.node_id)
+                    self._drop_here(cache_id)
+                for node in nodes:
+                    calls.setdefault(node, []).append(cache_id)
+                out.append((p.OK, True))
+        for node, ids in calls.items():
             try:
-                self._call_peer(peers, node, "drop", [items[i][0] for i in indices])
+                self._call_peer(peers, node, "drop", ids)
             except NodeUnavailable as exc:
-                # Its node is gone, and the data with it; the record is gone too.
+                # Its node is gone, and the data with it.
                 log.warning("cache %s: delete could not reach node %s: %s", self.cache, node, exc)
         return out
 
+    def _holders_to_drop(self, cache_id: str, primary: str) -> set:
+        if self.chains is None:
+            return {primary}
+        return set(holders(primary, self.chains[slot_of(cache_id)], self.replicas))
+
+    def _drop_here(self, cache_id: str) -> bool:
+        self.copies.pop(cache_id, None)
+        self.repairs.pop(cache_id, None)
+        self.records.pop(cache_id, None)
+        self.lost.pop(cache_id, None)
+        return self.store.delete(cache_id)
+
     def place(self, items: list, peers: dict) -> list:
-        """At a home: decide where new ids live and create them there. Items are
-        ``(cache_id, via, target)``.
+        """At a home: decide where new ids live and create them there, with their copies.
+        Items are ``(cache_id, via, target)``.
 
         An id that exists here or has a record keeps its node; otherwise it is created here
-        (target is this node) or on ``target``, and recorded. Returns ``(OK, node)`` per id, or
+        (target is this node) or on ``target``, its copies on the other holders, and recorded
+        here and at the backup home (also when it is here). Returns ``(OK, node)`` per id, or
         ``(UNAVAILABLE, (node, reason))`` when the target did not answer (nothing is recorded).
         """
-        out, elsewhere = [], {}
+        out, primaries, copies, records = [], {}, {}, {}
         with self._lock:
             for index, (cache_id, _via, target) in enumerate(items):
                 self.lost.pop(cache_id, None)  # init recreates a lost id, empty
-                if cache_id in self.store:
-                    out.append((p.OK, self.node_id))
-                elif cache_id in self.records:
+                if cache_id in self.records:
                     out.append((p.OK, self.records[cache_id]))
-                elif target == self.node_id:
+                    continue
+                if cache_id in self.store and cache_id not in self.copies:
+                    out.append((p.OK, self.node_id))
+                    continue
+                if target == self.node_id:
                     self.store.create_empty(cache_id)
-                    out.append((p.OK, target))
+                    self._record(cache_id, target, records)
                 else:
-                    elsewhere.setdefault(target, []).append(index)
-                    out.append((p.OK, target))
+                    primaries.setdefault(target, []).append(index)
+                for node in self._holders_to_drop(cache_id, target) - {target}:
+                    copies.setdefault(node, []).append((cache_id, target))
+                out.append((p.OK, target))
         # The lock is free while the targets create their ids: a target that is itself a home
         # placing ids here must find this actor's peer methods able to run.
-        for node, indices in elsewhere.items():
+        for node, indices in primaries.items():
             ids = [items[i][0] for i in indices]
             try:
-                self._call_peer(peers, node, "create_empty", ids)
+                self._call_peer(peers, node, "create_empty", [(i, node) for i in ids])
             except NodeUnavailable as exc:
                 for i in indices:
                     out[i] = (p.UNAVAILABLE, (node, exc.reason))
                 continue
             with self._lock:
                 for cache_id in ids:
-                    self.records[cache_id] = node
+                    self._record(cache_id, node, records)
+        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status == p.UNAVAILABLE}
+        for node, pairs in copies.items():
+            pairs = [pair for pair in pairs if pair[0] not in failed]
+            if node == self.node_id:
+                self.create_empty(pairs)
+                continue
+            try:
+                self._call_peer(peers, node, "create_empty", pairs)
+            except NodeUnavailable as exc:  # the next rebuild gives them another holder
+                log.warning("cache %s: no copy of %d new ids on node %s: %s", self.cache, len(pairs), node, exc)
+        for node, pairs in records.items():
+            try:
+                self._call_peer(peers, node, "adopt_records", pairs)
+            except NodeUnavailable as exc:
+                log.warning("cache %s: backup home %s missed %d records: %s", self.cache, node, len(pairs), exc)
         return out
+
+    def _record(self, cache_id: str, node: str, backups: dict) -> None:
+        """Record where ``init`` put an id (this node too: the record is what tells a lost id
+        from one never written), here and, through ``backups``, at the backup home."""
+        self.records[cache_id] = node
+        backup = self._backup(cache_id)
+        if backup is not None:
+            backups.setdefault(backup, []).append((cache_id, node))
 
     def _call_peer(self, peers: dict, node: str, method: str, arg):
         """Call another node's actor and wait (plain objects are called directly, in tests).
@@ -315,78 +434,276 @@ class _NodeActor:
 
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function
     @ray.method(concurrency_group="peer")
-    def create_empty(self, cache_ids: list) -> int:
-        """Create ids as empty bytes where absent; returns how many were created."""
+    def create_empty(self, pairs: list) -> int:
+        """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs: the
+        primary copy when that node is this one, else a copy. Returns how many were created."""
         if self.retired:
-            raise NodeDrained(self.node_id, cache_ids, "it was drained")
-        created = sum(self.store.create_empty(i) for i in cache_ids)
+            raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
+        created = 0
+        for cache_id, primary in pairs:
+            created += self.store.create_empty(cache_id)
+            if primary == self.node_id:
+                self.copies.pop(cache_id, None)
+            else:
+                self.copies[cache_id] = primary
         self._publish()
         return created
 
     @_locked
     @ray.method(concurrency_group="peer")
     def drop(self, cache_ids: list) -> int:
-        """Delete ids held here (their home dropped their records); returns how many existed."""
-        dropped = sum(self.store.delete(i) for i in cache_ids)
+        """Delete ids held here and their records (their home deleted them); returns how many
+        existed here."""
+        dropped = sum(self._drop_here(i) for i in cache_ids)
         self._publish()
         return dropped
 
     @_locked
+    @ray.method(concurrency_group="peer")
+    def replicate(self, forwarded: tuple) -> list:
+        """At a copy: apply writes its primary took (``(primary, method, blob, buffers)``).
+        Returns the ids it could not apply; their copy here is dropped."""
+        primary, method, blob, buffers = forwarded
+        failed = []
+        for item in unpack(blob, buffers):
+            cache_id = item[0]
+            try:
+                if method == "set":
+                    self.store.set(cache_id, item[2], item[3], adopt(item[4]))
+                else:
+                    self.store.append(cache_id, adopt(item[2]), *item[3:])
+                self.copies[cache_id] = primary
+            except (CacheFull, TypeError):
+                self._drop_here(cache_id)
+                failed.append(cache_id)
+        self._publish()
+        return failed
+
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def take_copies(self, sent: tuple) -> list:
+        """At a new holder: whole copies from their primary (``(primary, blob, buffers)``).
+        Returns the ids that did not fit."""
+        primary, blob, buffers = sent
+        failed = []
+        for cache_id, kind, meta, frames, tokens in unpack(blob, buffers):
+            try:
+                self.store.set(cache_id, kind, meta, adopt(frames), tokens)
+                self.copies[cache_id] = primary
+            except CacheFull:
+                failed.append(cache_id)
+        self._publish()
+        return failed
+
+    def repair(self, max_bytes: int = HAND_OVER_BYTES) -> tuple[int, int]:
+        """Send missing copies to their holders, up to ``max_bytes`` of values (one id may be
+        larger). Runs in turn with client calls, so no write slips between a copy and the
+        writes forwarded after it. Returns ``(bytes sent, ids still missing a copy)``."""
+        by_node: dict[str, list] = {}
+        size = 0
+        with self._lock:
+            for cache_id, nodes in list(self.repairs.items()):
+                entry = self.store.peek(cache_id)
+                if entry is None or cache_id in self.copies:
+                    del self.repairs[cache_id]
+                    continue
+                for node in nodes:
+                    by_node.setdefault(node, []).append(cache_id)
+                size += (entry.nbytes + entry.disk) * len(nodes)
+                if size >= max_bytes:
+                    break
+            packed = {node: pack(self._values(ids)) for node, ids in by_node.items()}
+        for node, (blob, buffers) in packed.items():
+            try:
+                failed = set(self._call_peer(self.peers, node, "take_copies", (self.node_id, blob, buffers)))
+            except NodeUnavailable as exc:  # gone: the next rebuild names other holders
+                log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
+                failed = set()
+            with self._lock:
+                for cache_id in by_node[node]:
+                    nodes = self.repairs.get(cache_id)
+                    if nodes is not None and cache_id not in failed:
+                        nodes.discard(node)
+                        if not nodes:
+                            del self.repairs[cache_id]
+        self._publish()
+        return size, len(self.repairs)
+
+    def _start_repairs(self) -> None:
+        """Wake the background repairer (started on first use, in a Ray actor only: plain
+        objects in tests call :meth:`repair` themselves)."""
+        if self._repairer is None:
+            if ray.get_runtime_context().get_actor_id() is None:
+                return
+            self._repairer = threading.Thread(target=self._repair_loop, name="shoveling-repair", daemon=True)
+            self._repairer.start()
+        self._wake.set()
+
+    def _repair_loop(self) -> None:
+        me = ray.get_runtime_context().current_actor
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                sent, left = ray.get(me.repair.remote())
+            except ray.exceptions.RayError:
+                return  # the actor is going away
+            if left:
+                self._wake.set()
+            time.sleep(sent / REPAIR_BYTES_PER_SECOND)
+
+    @_locked
     def ids(self, prefix: str) -> list:
-        return list(self.store.ids(prefix))
+        """Ids whose primary copy is here (so that each id is listed by one node)."""
+        return [i for i in self.store.ids(prefix) if i not in self.copies]
 
     @_locked
     def lost_ids(self) -> dict:
         """``{id: dead node}`` of the ids homed here whose only copy died."""
-        return dict(self.lost)
+        return {i: n for i, n in self.lost.items() if self._is_home(i)}
 
-    def rebuild(self, table: list, moved_slots: list, lost_nodes: list, peers: dict) -> int:
-        """After nodes died or lost their actor: keep the placement directory whole.
+    def _is_home(self, cache_id: str) -> bool:
+        return self.chains is None or self.chains[slot_of(cache_id)][0] == self.node_id
 
-        Records here that point at a lost node become lost ids (``DataLost`` until set,
-        deleted or inited again). Ids held here whose slot moved to another home (``table`` is
-        the new slot table) are recorded at that home, which had no record of them. Returns
-        how many records were sent.
+    def rebuild(self, old_chains: list | None, chains: list, gone: list, peers: dict, replicas: int,
+                full: bool = False) -> int:
+        """Take a new view of the cache (the coordinator calls every member after any change)
+        and keep every id's copies and the placement directory whole.
+
+        ``chains`` replaces ``old_chains`` (``None``: the first view); ``gone`` are the nodes
+        that died or left with their data; ``peers`` the members' actors; ``replicas`` the copy
+        count. Then:
+
+        - records here pointing at a gone node point at the first surviving holder of the id,
+          or become lost ids (``DataLost`` until set, deleted or inited again);
+        - an id held here whose primary copy is gone is promoted here if this is its first
+          surviving holder; the primary queues copies for holders that lack one (sent in the
+          background), and a node that is no longer a holder drops its copy;
+        - a slot's home sends its records and lost ids to a new backup home (every slot's when
+          ``full``, after a drain), and primaries held away from their home tell new directory
+          nodes where they are.
+
+        Returns how many records were sent.
         """
-        moved, gone = set(moved_slots), set(lost_nodes)
-        send: dict[str, list] = {}
+        gone_set = set(gone)
+        old_chains = chains if old_chains is None else old_chains
+        old_replicas = self.replicas
+        me = self.node_id
+        announce: dict[str, list] = {}
+        push: dict[str, set] = {}
         with self._lock:
+            self.chains, self.peers, self.replicas = chains, peers, replicas
+
+            def survivor(primary: str, slot: int) -> str | None:
+                before = holders(primary, old_chains[slot], old_replicas)
+                return next((n for n in before if n in peers and n not in gone_set), None)
+
             for cache_id, node in list(self.records.items()):
-                if node in gone:
-                    del self.records[cache_id]
-                    self.lost[cache_id] = node
-            for cache_id in self.store.ids():
                 slot = slot_of(cache_id)
-                if slot in moved and table[slot] != self.node_id:
-                    send.setdefault(table[slot], []).append((cache_id, self.node_id))
+                if me not in chains[slot][:2]:
+                    del self.records[cache_id]
+                elif node not in peers:
+                    del self.records[cache_id]
+                    holder = survivor(node, slot) if old_replicas > 1 else None
+                    if holder is None:
+                        self.lost[cache_id] = node
+                    else:
+                        self.records[cache_id] = holder
+            for cache_id in [i for i in self.lost if me not in chains[slot_of(i)][:2]]:
+                del self.lost[cache_id]
+            for cache_id in list(self.store.ids()):
+                slot = slot_of(cache_id)
+                old_primary = self.copies.get(cache_id, me)
+                primary = old_primary if old_primary in peers else (survivor(old_primary, slot) or me)
+                before = holders(old_primary, old_chains[slot], old_replicas)
+                after = holders(primary, chains[slot], replicas)
+                if primary == me:
+                    self.copies.pop(cache_id, None)
+                    missing = (self.repairs.get(cache_id, set()) | {n for n in after[1:] if n not in before}) & set(after)
+                    if missing:
+                        self.repairs[cache_id] = missing
+                    else:
+                        self.repairs.pop(cache_id, None)
+                    directory = chains[slot][:2]
+                    if directory[0] != me and (primary != old_primary or full or directory != old_chains[slot][:2]):
+                        for node in directory:
+                            if node != me:
+                                announce.setdefault(node, []).append((cache_id, me))
+                elif me in after:
+                    self.copies[cache_id] = primary
+                    self.repairs.pop(cache_id, None)
+                else:
+                    self._drop_here(cache_id)
+            for slot, chain in enumerate(chains):
+                if chain[0] == me and len(chain) > 1 and (full or chain[:2] != old_chains[slot][:2]):
+                    push.setdefault(chain[1], set()).add(slot)
+            directory = {node: (sorted(slots), self._directory(slots)) for node, slots in push.items()}
         self._publish()
-        for home, pairs in send.items():
-            try:
-                self._call_peer(peers, home, "adopt_records", pairs)
-            except NodeUnavailable as exc:
-                log.warning("cache %s: could not record %d ids at node %s: %s", self.cache, len(pairs), home, exc)
-        return sum(len(pairs) for pairs in send.values())
+        for node, (slots, (records, lost)) in directory.items():
+            self._send_directory(node, "adopt_directory", (slots, records, lost), len(records))
+        for node, pairs in announce.items():
+            self._send_directory(node, "adopt_records", pairs, len(pairs))
+        if self.repairs:
+            self._start_repairs()
+        return sum(len(pairs) for pairs in announce.values()) + sum(len(d[1][0]) for d in directory.values())
+
+    def _directory(self, slots: set) -> tuple[list, list]:
+        """The records and lost ids here of ``slots``."""
+        return ([(i, n) for i, n in self.records.items() if slot_of(i) in slots],
+                [(i, n) for i, n in self.lost.items() if slot_of(i) in slots])
+
+    def _send_directory(self, node: str, method: str, arg, count: int) -> None:
+        try:
+            self._call_peer(self.peers, node, method, arg)
+        except NodeUnavailable as exc:
+            log.warning("cache %s: could not send %d records to node %s: %s", self.cache, count, node, exc)
 
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function
     @ray.method(concurrency_group="peer")
     def adopt_records(self, pairs: list) -> None:
-        """At a new home: record where ids of its slots live (see :meth:`rebuild`)."""
+        """At a home or backup home: record where ids of its slots live (see :meth:`rebuild`)."""
         for cache_id, node in pairs:
-            if cache_id not in self.store:
+            if cache_id in self.copies or cache_id not in self.store:
                 self.records[cache_id] = node
                 self.lost.pop(cache_id, None)
         self._publish()
 
-    def hand_over(self, old_table: list, table: list, peers: dict) -> int:
-        """Drain this node: give every id held here to its home under ``table`` (which no
-        longer names this node; ``old_table`` is the table it replaces), and the placement
-        records and lost ids homed here to their new homes; then refuse every call
-        (:class:`NodeDrained`), so that clients move to the new homes. Returns how many ids
-        moved.
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def adopt_directory(self, sent: tuple) -> None:
+        """At a backup home: the home's records and lost ids of ``slots`` replace those here."""
+        slots, records, lost = sent
+        slots = set(slots)
+        for entries in (self.records, self.lost):
+            for cache_id in [i for i in entries if slot_of(i) in slots]:
+                del entries[cache_id]
+        for cache_id, node in records:
+            if cache_id in self.copies or cache_id not in self.store:
+                self.records[cache_id] = node
+        self.lost.update((i, n) for i, n in lost if i not in self.store)
+        self._publish()
+
+    def hand_over(self, old_chains: list, chains: list, peers: dict) -> int:
+        """Drain this node: stop taking calls (:class:`NodeDrained`, so that clients move to
+        the new homes), and make sure no id depends on this node any more; returns how many ids
+        had their primary copy here.
+
+        With one copy per id, every id held here goes to its home under ``chains`` (which no
+        longer names this node; ``old_chains`` is what it replaces), and the placement records
+        and lost ids homed here to their new homes. With replicas, the copies it still owed
+        other holders are sent first; the coordinator's rebuild then promotes the copies of
+        its ids elsewhere.
 
         Calls wait until it is done. If a home refuses (full, unreachable), what was sent is
         dropped there again and nothing changes here.
         """
+        if self.replicas > 1:
+            self.retired = True
+            while self.repair()[1]:
+                pass
+            with self._lock:
+                return len(self.store) - len(self.copies)
+        old_table, table = [c[0] for c in old_chains], [c[0] for c in chains]
         with self._lock:
             held: dict[str, list] = {}
             for cache_id in list(self.store.ids()):
@@ -394,15 +711,17 @@ class _NodeActor:
             directory: dict[str, tuple[list, list]] = {}
             for entries, index in ((self.records, 0), (self.lost, 1)):
                 for cache_id, node in entries.items():
-                    directory.setdefault(table[slot_of(cache_id)], ([], []))[index].append((cache_id, node))
+                    if self._is_home(cache_id) and node != self.node_id:
+                        directory.setdefault(table[slot_of(cache_id)], ([], []))[index].append((cache_id, node))
             sent: dict[str, tuple] = {}  # home -> ([(id, homed here)], records, lost) it took
             try:
                 for home in set(held) | set(directory):
                     records, lost = directory.get(home, ([], []))
                     for chunk in self._chunks(held.get(home, [])) or [[]]:
-                        blob, buffers = self._pack(chunk, old_table)
+                        homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
+                        blob, buffers = pack([(*v, h) for v, h in zip(self._values(chunk), homed)])
                         took = sent.setdefault(home, ([], records, lost))
-                        took[0].extend((i, old_table[slot_of(i)] == self.node_id) for i in chunk)
+                        took[0].extend(zip(chunk, homed))
                         self._call_peer(peers, home, "receive", (self.node_id, blob, buffers, records, lost))
                         records, lost = [], []
             except ShovelingError:
@@ -433,15 +752,13 @@ class _NodeActor:
             size += entry.nbytes + entry.disk
         return chunks if ids else []
 
-    def _pack(self, ids: list, old_table: list) -> tuple:
+    def _values(self, ids: list) -> list:
         """Values of ``ids`` as they travel to another node: read from disk, out of the object
-        store (the receiver keeps its own copy), each with whether this node was its home and
-        the append tokens it took."""
+        store (the receiver keeps its own copy), each with the append tokens it took."""
         values = [self.store.get(i) for i in ids]
         frames = fetch([v[2] for v in values])
-        homed = [old_table[slot_of(i)] == self.node_id for i in ids]
         tokens = [sorted(self.store.peek(i).tokens or ()) for i in ids]
-        return pack([(i, k, m, f, h, t) for i, (k, m, _), f, h, t in zip(ids, values, frames, homed, tokens)])
+        return [(i, k, m, f, t) for i, (k, m, _), f, t in zip(ids, values, frames, tokens)]
 
     @_locked
     @ray.method(concurrency_group="peer")
@@ -453,7 +770,7 @@ class _NodeActor:
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
         source, blob, buffers, records, lost = handed
-        for cache_id, kind, meta, frames, homed_there, tokens in unpack(blob, buffers):
+        for cache_id, kind, meta, frames, tokens, homed_there in unpack(blob, buffers):
             if homed_there or self.records.get(cache_id) == source:
                 self.store.set(cache_id, kind, meta, adopt(frames), tokens)
                 self.records.pop(cache_id, None)
@@ -483,10 +800,21 @@ class _NodeActor:
 
     @_locked
     def stats(self) -> dict:
-        """The store's figures, and ``consul``: the heartbeat's ``beats`` and last ``error``
-        (``None`` without Consul)."""
-        return {**self.store.stats(), "lost": len(self.lost),
+        """The store's figures (``ids`` counts copies too), ``copies`` (ids held here as a copy
+        of another node's), ``under_replicated`` (ids whose primary copy is here with fewer
+        copies than ``replicas``: missing ones not rebuilt yet, or fewer nodes than
+        ``replicas``), ``lost`` (ids homed here whose only copy died), and ``consul``: the
+        heartbeat's ``beats`` and last ``error`` (``None`` without Consul)."""
+        return {**self.store.stats(), "copies": len(self.copies), "under_replicated": self._under_replicated(),
+                "lost": sum(1 for i in self.lost if self._is_home(i)),
                 "consul": self._threads[0].status() if self._threads else None}
+
+    def _under_replicated(self) -> int:
+        if self.replicas == 1:
+            return 0
+        if len(self.peers) < self.replicas:
+            return len(self.store) - len(self.copies)
+        return len(self.repairs)
 
     @_locked
     def configure(self, max_memory: int | None, policy: str, max_disk: int | None) -> None:

@@ -16,6 +16,8 @@ class NodeInfo:
         object_store_memory: the node's object store capacity in bytes; the default cache
             limit of the node's actor.
         is_head: whether it is the head node.
+        zone: its failure domain (Ray node label ``ray.io/availability-zone``), if any: the
+            second copy of an id goes to another zone when there is one.
     """
 
     node_id: str
@@ -23,6 +25,7 @@ class NodeInfo:
     cpus: float
     object_store_memory: int
     is_head: bool = False
+    zone: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,6 +7,7 @@ import ray
 from .base import NodeInfo
 
 _HEAD_RESOURCE = "node:__internal_head__"
+ZONE_LABEL = "ray.io/availability-zone"
 
 
 def ray_nodes() -> list[NodeInfo]:
@@ -21,6 +22,7 @@ def ray_nodes() -> list[NodeInfo]:
                 cpus=float(resources.get("CPU", 0.0)),
                 object_store_memory=int(resources.get("object_store_memory", 0)),
                 is_head=_HEAD_RESOURCE in resources,
+                zone=(node.get("Labels") or {}).get(ZONE_LABEL),
             )
         )
     return nodes

@@ -1,21 +1,26 @@
-"""Hash placement of ids first written by ``set`` / ``append``: a slot table.
+"""Hash placement of ids first written by ``set`` / ``append``: a table of slot chains.
 
 An id hashes (CRC-32, stable across processes and Python versions) to one of :data:`SLOTS`
-slots; the slot table maps each slot to a member node, its *home*. The table is built once,
-by rendezvous hashing over the members present when the cache is created, and afterwards only
-changes when a member dies: its slots move to the survivors, again by rendezvous, and every
-other slot stays where it was. Nodes that join later get no slots (they take part in ``init``
-instead), so a node joining never moves an id.
+slots. Each slot has a *chain*: distinct member nodes in rendezvous order. The first is the
+slot's *home*: where ids first written by ``set`` / ``append`` live, and where the placement
+record of an id that ``init`` put on another node is kept. The second is the *backup home*: it
+keeps the same records, so the placement directory survives the death of either. With
+``replicas=k`` an id whose primary copy is on node ``P`` has its other copies on the first
+``k - 1`` nodes of its slot's chain other than ``P`` (:func:`holders`).
 
-The home of an id is also where the id's placement record lives when ``init`` put it on
-another node, which is what lets any process find any id in at most two hops.
+The table is built once, over the members present when the cache is created, and afterwards
+changes only when a member leaves (its places in the chains go to the next survivors, every
+other slot keeps its nodes) or when chains are shorter than they should be (fewer members than
+``replicas``): nodes that join fill them. A node joining a cluster with full chains moves no
+id. When nodes carry a failure domain (a zone), a chain takes a node of a zone it does not
+have yet before one of a zone it has, so the second copy of an id lives in another zone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 SLOTS = 4096
 
@@ -29,26 +34,38 @@ def _weight(slot: int, node: str) -> bytes:
     return hashlib.blake2b(f"{slot}:{node}".encode(), digest_size=8).digest()
 
 
-def _rendezvous(slot: int, nodes: Iterable[str]) -> str:
-    return max(nodes, key=lambda node: _weight(slot, node))
+def _fill(slot: int, chain: list[str], nodes: Iterable[str], length: int, zones: Mapping[str, str]) -> list[str]:
+    """``chain`` cut or extended to ``length`` nodes from ``nodes``, in rendezvous order, a
+    node of a zone the chain lacks first."""
+    if len(chain) >= length:
+        return chain[:length]
+    candidates = sorted((n for n in nodes if n not in chain), key=lambda n: _weight(slot, n), reverse=True)
+    while len(chain) < length and candidates:
+        have = {zones.get(n) for n in chain}
+        pick = next((n for n in candidates if zones.get(n) not in have), candidates[0])
+        candidates.remove(pick)
+        chain.append(pick)
+    return chain
 
 
-def build_slot_table(nodes: Sequence[str]) -> list[str]:
-    """A slot table over ``nodes``: ``table[slot]`` is the home node of that slot.
+def build_chains(nodes: Sequence[str], length: int, zones: Mapping[str, str] | None = None) -> list[list[str]]:
+    """A chain table over ``nodes``: ``chains[slot]`` lists ``min(length, len(nodes))``
+    distinct nodes, the slot's home first. ``zones`` maps nodes to their failure domain.
 
     Raises:
         ValueError: ``nodes`` is empty.
     """
     if not nodes:
         raise ValueError("a slot table needs at least one node")
-    return [_rendezvous(slot, nodes) for slot in range(SLOTS)]
+    return [_fill(slot, [], nodes, length, zones or {}) for slot in range(SLOTS)]
 
 
-def reassign_slots(table: Sequence[str], alive: Iterable[str]) -> list[str]:
-    """``table`` with the slots of nodes not in ``alive`` moved to alive nodes.
-
-    Slots of alive nodes keep their node. If no node of the table is alive, the whole table is
-    rebuilt over ``alive``.
+def reassign_chains(
+    chains: Sequence[Sequence[str]], alive: Iterable[str], length: int, zones: Mapping[str, str] | None = None
+) -> list[list[str]]:
+    """``chains`` without the nodes not in ``alive``, each refilled to ``length`` from
+    ``alive``: survivors keep their order (the first survivor is the new home), new nodes go
+    last. A chain with no survivor is built afresh.
 
     Raises:
         ValueError: ``alive`` is empty.
@@ -56,13 +73,16 @@ def reassign_slots(table: Sequence[str], alive: Iterable[str]) -> list[str]:
     alive = set(alive)
     if not alive:
         raise ValueError("cannot reassign slots: no node is alive")
-    survivors = sorted(alive.intersection(table))
-    if not survivors:
-        return build_slot_table(sorted(alive))
-    return [node if node in alive else _rendezvous(slot, survivors) for slot, node in enumerate(table)]
+    return [_fill(slot, [n for n in chain if n in alive], alive, length, zones or {}) for slot, chain in enumerate(chains)]
+
+
+def holders(primary: str, chain: Sequence[str], replicas: int) -> list[str]:
+    """The nodes that hold an id whose primary copy is on ``primary``: it, then the first
+    ``replicas - 1`` other nodes of the id's slot chain."""
+    return [primary, *[n for n in chain if n != primary][: replicas - 1]]
 
 
 def home_index(cache_ids: Iterable[str], table: Sequence[str]) -> list[str]:
-    """The home node of each id, in order."""
+    """The home node of each id, in order (``table[slot]`` is the slot's home)."""
     crc = zlib.crc32
     return [table[crc(i.encode()) % SLOTS] for i in cache_ids]

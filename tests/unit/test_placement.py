@@ -11,10 +11,11 @@ from shoveling_ray.placement import (
     Coordinate,
     apportion,
     assign,
-    build_slot_table,
+    build_chains,
     check_strategy,
     home_index,
-    reassign_slots,
+    reassign_chains,
+    holders,
     rtt_seconds,
     slot_of,
 )
@@ -28,34 +29,66 @@ def test_slot_of_is_stable_across_processes():
     assert 0 <= slot_of("ü" * 100) < SLOTS
 
 
-def test_slot_table_is_deterministic_and_balanced():
-    table = build_slot_table(NODES)
-    assert table == build_slot_table(list(reversed(NODES)))
-    counts = Counter(table)
-    assert set(counts) == set(NODES)
-    assert all(abs(c - SLOTS / 3) < SLOTS * 0.05 for c in counts.values())
+def test_chains_are_deterministic_balanced_and_of_distinct_nodes():
+    chains = build_chains(NODES, 2)
+    assert chains == build_chains(list(reversed(NODES)), 2)
+    assert all(len(chain) == 2 and chain[0] != chain[1] for chain in chains)
+    homes, backups = Counter(c[0] for c in chains), Counter(c[1] for c in chains)
+    for counts in (homes, backups):
+        assert set(counts) == set(NODES)
+        assert all(abs(c - SLOTS / 3) < SLOTS * 0.05 for c in counts.values())
+    assert [c[:1] for c in chains] == [c[:1] for c in build_chains(NODES, 3)]  # longer chains keep homes
+    assert all(len(c) == 1 for c in build_chains(["solo"], 2))
 
 
-def test_reassign_moves_only_dead_slots():
-    table = build_slot_table(NODES)
-    new = reassign_slots(table, ["aa", "cc"])
-    assert "bb" not in new
-    for old, now in zip(table, new):
-        if old != "bb":
+def test_reassign_moves_only_the_dead_nodes_places_and_survivors_move_up():
+    chains = build_chains(NODES, 2)
+    new = reassign_chains(chains, ["aa", "cc"], 2)
+    for old, now in zip(chains, new):
+        assert "bb" not in now and len(now) == 2
+        if "bb" not in old:
             assert now == old
-    assert abs(new.count("aa") - new.count("cc")) < SLOTS * 0.1
+        else:
+            survivor = [n for n in old if n != "bb"]
+            assert now[: len(survivor)] == survivor  # the backup home becomes the home
+    assert abs(sum(c[0] == "aa" for c in new) - sum(c[0] == "cc" for c in new)) < SLOTS * 0.1
+
+
+def test_joiners_fill_short_chains_only_and_fewer_replicas_truncate():
+    short = build_chains(["aa"], 3)
+    grown = reassign_chains(short, ["aa", "bb", "cc"], 3)
+    assert all(c[0] == "aa" and sorted(c) == ["aa", "bb", "cc"] for c in grown)
+    full = build_chains(NODES, 2)
+    assert reassign_chains(full, NODES + ["dd"], 2) == full  # a joiner moves no id
+    assert all(len(c) == 2 for c in reassign_chains(build_chains(NODES, 3), NODES, 2))
+
+
+def test_the_second_node_of_a_chain_is_in_another_zone_when_there_is_one():
+    nodes = ["a1", "a2", "a3", "b1"]
+    zones = {"a1": "za", "a2": "za", "a3": "za", "b1": "zb"}
+    chains = build_chains(nodes, 2, zones)
+    assert all(zones[c[0]] != zones[c[1]] for c in chains)
+    after = reassign_chains(chains, ["a1", "a2", "a3"], 2, zones)  # one zone left: any node
+    assert all(len(c) == 2 and c[0] != c[1] for c in after)
+
+
+def test_holders_are_the_primary_then_the_other_nodes_of_the_chain():
+    assert holders("bb", ["aa", "bb", "cc"], 2) == ["bb", "aa"]
+    assert holders("dd", ["aa", "bb", "cc"], 3) == ["dd", "aa", "bb"]
+    assert holders("aa", ["aa", "bb"], 1) == ["aa"]
+    assert holders("aa", ["aa"], 3) == ["aa"]  # fewer nodes than replicas
 
 
 def test_reassign_with_no_survivor_rebuilds_and_empty_is_error():
-    assert set(reassign_slots(build_slot_table(["x"]), ["y", "z"])) == {"y", "z"}
+    assert {c[0] for c in reassign_chains(build_chains(["x"], 2), ["y", "z"], 2)} == {"y", "z"}
     with pytest.raises(ValueError):
-        reassign_slots(build_slot_table(["x"]), [])
+        reassign_chains(build_chains(["x"], 2), [], 2)
     with pytest.raises(ValueError):
-        build_slot_table([])
+        build_chains([], 2)
 
 
 def test_home_index_matches_table():
-    table = build_slot_table(NODES)
+    table = [c[0] for c in build_chains(NODES, 2)]
     ids = [f"id{i}" for i in range(100)]
     assert home_index(ids, table) == [table[slot_of(i)] for i in ids]
 

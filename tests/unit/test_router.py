@@ -19,15 +19,25 @@ from shoveling_ray import ShovelingError
 from shoveling_ray.actors import protocol as p
 from shoveling_ray.actors.node import _NodeActor
 from shoveling_ray.codec import decode, encode, encode_append
-from shoveling_ray.placement import build_slot_table, reassign_slots
+from shoveling_ray.placement import build_chains, holders, reassign_chains, slot_of
 from shoveling_ray.router import MAX_ROUNDS, Router
 
 NODES = ["node-a", "node-b", "node-c"]
 
 
-def make_actors() -> dict[str, _NodeActor]:
+def view_of(actors: dict, replicas: int = 1) -> dict:
+    chains = build_chains(sorted(actors), max(replicas, 2))
+    return {"members": actors, "table": [c[0] for c in chains], "chains": chains, "replicas": replicas}
+
+
+def make_actors(nodes: list[str] = NODES, replicas: int = 1) -> dict[str, _NodeActor]:
+    """Node actors that took their first view from the coordinator."""
     spill_dir = tempfile.mkdtemp(prefix="router-spill-")  # a spill_dir keeps Ray's session out of it
-    return {n: _NodeActor("unit", n, None, "reject", spill_dir=spill_dir) for n in NODES}
+    actors = {n: _NodeActor("unit", n, None, "reject", spill_dir=spill_dir) for n in nodes}
+    view = view_of(actors, replicas)
+    for actor in actors.values():
+        actor.rebuild(None, view["chains"], [], actors, replicas)
+    return actors
 
 
 class Serial:
@@ -45,9 +55,8 @@ class Serial:
             return self.actor.batch(*args)
 
 
-def make_router(actors: dict, handle_for=None) -> Router:
-    view = {"members": actors, "table": build_slot_table(sorted(actors))}
-    return Router("unit", view, handle_for or (lambda node, ids: Serial(actors[node])))
+def make_router(actors: dict, handle_for=None, replicas: int = 1, local: str | None = None) -> Router:
+    return Router("unit", view_of(actors, replicas), handle_for or (lambda node, ids: Serial(actors[node])), local=local)
 
 
 class Counting:
@@ -76,15 +85,18 @@ def held_by(actors: dict, cache_id: str) -> list[str]:
 
 
 def assert_consistent(actors: dict, router: Router) -> None:
-    """Every id lives on one node; away from its home only with a record there; every record
-    points at data."""
+    """Every id lives on one node; away from its home only with a record there and at the
+    backup home; every record points at data."""
     for node, actor in actors.items():
         for cache_id in actor.store.ids():
             assert held_by(actors, cache_id) == [node], f"{cache_id} held by {held_by(actors, cache_id)}"
-            home = router.home(cache_id)
-            if home != node:
-                assert actors[home].records.get(cache_id) == node, f"{cache_id} on {node} has no record at {home}"
+            chain = router.chains[slot_of(cache_id)]
+            if chain[0] != node:
+                for keeper in chain[:2]:
+                    if keeper != node:
+                        assert actors[keeper].records.get(cache_id) == node, f"{cache_id} on {node}: no record at {keeper}"
         for cache_id, target in actor.records.items():
+            assert node in router.chains[slot_of(cache_id)][:2], f"record of {cache_id} on {node}: not a directory node"
             assert cache_id in actors[target].store, f"record {cache_id} -> {target} without data"
 
 
@@ -207,24 +219,25 @@ def test_init_delete_and_set_racing_from_threads_keep_every_id_consistent():
     assert all(held_by(actors, i) == [placed[i]] for i in ids)
 
 
-def test_after_a_node_dies_its_records_become_lost_ids_and_moved_homes_learn_where_data_lives():
+def test_after_a_node_dies_its_records_become_lost_ids_and_data_elsewhere_stays_reachable():
     actors = make_actors()
     before = make_router(actors)
     placed = before.place([f"d{i}" for i in range(90)], {n: 1.0 for n in NODES})
     dead = "node-c"
     survivors = {n: a for n, a in actors.items() if n != dead}
-    table = reassign_slots(before.table, survivors)
-    moved = [s for s, (old, new) in enumerate(zip(before.table, table)) if old != new]
+    chains = reassign_chains(before.chains, survivors, 2)
     for actor in survivors.values():
-        actor.rebuild(table, moved, [dead], survivors)
-    after = Router("unit", {"members": survivors, "table": table}, lambda node, ids: Serial(survivors[node]))
+        actor.rebuild(before.chains, chains, [dead], survivors, 1)
+    view = {"members": survivors, "table": [c[0] for c in chains], "chains": chains, "replicas": 1}
+    after = Router("unit", view, lambda node, ids: Serial(survivors[node]))
     on_dead = sorted(i for i, n in placed.items() if n == dead)
     elsewhere = [i for i, n in placed.items() if n != dead]
     homed_on_dead = [i for i in elsewhere if before.home(i) == dead]
     assert homed_on_dead, "some surviving data must have had its home on the dead node"
     results = after.run("get", [(i,) for i in elsewhere])
     assert all(status == p.OK for status, _v, _n in results)  # every live copy still readable
-    lost = [i for i in on_dead if before.home(i) != dead]  # their homes knew them
+    lost = on_dead  # their homes or, for those homed there, the backup homes knew them
+    assert any(before.home(i) == dead for i in lost)
     assert lost and all(after.run("get", [(i,)])[0][:2] == (p.LOST, dead) for i in lost)
     assert sorted(i for a in survivors.values() for i in a.lost_ids()) == lost
     set_(after, lost[0], b"again")  # a set clears the loss

@@ -1,0 +1,173 @@
+"""Replicas against plain node-actor objects: no Ray cluster.
+
+The routers and actors are those of ``test_router``; here every cache keeps ``k`` copies of
+each id, and the checks are what a user of ``replicas`` relies on: every acknowledged write is
+on every copy in one order, reads prefer a local copy, a dead node loses nothing and its
+copies are rebuilt, deletes leave no copy or record behind.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from shoveling_ray.actors import protocol as p
+from shoveling_ray.codec import decode, encode, encode_append
+from shoveling_ray.placement import holders, reassign_chains, slot_of
+from shoveling_ray.router import Router
+
+from .test_router import Counting, Serial, get, make_actors, make_router, set_
+
+NODES4 = ["node-a", "node-b", "node-c", "node-d"]
+
+
+def values_on(actors: dict, cache_id: str) -> dict:
+    """``{node: decoded value}`` of every copy of ``cache_id``."""
+    out = {}
+    for node, actor in actors.items():
+        value = actor.store.get(cache_id)
+        if value is not None:
+            out[node] = decode(*value)
+    return out
+
+
+def append(router: Router, cache_id: str, data: bytes, token: str | None = None) -> None:
+    extra = (token,) if token else ()
+    ((status, _value, _node),) = router.run("append", [(cache_id, encode_append(data), *extra)])
+    assert status == p.OK
+
+
+def lose(actors: dict, router: Router, dead: str, replicas: int) -> tuple[dict, Router]:
+    """What the coordinator does when ``dead`` dies: new chains, every survivor rebuilds."""
+    survivors = {n: a for n, a in actors.items() if n != dead}
+    chains = reassign_chains(router.chains, survivors, max(replicas, 2))
+    for actor in survivors.values():
+        actor.rebuild(router.chains, chains, [dead], survivors, replicas)
+    view = {"members": survivors, "table": [c[0] for c in chains], "chains": chains, "replicas": replicas}
+    return survivors, Router("unit", view, lambda node, ids: Serial(survivors[node]))
+
+
+def repair_all(actors: dict) -> None:
+    for actor in actors.values():
+        while actor.repair()[1]:
+            pass
+
+
+def test_every_write_is_on_every_holder_in_the_primarys_order():
+    actors = make_actors(NODES4, replicas=3)
+    router = make_router(actors, replicas=3)
+    set_(router, "k", {"a": 1})
+    for i in range(20):
+        append(router, "log", b"%d," % i)
+    placed = router.place([f"p{i}" for i in range(12)], {n: 1.0 for n in NODES4})
+    for cache_id in placed:
+        append(router, cache_id, b"x")
+    for cache_id in ["k", "log", *placed]:
+        primary = placed.get(cache_id, router.home(cache_id))
+        expected = holders(primary, router.chains[slot_of(cache_id)], 3)
+        copies = values_on(actors, cache_id)
+        assert sorted(copies) == sorted(expected) and len(copies) == 3
+        assert len({repr(v) for v in copies.values()}) == 1, copies
+        (status, where, _node), = router.run("locate", [(cache_id,)])
+        assert status == p.OK and where == expected
+    assert values_on(actors, "log")["node-a"] == b"".join(b"%d," % i for i in range(20))
+    assert all(a.stats()["under_replicated"] == 0 for a in actors.values())
+
+
+def test_a_write_sent_to_a_copy_is_redirected_to_the_primary():
+    actors = make_actors(replicas=2)
+    router = make_router(actors, replicas=2)
+    set_(router, "r", b"one")
+    primary, copy = holders(router.home("r"), router.chains[slot_of("r")], 2)
+    router.placements["r"] = copy  # a stale or wrong placement
+    append(router, "r", b"+two")
+    assert router.placements["r"] == primary
+    assert values_on(actors, "r") == {primary: b"one+two", copy: b"one+two"}
+
+
+def test_reads_go_to_a_copy_on_the_readers_node():
+    actors = make_actors(replicas=2)
+    writer = make_router(actors, replicas=2)
+    ids = [f"l{i}" for i in range(60)]
+    writer.run("set", [(i, *encode(i.encode())) for i in ids])
+    local = "node-b"
+    here = [i for i in ids if local in holders(writer.home(i), writer.chains[slot_of(i)], 2)]
+    assert here and any(writer.home(i) != local for i in here)
+    calls = Counter()
+    reader = make_router(actors, lambda node, ids: Counting(actors[node], calls, node), replicas=2, local=local)
+    results = reader.run("get", [(i,) for i in here])
+    assert [decode(*r[1]) for r in results] == [i.encode() for i in here]
+    assert calls == Counter({(local, "get"): 1})  # one call, to the local node
+    assert not reader.placements  # a copy is not where the id lives: writes still go to the primary
+
+
+def test_a_dead_node_loses_no_write_and_its_copies_are_rebuilt():
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    hashed = {f"h{i}": f"value {i}".encode() for i in range(80)}
+    router.run("set", [(i, *encode(v)) for i, v in hashed.items()])
+    placed = router.place([f"p{i}" for i in range(40)], {n: 1.0 for n in NODES4})
+    for cache_id in placed:
+        append(router, cache_id, cache_id.encode(), token="t1")
+    dead = "node-c"
+    survivors, after = lose(actors, router, dead, 2)
+    for cache_id, value in hashed.items():
+        assert get(after, cache_id) == value
+    for cache_id in placed:
+        assert get(after, cache_id) == cache_id.encode()
+        append(after, cache_id, b"!", token="t1")  # the token came along: skipped
+        append(after, cache_id, b"!", token="t2")
+    under = sum(a.stats()["under_replicated"] for a in survivors.values())
+    assert under > 0  # the ids that had a copy on the dead node
+    repair_all(survivors)
+    assert sum(a.stats()["under_replicated"] for a in survivors.values()) == 0
+    for cache_id in [*hashed, *placed]:
+        copies = values_on(survivors, cache_id)
+        assert len(copies) == 2 and len({repr(v) for v in copies.values()}) == 1, (cache_id, copies)
+    assert all(values_on(survivors, i)[n] == i.encode() + b"!" for i in placed for n in values_on(survivors, i))
+    assert sorted(i for a in survivors.values() for i in a.ids("")) == sorted([*hashed, *placed])
+    assert not any(a.lost_ids() for a in survivors.values())
+
+
+def test_delete_leaves_no_copy_and_no_record():
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    placed = router.place([f"d{i}" for i in range(30)], {n: 1.0 for n in NODES4})
+    set_(router, "hashed", b"v")
+    for cache_id in [*placed, "hashed"]:
+        assert router.delete(cache_id)
+        assert values_on(actors, cache_id) == {}
+        assert not any(cache_id in a.records or cache_id in a.copies for a in actors.values())
+        assert get(make_router(actors, replicas=2), cache_id) is None
+
+
+def test_with_one_copy_the_directory_outlives_the_home_and_the_backup():
+    for dead_position in (0, 1):
+        actors = make_actors(NODES4, replicas=1)
+        router = make_router(actors)
+        placed = router.place([f"q{i}" for i in range(200)], {n: 1.0 for n in NODES4})
+        dead = "node-d"
+        keepers = [i for i, n in placed.items() if n != dead and router.chains[slot_of(i)][dead_position] == dead]
+        assert keepers
+        survivors, after = lose(actors, router, dead, 1)
+        assert all(get(after, i) == b"" for i in keepers)  # data on an alive node stays reachable
+        lost = sorted(i for i, n in placed.items() if n == dead)  # homed there or not
+        assert sorted(i for a in survivors.values() for i in a.lost_ids()) == lost
+        # and the new backup home knows the records too: lose another node
+        second = next(n for n in survivors if n != "node-a")
+        rest, again = lose(survivors, after, second, 1)
+        alive = [i for i, n in placed.items() if n in rest]
+        assert all(get(again, i) == b"" for i in alive)
+
+
+def test_joining_nodes_fill_copies_when_there_were_fewer_nodes_than_replicas():
+    actors = make_actors(["node-a", "node-b"], replicas=3)
+    router = make_router(actors, replicas=3)
+    router.run("set", [(f"j{i}", *encode(b"j")) for i in range(30)])
+    assert sum(a.stats()["under_replicated"] for a in actors.values()) == 30
+    grown = {**actors, **make_actors(["node-c"], replicas=3)}
+    chains = reassign_chains(router.chains, grown, 3)
+    for actor in grown.values():
+        actor.rebuild(router.chains, chains, [], grown, 3)
+    repair_all(grown)
+    assert all(len(values_on(grown, f"j{i}")) == 3 for i in range(30))
+    assert sum(a.stats()["under_replicated"] for a in grown.values()) == 0
