@@ -319,6 +319,16 @@ class Cache:
                 raise
             return self._router.run(method, items, cached=cached)
 
+    def _each_node(self, method: str, *args: Any) -> dict[str, Any]:
+        """``Router.each_node``, asked again of the new members when a node left meanwhile."""
+        version = self._router.view["version"]
+        try:
+            return self._router.each_node(method, *args)
+        except NodeUnavailable:
+            if self._router.view["version"] == version:
+                raise
+            return self._router.each_node(method, *args)
+
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         for (cache_id, *_), (status, value, node) in zip(items, results):
             if status == p.LOST:
@@ -441,7 +451,7 @@ class Cache:
         """All ids starting with ``prefix``, sorted."""
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
-        found = self._router.each_node("ids", prefix)
+        found = self._each_node("ids", prefix)
         return sorted(i for ids in found.values() for i in ids)
 
     def lost_ids(self) -> list[str]:
@@ -455,7 +465,7 @@ class Cache:
         first written by ``set`` / ``append`` lives on its home and has no record: if that node
         dies it goes unlisted and reads as a miss; with ``replicas >= 2`` it has copies.
         """
-        found = self._router.each_node("lost_ids")
+        found = self._each_node("lost_ids")
         return sorted(i for lost in found.values() for i in lost)
 
     def drain(self, node_id: str) -> int:
@@ -619,7 +629,7 @@ class Cache:
         and ``GET /v1/health``; with ``SHOVELING_HTTP_TOKEN`` set on a node, reads there need
         ``Authorization: Bearer <token>``.
         """
-        return {node: url for node, url in self._router.each_node("endpoint").items() if url}
+        return {node: url for node, url in self._each_node("endpoint").items() if url}
 
     def stats(self) -> Stats:
         """Per node: ``used`` (memory held: payloads as stored plus per-id overhead), ``raw``
@@ -631,7 +641,7 @@ class Cache:
         or fewer nodes than ``replicas``), ``lost`` (ids homed there whose only copy died) and
         ``consul`` (``None`` without Consul, else the
         heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
-        return Stats(self._router.each_node("stats"))
+        return Stats(self._each_node("stats"))
 
     def _repr_html_(self) -> str:
         nodes = len(self._router.members)
