@@ -81,6 +81,13 @@ def refs_back(results: list, refs: list) -> list:
     return results
 
 
+def swap_refs(frames: list, swap) -> list:
+    """``frames`` with ``swap`` applied to the ref of each stored payload: to an index into a
+    list of refs that travels beside a packed blob (forwarding a stored value to a copy), and
+    back."""
+    return [(f[0], f[1], Stored(swap(f[2].ref), f[2].size)) if is_stored(f) else f for f in frames]
+
+
 def fetch(frame_lists: list[list]) -> list[list]:
     """Replace stored payloads by their data, with one ``ray.get`` for all of them.
 

@@ -87,6 +87,10 @@ class Router:
         self.table: list[str] = view["table"]
         self.chains: list[list[str]] | None = view.get("chains")
         self.replicas: int = view.get("replicas", 1)
+        # Slots whose ids, when they live on their home, have a copy on this process's node.
+        self._local_slots = frozenset(
+            slot for slot, chain in enumerate(self.chains or ()) if self.local in chain[: self.replicas]
+        ) if self.replicas > 1 else frozenset()
 
     def home(self, cache_id: str) -> str:
         return self.table[slot_of(cache_id)]
@@ -119,7 +123,8 @@ class Router:
             if node is not None and node not in members:
                 node = None  # remembered on a node that left: its home knows what became of it
             if local is not None and local != (node or homes[index]):
-                if local in holders(node or homes[index], self.chains[slot_of(item[0])], self.replicas):
+                slot = slot_of(item[0])
+                if slot in self._local_slots if node is None else local in holders(node, self.chains[slot], self.replicas):
                     node = local
                     copy_read.add(index)
             group = groups[node or homes[index]]

@@ -22,8 +22,8 @@ import ray
 
 from ..errors import CacheFull, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from ..heap import keep_freed_memory
-from ..codec import KIND_BYTES, decode
-from ..objects import adopt, fetch, load, refs_beside
+from ..codec import KIND_BYTES, Stored, decode
+from ..objects import adopt, fetch, load, refs_beside, swap_refs
 from ..placement import holders, slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
@@ -107,6 +107,7 @@ class _NodeActor:
         self.copies: dict[str, str] = {}
         # Ids whose primary copy is here and whose copy on some holders is missing: id -> nodes.
         self.repairs: dict[str, set] = {}
+        self._taken: list = []  # the writes the batch being served took (see _write)
         self._wake = threading.Event()
         self._repairer: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -166,7 +167,7 @@ class _NodeActor:
             self._moved = 0
             results = getattr(self, method)(items, peers) if peers is not None else getattr(self, method)(items)
             if self.replicas > 1 and method in ("set", "append"):
-                self._forward(method, items, results)
+                self._forward(method)
             refs = refs_beside(results) if method == "get" else []
             moved = self._moved
             self._metrics.served(method, len(items), moved if method in ("set", "append") else 0,
@@ -188,24 +189,34 @@ class _NodeActor:
         pending = self.repairs.get(cache_id)
         return [n for n in nodes if n not in pending] if pending else nodes
 
-    def _forward(self, method: str, items: list, results: list) -> None:
+    def _forward(self, method: str) -> None:
         """Apply the writes of a batch that this node took as the primary copy on the ids'
-        other holders, in the order taken, and wait for them. A holder that does not answer is
-        dead or leaving: the coordinator's next rebuild replaces its copies. A holder that
-        could not apply a write dropped its copy; it is queued for repair."""
+        other holders, in the order taken, and wait for them (all holders at once). Payloads
+        this node put into the object store travel as references: each holder fetches and
+        owns its own copy. A holder that does not answer is dead or leaving: the
+        coordinator's next rebuild replaces its copies. A holder that could not apply a write
+        dropped its copy; it is queued for repair."""
         groups: dict[str, list] = {}
+        refs: list = []
+
+        def index_of(ref) -> int:
+            refs.append(ref)
+            return len(refs) - 1
+
         with self._lock:
-            for item, (status, _value) in zip(items, results):
-                if status == p.OK:
-                    for node in self._secondaries(item[0]):
+            for item in self._taken:
+                targets = self._secondaries(item[0])
+                if targets:
+                    at = 4 if method == "set" else 2  # where the frames are
+                    if any(type(f[2]) is Stored for f in item[at]):
+                        item = (*item[:at], swap_refs(item[at], index_of), *item[at + 1:])
+                    for node in targets:
                         groups.setdefault(node, []).append(item)
-        for node, group in groups.items():
-            try:
-                failed = self._call_peer(self.peers, node, "replicate", (self.node_id, method, *pack(group)))
-            except NodeUnavailable as exc:
-                log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(group), exc)
-                continue
-            if failed:
+        calls = {node: (self.node_id, method, *pack(group), refs) for node, group in groups.items()}
+        for node, failed in self._call_peers("replicate", calls).items():
+            if isinstance(failed, NodeUnavailable):
+                log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
+            elif failed:
                 with self._lock:
                     for cache_id in failed:
                         self.repairs.setdefault(cache_id, set()).add(node)
@@ -259,7 +270,10 @@ class _NodeActor:
         return [n for n in nodes if n in self.peers and n not in pending]
 
     def _write(self, items: list, apply, clears_loss: bool) -> list:
+        """Apply writes to the ids this node may write; ``apply`` adds each write it took to
+        ``_taken`` (what :meth:`_forward` sends to the copies)."""
         out = []
+        self._taken: list = []
         for item in items:
             cache_id, via = item[0], item[1]
             if cache_id in self.copies:  # the primary orders writes
@@ -290,12 +304,26 @@ class _NodeActor:
     @_locked
     def set(self, items: list) -> list:
         """Items are ``(cache_id, via, kind, meta, frames)``."""
-        return self._write(items, lambda it: self.store.set(it[0], it[2], it[3], adopt(it[4])), clears_loss=True)
+
+        def apply(item):
+            frames = adopt(item[4])
+            stored = self.store.set(item[0], item[2], item[3], frames)
+            self._taken.append((*item[:4], frames))
+            return stored
+
+        return self._write(items, apply, clears_loss=True)
 
     @_locked
     def append(self, items: list) -> list:
         """Items are ``(cache_id, via, frames)`` or ``(cache_id, via, frames, token)``."""
-        return self._write(items, lambda it: self.store.append(it[0], adopt(it[2]), *it[3:]), clears_loss=False)
+
+        def apply(item):
+            frames = adopt(item[2])
+            added = self.store.append(item[0], frames, *item[3:])
+            self._taken.append((item[0], item[1], frames, *item[3:]))
+            return added
+
+        return self._write(items, apply, clears_loss=False)
 
     def _backup(self, cache_id: str) -> str | None:
         """The backup home of an id's slot: the other node keeping its placement record."""
@@ -432,6 +460,27 @@ class _NodeActor:
         with ray_errors(f"cache {self.cache}: {method} on node {node}", node=node, ids=arg):
             return ray.get(getattr(peer, method).remote(arg), timeout=PEER_TIMEOUT)
 
+    def _call_peers(self, method: str, args: dict) -> dict:
+        """Call ``method`` on several nodes' actors at once (``{node: arg}``) and wait for all;
+        returns ``{node: result}``, a :class:`NodeUnavailable` for each that did not answer."""
+        pending, out = {}, {}
+        for node, arg in args.items():
+            peer = self.peers.get(node)
+            if isinstance(peer, ray.actor.ActorHandle):
+                pending[node] = getattr(peer, method).remote(arg)
+            else:
+                try:
+                    out[node] = self._call_peer(self.peers, node, method, arg)
+                except NodeUnavailable as exc:
+                    out[node] = exc
+        for node, ref in pending.items():
+            try:
+                with ray_errors(f"cache {self.cache}: {method} on node {node}", node=node, ids=[]):
+                    out[node] = ray.get(ref, timeout=PEER_TIMEOUT)
+            except NodeUnavailable as exc:
+                out[node] = exc
+        return out
+
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function
     @ray.method(concurrency_group="peer")
     def create_empty(self, pairs: list) -> int:
@@ -461,17 +510,23 @@ class _NodeActor:
     @_locked
     @ray.method(concurrency_group="peer")
     def replicate(self, forwarded: tuple) -> list:
-        """At a copy: apply writes its primary took (``(primary, method, blob, buffers)``).
-        Returns the ids it could not apply; their copy here is dropped."""
-        primary, method, blob, buffers = forwarded
+        """At a copy: apply writes its primary took (``(primary, method, blob, buffers, refs)``;
+        stored payloads are fetched from the primary's object store and owned here). Returns the
+        ids it could not apply; their copy here is dropped."""
+        primary, method, blob, buffers, refs = forwarded
+        items = unpack(blob, buffers)
+        at = 4 if method == "set" else 2  # where the frames are
+        frame_lists = [item[at] for item in items]
+        if refs:
+            frame_lists = fetch([swap_refs(frames, refs.__getitem__) for frames in frame_lists])
         failed = []
-        for item in unpack(blob, buffers):
+        for item, frames in zip(items, frame_lists):
             cache_id = item[0]
             try:
                 if method == "set":
-                    self.store.set(cache_id, item[2], item[3], adopt(item[4]))
+                    self.store.set(cache_id, item[2], item[3], adopt(frames))
                 else:
-                    self.store.append(cache_id, adopt(item[2]), *item[3:])
+                    self.store.append(cache_id, adopt(frames), *item[3:])
                 self.copies[cache_id] = primary
             except (CacheFull, TypeError):
                 self._drop_here(cache_id)

@@ -6,6 +6,7 @@ one back first. The writers run pinned to the head node, which never leaves.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -161,6 +162,12 @@ def test_raising_replicas_on_a_running_cache_adds_copies_and_a_drain_keeps_them(
     cache = sr.Cache("rep-up", replicas=3)
     wait_for(lambda: sum(s["under_replicated"] for s in cache.stats().values()) == 0, 120, what="new copies")
     assert all(len(cache.node_ids(f"u{i}")) == 3 for i in range(200))
+    big = os.urandom(4 << 20)  # in the object store: copies fetch the primary's object and own theirs
+    cache.set("big", big)
+    cache.append("big", big[:1000])
+    for node in cache.node_ids("big"):
+        here = NodeAffinitySchedulingStrategy(node, soft=False)
+        assert ray.get(read_here.options(scheduling_strategy=here).remote(cache, ["big"])) == {"big": big + big[:1000]}
     worker = next(iter(cluster.worker_nodes))
     assert cache.drain(worker.node_id) > 0
     assert cache.get_many([f"u{i}" for i in range(200)]) == {f"u{i}": f"v{i}".encode() for i in range(200)}
@@ -168,6 +175,11 @@ def test_raising_replicas_on_a_running_cache_adds_copies_and_a_drain_keeps_them(
     assert all(worker.node_id not in cache.node_ids(f"u{i}") and len(cache.node_ids(f"u{i}")) == 3 for i in range(200))
     cluster.remove_node(worker)
     assert cache.get_many([f"u{i}" for i in range(200)]) == {f"u{i}": f"v{i}".encode() for i in range(200)}
+    # a copy's object is its own: removing the primary's node (not drained) loses nothing
+    workers = {n.node_id: n for n in cluster.worker_nodes}
+    primary = cache.node_id("big")
+    cluster.remove_node(workers.get(primary) or next(iter(workers.values())))
+    assert cache.get("big") == big + big[:1000]
     with pytest.raises(ValueError, match="replicas"):
         sr.Cache("rep-up", replicas=0)
     cache.close()
