@@ -16,7 +16,7 @@ import html
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -311,23 +311,25 @@ class Cache:
     def _run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
         """``Router.run``, tried once more when a dead node or actor changed the members
         meanwhile: its ids are then answered by their homes (lost, or recorded elsewhere)."""
-        version = self._router.view["version"]
-        try:
-            return self._router.run(method, items, cached=cached)
-        except NodeUnavailable:
-            if self._router.view["version"] == version:
-                raise
-            return self._router.run(method, items, cached=cached)
+        return self._again_if_members_changed(lambda: self._router.run(method, items, cached=cached))
 
     def _each_node(self, method: str, *args: Any) -> dict[str, Any]:
         """``Router.each_node``, asked again of the new members when a node left meanwhile."""
+        return self._again_if_members_changed(lambda: self._router.each_node(method, *args))
+
+    def _again_if_members_changed(self, call: Callable[[], Any]) -> Any:
+        """``call()``; after a ``NodeUnavailable``, once more if the coordinator's view moved on
+        meanwhile (it follows Ray's node deaths by itself), else the error stands."""
         version = self._router.view["version"]
         try:
-            return self._router.each_node(method, *args)
+            return call()
         except NodeUnavailable:
             if self._router.view["version"] == version:
-                raise
-            return self._router.each_node(method, *args)
+                with ray_errors(f"cache {self._name!r}"):
+                    self._router.apply_view(ray.get(self._coordinator.view.remote()))
+                if self._router.view["version"] == version:
+                    raise
+            return call()
 
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         for (cache_id, *_), (status, value, node) in zip(items, results):

@@ -9,7 +9,9 @@ remembered placement went stale: ask the home again), at most :data:`MAX_ROUNDS`
 remembers where ids live, so steady-state routing is one actor call per node touched.
 
 With replicas, writes go to the primary copy (a copy redirects them there) and reads go to a
-copy on the reader's own node when the id has one (``local``), else to the primary.
+copy on the reader's own node when the id has one (``local``), else to the primary; a read
+that meets an unavailable node (its actor died, or with Consul its check is critical) is asked
+again of another holder.
 
 The router knows nothing of Ray. It is given ``handle_for(node, ids)`` (the node's actor, or
 raises :class:`~shoveling_ray.NodeUnavailable`), ``submit(handle, method, *args)`` (start a
@@ -130,8 +132,16 @@ class Router:
             group = groups[node or homes[index]]
             group[0].append(index)
             group[1].append(p.AT_HOME if node is None else p.VIA_CACHE)
+        avoid: set[str] = set()  # nodes found unavailable during this read
         for _ in range(MAX_ROUNDS):
-            answers = self._send(method, items, groups)
+            try:
+                answers = self._send(method, items, groups)
+            except NodeUnavailable as exc:
+                if method not in _READS or self.replicas < 2 or exc.node_id in avoid or exc.node_id not in groups:
+                    raise
+                avoid.add(exc.node_id)
+                groups = self._elsewhere(groups, exc, avoid, items, homes, copy_read)
+                continue
             retry: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
             for node, (indices, _via) in groups.items():
                 for index, (status, value) in zip(indices, answers[node]):
@@ -153,6 +163,32 @@ class Router:
                 return results
             groups = retry
         raise ShovelingError(f"cache {self.name!r}: placements kept moving during {method}; try again")
+
+    def _elsewhere(self, groups: dict, exc: NodeUnavailable, avoid: set, items: list, homes: list,
+                   copy_read: set) -> dict:
+        """``groups`` with the items of the node that failed (``exc``) moved to another holder
+        of each id (a read: any copy answers it).
+
+        Raises:
+            NodeUnavailable: ``exc``, when an id has no other live holder.
+        """
+        moved: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for node, (indices, vias) in groups.items():
+            if node != exc.node_id:
+                moved[node][0].extend(indices)
+                moved[node][1].extend(vias)
+                continue
+            for index in indices:
+                cache_id = items[index][0]
+                primary = self.placements.get(cache_id, homes[index])
+                chain = self.chains[slot_of(cache_id)]
+                others = [n for n in holders(primary, chain, self.replicas) if n not in avoid and n in self.members]
+                if not others:
+                    raise exc
+                moved[others[0]][0].append(index)
+                moved[others[0]][1].append(p.VIA_CACHE)
+                copy_read.add(index)
+        return moved
 
     def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]]) -> dict[str, list]:
         """One ``batch`` call per node; returns the ``(status, value)`` list per node."""

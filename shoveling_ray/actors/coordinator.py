@@ -32,8 +32,8 @@ NAMESPACE = "shoveling_ray"
 JOIN_DEADLINE = 120.0
 #: Seconds actors get to deregister from Consul before they are killed.
 SHUTDOWN_GRACE = 10.0
-#: Seconds between two looks at the nodes Ray is draining.
-DRAIN_POLL = 1.0
+#: Seconds between two looks at Ray's dead and draining nodes.
+FOLLOW_POLL = 1.0
 
 
 def actor_name(cache: str, node_id: str) -> str:
@@ -74,24 +74,33 @@ class _Coordinator:
         self.version = 0
         # Tells this incarnation of the cache from one closed and started again under its name.
         self.epoch = uuid.uuid4().hex
-        threading.Thread(target=self._follow_ray_draining, name="shoveling-drain-follower", daemon=True).start()
+        threading.Thread(target=self._follow_ray, name="shoveling-ray-follower", daemon=True).start()
 
-    def _follow_ray_draining(self) -> None:
-        """Drain the cache off every member node that Ray starts draining (``ray drain-node``,
-        an autoscaler scaling down): a node keeps a detached actor alive until its deadline, so
-        the cache moves its ids away, its actor stops, and Ray can let the node go. The drain
-        runs as a call on this actor's own handle, in turn with ``join`` and the others."""
+    def _follow_ray(self) -> None:
+        """Follow Ray's view of the members' nodes, as calls on this actor's own handle (in turn
+        with ``join`` and the others):
+
+        - a member node Ray reports dead: ``join``, so copies are promoted and rebuilt, and
+          lost ids known, without waiting for a client to meet the dead node;
+        - a member node Ray starts draining (``ray drain-node``, an autoscaler scaling down):
+          ``drain``. A node keeps a detached actor alive until its deadline, so the cache
+          moves its ids away, its actor stops, and Ray can let the node go.
+        """
         me = ray.get_runtime_context().current_actor
         asked: set[str] = set()
         while True:
-            time.sleep(DRAIN_POLL)
+            time.sleep(FOLLOW_POLL)
             try:
-                for node_id in (draining_nodes() & set(self.members)) - asked:
+                nodes = {n.node_id: n.alive for n in ray_nodes()}
+                members = set(self.members)
+                if any(not nodes.get(m, False) for m in members):
+                    ray.get(me.join.remote(None))
+                for node_id in (draining_nodes() & members) - asked:
                     asked.add(node_id)
                     log.warning("cache %s: Ray is draining node %s: moving its ids away", self.cache, node_id)
                     me.drain.remote(node_id)
             except Exception as exc:  # noqa: BLE001 - the follower must outlive any one failure
-                log.warning("cache %s: could not read Ray's draining nodes: %s", self.cache, exc)
+                log.warning("cache %s: could not follow Ray's nodes: %s", self.cache, exc)
 
     def _limit(self, node: NodeInfo) -> int:
         return self.max_memory if self.max_memory is not None else node.object_store_memory

@@ -189,6 +189,43 @@ def test_removed_ray_node_leaves_routing(cluster, agents, pairing):
         cache.close()
 
 
+def test_a_killed_nodes_instance_turns_critical_and_its_ids_are_served_by_the_copies(cluster, agents):
+    node = cluster.add_node(num_cpus=1, env_vars={"CONSUL_HTTP_ADDR": agents.agents[2].http})
+    cluster.wait_for_nodes()
+    cache = sr.Cache("copies", replicas=2)
+    try:
+        values = {f"c{i}": f"v{i}".encode() for i in range(60)}
+        cache.set_many(values)
+        placed = cache.init([f"p{i}" for i in range(12)])
+        for cache_id in placed:
+            cache.append(cache_id, cache_id.encode())
+        values.update({i: i.encode() for i in placed})
+        assert any(cache.node_id(i) == node.node_id for i in values)
+        cluster.remove_node(node, allow_graceful=False)  # SIGKILL: Ray notices after 13-16 s here
+        removed = time.monotonic()
+        wait_for(lambda: instances(agents, "copies")[node.node_id][1] == "critical", timeout=3 * CHECK_TTL,
+                 what="the instance to turn critical")
+        wait_for(lambda: cache._consul.critical(node.node_id), timeout=10, what="the client to see it")
+        critical = time.monotonic() - removed
+        assert cache.get_many(list(values)) == values  # the copies answer
+        ray_alive = any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes())
+        print(f"critical {critical:.1f}s after SIGKILL; every id read from the copies "
+              f"{time.monotonic() - removed:.1f}s after it (Ray still reports the node alive: {ray_alive})")
+
+        def rebuilt() -> bool:
+            try:
+                return sum(s["under_replicated"] for s in cache.stats().values()) == 0
+            except sr.NodeUnavailable:
+                return False  # Ray has not dropped the node yet
+
+        wait_for(rebuilt, timeout=120, what="the missing copies to be rebuilt")
+        print(f"copies rebuilt {time.monotonic() - removed:.1f}s after the kill")
+        assert all(node.node_id not in cache.node_ids(i) and len(cache.node_ids(i)) == 2 for i in values)
+        assert cache.get_many(list(values)) == values
+    finally:
+        cache.close()
+
+
 @ray.remote(num_cpus=1)
 def consul_footprint(cache, cache_id: str, port: int) -> tuple:
     """Use a handle the way a task does; then this worker's Consul threads and connections."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
+from shoveling_ray import NodeUnavailable
 from shoveling_ray.actors import protocol as p
 from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
@@ -171,3 +174,26 @@ def test_joining_nodes_fill_copies_when_there_were_fewer_nodes_than_replicas():
     repair_all(grown)
     assert all(len(values_on(grown, f"j{i}")) == 3 for i in range(30))
     assert sum(a.stats()["under_replicated"] for a in grown.values()) == 0
+
+
+def test_a_read_that_meets_an_unavailable_holder_is_served_by_another_copy():
+    actors = make_actors(replicas=2)
+    writer = make_router(actors, replicas=2)
+    writer.run("set", [(f"f{i}", *encode(b"%d" % i)) for i in range(40)])
+    down = "node-a"
+
+    def handle_for(node, ids):
+        if node == down:  # e.g. its Consul check is critical, before Ray reports the death
+            raise NodeUnavailable(node, ids, "its Consul health check is critical")
+        return Serial(actors[node])
+
+    reader = make_router(actors, handle_for, replicas=2)
+    results = reader.run("get", [(f"f{i}",) for i in range(40)])
+    assert [decode(*r[1]) for r in results] == [b"%d" % i for i in range(40)]
+    assert any(writer.home(f"f{i}") == down for i in range(40))
+    assert not any(n == down for n in reader.placements.values())
+    single = make_actors()
+    make_router(single).run("set", [(f"f{i}", *encode(b"x")) for i in range(40)])
+    with pytest.raises(NodeUnavailable):  # one copy: the error stands
+        make_router(single, lambda node, ids: handle_for(node, ids) and Serial(single[node])).run(
+            "get", [(f"f{i}",) for i in range(40)])
