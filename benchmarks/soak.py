@@ -8,11 +8,12 @@ removed, or removed without warning (graceful or SIGKILL, in turn), and a new no
 After each event every id is checked against what this process had acknowledged: its value
 must be exactly the acknowledged records, in order, or the read must raise ``DataLost`` (its
 node died without a drain; the id is then written again from empty), or ``CacheMiss`` for an
-id that lived on its own home node (counted as ``missing``: no other node knew its name). Each append carries a
-token, so one that met a dying node is simply tried again. It prints what it did and
-the count of wrong values, which must be 0, and exits 1 otherwise.
+id that lived on its own home node (counted as ``missing``: no other node knew its name). With
+``--replicas 2`` or more nothing may be lost: a ``DataLost`` or a miss counts as wrong. Each
+append carries a token, so one that met a dying node is simply tried again. It prints what it
+did and the count of wrong values, which must be 0, and exits 1 otherwise.
 
-    python benchmarks/soak.py --minutes 10
+    python benchmarks/soak.py --minutes 10 [--replicas 2]
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from ray.cluster_utils import Cluster
 import shoveling_ray as sr
 
 
-def check(cache: sr.Cache, acked: dict[str, list[bytes]], counts: dict) -> None:
+def check(cache: sr.Cache, acked: dict[str, list[bytes]], counts: dict, replicas: int) -> None:
     for cache_id, records in acked.items():
         try:
             value = cache.get(cache_id)
         except (sr.DataLost, sr.CacheMiss) as exc:
             # a miss: the id lived on its own home node, which died, and no other node knew
-            # its name (the unlisted loss that replicas will close)
+            # its name (one copy only)
             counts["lost" if isinstance(exc, sr.DataLost) else "missing"] += 1
+            if replicas > 1:
+                counts["wrong"] += 1
+                print(f"  LOST WITH {replicas} COPIES: {cache_id}: {exc}", flush=True)
             cache.set(cache_id, b"")  # clears the loss; start again from empty
             records.clear()
             continue
@@ -52,13 +56,14 @@ def main() -> int:
     parser.add_argument("--ids", type=int, default=50)
     parser.add_argument("--every", type=float, default=20, help="seconds between node events")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replicas", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    cache = sr.Cache("soak", consul=False)
+    cache = sr.Cache("soak", consul=False, replicas=args.replicas)
     ids = [f"soak/{i}" for i in range(args.ids)]
     cache.init(ids)
     acked: dict[str, list[bytes]] = {i: [] for i in ids}
@@ -95,14 +100,14 @@ def main() -> int:
             workers.append(cluster.add_node(num_cpus=1))
             cluster.wait_for_nodes()
             counts["events"] += 1
-            check(cache, acked, counts)
+            check(cache, acked, counts, args.replicas)
             fresh = [f"soak/{len(ids) + i}" for i in range(10)]  # init starts an actor on the new node
             cache.init(fresh)
             ids += fresh
             acked.update({i: [] for i in fresh})
             print(f"  {time.strftime('%H:%M:%S')} {kind} removal and a new node; {counts}", flush=True)
             next_event = time.monotonic() + args.every
-    check(cache, acked, counts)
+    check(cache, acked, counts, args.replicas)
     print(f"done: {counts}")
     cache.close()
     ray.shutdown()

@@ -129,8 +129,9 @@ def cmd_status(args: argparse.Namespace) -> None:
     if args.json:
         _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints})
         return
-    nodes, ids = len(stats), sum(s["ids"] for s in stats.values())
-    print(f"cache {args.name}: {nodes} node{'' if nodes == 1 else 's'}, {ids} ids")
+    nodes, ids = len(stats), sum(s["ids"] - s["copies"] for s in stats.values())
+    replicas = next(iter(stats.values()))["replicas"]
+    print(f"cache {args.name}: {nodes} node{'' if nodes == 1 else 's'}, {ids} ids, replicas {replicas}")
     print(text_table(COLUMNS, rows(stats)))
     for node, url in sorted(endpoints.items()):
         print(f"http {node}: {url}")
@@ -190,9 +191,9 @@ def cmd_drain(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    if args.replicas is not None:
-        raise CliError("--replicas is not available yet: replicas come with node-loss support")
     settings = {}
+    if args.replicas is not None:
+        settings["replicas"] = args.replicas
     if args.max_memory is not None:
         settings["max_memory"] = args.max_memory
     if args.eviction is not None:
@@ -200,13 +201,14 @@ def cmd_config(args: argparse.Namespace) -> None:
     if args.max_disk is not None:
         settings["max_disk"] = args.max_disk
     stats = open_cache(args.name, **settings).stats()
-    current = {node: {"max_memory": s["limit"], "eviction": s["policy"], "max_disk": s["disk_limit"]}
-               for node, s in stats.items()}
+    current = {node: {"max_memory": s["limit"], "eviction": s["policy"], "max_disk": s["disk_limit"],
+                      "replicas": s["replicas"]} for node, s in stats.items()}
     if args.json:
         _print_json(current)
     else:
-        body = [(node, str(c["max_memory"]), c["eviction"], str(c["max_disk"])) for node, c in sorted(current.items())]
-        print(text_table(("node", "max_memory", "eviction", "max_disk"), body))
+        body = [(node, str(c["max_memory"]), c["eviction"], str(c["max_disk"]), str(c["replicas"]))
+                for node, c in sorted(current.items())]
+        print(text_table(("node", "max_memory", "eviction", "max_disk", "replicas"), body))
 
 
 def cmd_close(args: argparse.Namespace) -> None:
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=_bytes_arg, help="bytes each node's actor may hold")
     p.add_argument("--eviction", type=_policy_arg, help="spill | reject | lru")
     p.add_argument("--max-disk", type=_bytes_arg, help="bytes of spill files each node may hold")
-    p.add_argument("--replicas", type=_positive_arg, help="copies per id (not available yet)")
+    p.add_argument("--replicas", type=_positive_arg, help="nodes holding each id (copies are added or dropped to match)")
     p = command("close", cmd_close, "stop a cache and drop its data")
     p.add_argument("name", help="cache name")
     return parser

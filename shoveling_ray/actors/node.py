@@ -855,12 +855,13 @@ class _NodeActor:
 
     @_locked
     def stats(self) -> dict:
-        """The store's figures (``ids`` counts copies too), ``copies`` (ids held here as a copy
+        """The store's figures (``ids`` counts copies too), ``replicas``, ``copies`` (ids held here as a copy
         of another node's), ``under_replicated`` (ids whose primary copy is here with fewer
         copies than ``replicas``: missing ones not rebuilt yet, or fewer nodes than
         ``replicas``), ``lost`` (ids homed here whose only copy died), and ``consul``: the
         heartbeat's ``beats`` and last ``error`` (``None`` without Consul)."""
-        return {**self.store.stats(), "copies": len(self.copies), "under_replicated": self._under_replicated(),
+        return {**self.store.stats(), "replicas": self.replicas, "copies": len(self.copies),
+                "under_replicated": self._under_replicated(),
                 "lost": sum(1 for i in self.lost if self._is_home(i)),
                 "consul": self._threads[0].status() if self._threads else None}
 

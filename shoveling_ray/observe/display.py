@@ -32,7 +32,8 @@ def consul_state(figures: dict) -> str:
     return f"failing: {consul['error']}" if consul.get("error") else "passing"
 
 
-COLUMNS = ("node", "ids", "used", "limit", "use", "disk", "spilled", "evictions", "lost", "policy", "consul")
+COLUMNS = ("node", "ids", "copies", "used", "limit", "use", "disk", "spilled", "evictions", "lost", "under-replicated",
+           "policy", "consul")
 
 
 def rows(stats: dict) -> list[tuple[str, ...]]:
@@ -42,9 +43,9 @@ def rows(stats: dict) -> list[tuple[str, ...]]:
         s = stats[node]
         limit = s.get("limit")
         share = f"{100 * s['used'] / limit:.0f}%" if limit else "-"
-        out.append((node, str(s["ids"]), human_bytes(s["used"]), human_bytes(limit), share, human_bytes(s.get("disk_used", 0)),
-                    str(s.get("spilled_ids", 0)), str(s["evictions"]), str(s.get("lost", 0)), str(s["policy"]),
-                    consul_state(s)))
+        out.append((node, str(s["ids"]), str(s.get("copies", 0)), human_bytes(s["used"]), human_bytes(limit), share,
+                    human_bytes(s.get("disk_used", 0)), str(s.get("spilled_ids", 0)), str(s["evictions"]),
+                    str(s.get("lost", 0)), str(s.get("under_replicated", 0)), str(s["policy"]), consul_state(s)))
     return out
 
 
@@ -68,19 +69,20 @@ def _bar(used: int, limit: int | None) -> str:
 
 def html_table(stats: dict, title: str = "") -> str:
     """The per-node table as HTML (node ids shortened to 12 characters, full id on hover)."""
-    head = "".join(f"<th>{c}</th>" for c in ("node", "ids", "used / limit", "", "disk (ids)", "evictions", "lost", "policy",
-                                             "consul"))
+    head = "".join(f"<th>{c}</th>" for c in ("node", "ids (copies)", "used / limit", "", "disk (ids)", "evictions", "lost",
+                                             "under-replicated", "policy", "consul"))
     body = []
     for node in sorted(stats):
         s = stats[node]
         cells = [
             f'<td title="{html.escape(node)}"><code>{html.escape(node[:12])}</code></td>',
-            f"<td>{s['ids']:,}</td>",
+            f"<td>{s['ids']:,} ({s.get('copies', 0):,})</td>",
             f"<td>{human_bytes(s['used'])} / {human_bytes(s.get('limit'))}</td>",
             f"<td>{_bar(s['used'], s.get('limit'))}</td>",
             f"<td>{human_bytes(s.get('disk_used', 0))} ({s.get('spilled_ids', 0):,})</td>",
             f"<td>{s['evictions']:,}</td>",
             f"<td>{s.get('lost', 0):,}</td>",
+            f"<td>{s.get('under_replicated', 0):,}</td>",
             f"<td>{html.escape(str(s['policy']))}</td>",
             f"<td>{html.escape(consul_state(s))}</td>",
         ]

@@ -140,9 +140,15 @@ def test_config_applies_to_every_node(cluster):
     assert all(c["eviction"] == "spill" and c["max_disk"] > 0 for c in before.values())  # a new cache's defaults
     after = json.loads(ok("config", NAME, "--max-memory", str(64 * MB), "--eviction", "lru", "--max-disk", str(MB),
                           "--json"))
-    assert all(c == {"max_memory": 64 * MB, "eviction": "lru", "max_disk": MB} for c in after.values())
+    assert all(c == {"max_memory": 64 * MB, "eviction": "lru", "max_disk": MB, "replicas": 1} for c in after.values())
     assert json.loads(ok("config", NAME, "--json")) == after
-    assert "not available yet" in fails(1, "config", NAME, "--replicas", "2")
+    two = json.loads(ok("config", NAME, "--replicas", "2", "--json"))
+    assert all(c["replicas"] == 2 for c in two.values())
+    wait_for(lambda: sum(s["under_replicated"] for s in json.loads(ok("status", NAME, "--json"))["nodes"].values()) == 0,
+             what="the new copies")
+    nodes = json.loads(ok("status", NAME, "--json"))["nodes"]
+    assert sum(s["copies"] for s in nodes.values()) == sum(s["ids"] for s in nodes.values()) // 2  # one copy per id
+    assert "under-replicated" in ok("status", NAME).splitlines()[1]
 
 
 def test_drain_moves_every_id_off_the_node(cluster):
