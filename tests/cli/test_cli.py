@@ -126,7 +126,7 @@ def test_ls_status_and_rm(cluster):
     ids = sum(n["ids"] for n in status["nodes"].values())
     assert ids == len(json.loads(ok("ls", NAME, "--json")))
     text = ok("status", NAME)
-    assert text.splitlines()[0] == f"cache {NAME}: 2 nodes, {ids} ids"
+    assert text.splitlines()[0] == f"cache {NAME}: 2 nodes, {ids} ids, replicas 1"
     assert all(node in text for node in status["nodes"])
     ok("rm", NAME, "dir/1")
     assert ok("ls", NAME, "--prefix", "dir/").split() == ["dir/0", "dir/2"]
