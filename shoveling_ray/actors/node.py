@@ -166,8 +166,10 @@ class _NodeActor:
             items = unpack(blob, buffers)
             self._moved = 0
             results = getattr(self, method)(items, peers) if peers is not None else getattr(self, method)(items)
-            if self.replicas > 1 and method in ("set", "append"):
-                self._forward(method)
+            if self._taken:
+                if self.replicas > 1:
+                    self._forward(method)
+                self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
             refs = refs_beside(results) if method == "get" else []
             moved = self._moved
             self._metrics.served(method, len(items), moved if method in ("set", "append") else 0,
