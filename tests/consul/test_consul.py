@@ -179,8 +179,9 @@ def test_removed_ray_node_leaves_routing(cluster, agents, pairing):
         removed = time.monotonic()
         wait_for(lambda: cache._consul.critical(node.node_id), timeout=3 * CHECK_TTL, what="critical")
         print(f"removed node critical after {time.monotonic() - removed:.1f}s")
-        with pytest.raises(sr.NodeUnavailable):
+        with pytest.raises(sr.DataLost) as err:  # Ray reported the death: the coordinator followed it
             cache.get(on_it[0])
+        assert err.value.node_id == node.node_id
         wait_for(lambda: (cache._refresh(), node.node_id not in cache.nodes())[1], timeout=60,
                  what="Ray to drop the node")
         print(f"removed node out of routing after {time.monotonic() - removed:.1f}s")
