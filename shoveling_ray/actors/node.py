@@ -261,9 +261,11 @@ class _NodeActor:
     @_locked
     def locate(self, items: list) -> list:
         """Every node holding each id, its primary copy first."""
-        return [(p.OK, self._holders_of(i)) if i in self.store else self._absent(i, via) for i, via in items]
+        return [(p.OK, self._live_holders(i)) if i in self.store else self._absent(i, via) for i, via in items]
 
-    def _holders_of(self, cache_id: str) -> list[str]:
+    def _live_holders(self, cache_id: str) -> list[str]:
+        """Members holding an id held here, its primary first, without those still waiting
+        for their copy (known at the primary only)."""
         primary = self.copies.get(cache_id, self.node_id)
         if self.chains is None:
             return [primary]
@@ -354,7 +356,7 @@ class _NodeActor:
                         out.append((p.REROUTE, None) if via != p.AT_HOME else (p.OK, False))
                     continue
                 self.lost.pop(cache_id, None)
-                nodes = self._holders_to_drop(cache_id, primary)
+                nodes = self._holders(cache_id, primary)
                 if self._backup(cache_id):  # its record there (init) or its lost entry
                     nodes.add(self._backup(cache_id))
                 if self.node_id in nodes:
@@ -371,7 +373,8 @@ class _NodeActor:
                 log.warning("cache %s: delete could not reach node %s: %s", self.cache, node, exc)
         return out
 
-    def _holders_to_drop(self, cache_id: str, primary: str) -> set:
+    def _holders(self, cache_id: str, primary: str) -> set:
+        """The nodes that hold (or are to hold) an id whose primary copy is on ``primary``."""
         if self.chains is None:
             return {primary}
         return set(holders(primary, self.chains[slot_of(cache_id)], self.replicas))
@@ -407,7 +410,7 @@ class _NodeActor:
                     self._record(cache_id, target, records)
                 else:
                     primaries.setdefault(target, []).append(index)
-                for node in self._holders_to_drop(cache_id, target) - {target}:
+                for node in self._holders(cache_id, target) - {target}:
                     copies.setdefault(node, []).append((cache_id, target))
                 out.append((p.OK, target))
         # The lock is free while the targets create their ids: a target that is itself a home
