@@ -593,7 +593,7 @@ class _NodeActor:
         """Wake the background repairer (started on first use, in a Ray actor only: plain
         objects in tests call :meth:`repair` themselves)."""
         if self._repairer is None:
-            if ray.get_runtime_context().get_actor_id() is None:
+            if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
                 return
             self._repairer = threading.Thread(target=self._repair_loop, name="shoveling-repair", daemon=True)
             self._repairer.start()
