@@ -639,9 +639,9 @@ class _NodeActor:
         - an id held here whose primary copy is gone is promoted here if this is its first
           surviving holder; the primary queues copies for holders that lack one (sent in the
           background), and a node that is no longer a holder drops its copy;
-        - a slot's home sends its records and lost ids to a new backup home (every slot's when
-          ``full``, after a drain), and primaries held away from their home tell new directory
-          nodes where they are.
+        - a slot's directory node sends its records and lost ids to the other one when that is
+          new or a fresh actor (after a drain, ``full``: every home to its backup home), and
+          primaries held away from their home tell new directory nodes where they are.
 
         Returns how many records were sent.
         """
@@ -654,15 +654,18 @@ class _NodeActor:
         with self._lock:
             self.chains, self.peers, self.replicas = chains, peers, replicas
 
+            def alive(node: str) -> bool:  # a member that kept its data (not a replaced actor)
+                return node in peers and node not in gone_set
+
             def survivor(primary: str, slot: int) -> str | None:
                 before = holders(primary, old_chains[slot], old_replicas)
-                return next((n for n in before if n in peers and n not in gone_set), None)
+                return next((n for n in before if alive(n)), None)
 
             for cache_id, node in list(self.records.items()):
                 slot = slot_of(cache_id)
                 if me not in chains[slot][:2]:
                     del self.records[cache_id]
-                elif node not in peers:
+                elif not alive(node):
                     del self.records[cache_id]
                     holder = survivor(node, slot) if old_replicas > 1 else None
                     if holder is None:
@@ -674,18 +677,20 @@ class _NodeActor:
             for cache_id in list(self.store.ids()):
                 slot = slot_of(cache_id)
                 old_primary = self.copies.get(cache_id, me)
-                primary = old_primary if old_primary in peers else (survivor(old_primary, slot) or me)
+                primary = old_primary if alive(old_primary) else (survivor(old_primary, slot) or me)
                 before = holders(old_primary, old_chains[slot], old_replicas)
                 after = holders(primary, chains[slot], replicas)
                 if primary == me:
                     self.copies.pop(cache_id, None)
-                    missing = (self.repairs.get(cache_id, set()) | {n for n in after[1:] if n not in before}) & set(after)
+                    missing = {n for n in after[1:] if n not in before or n in gone_set}
+                    missing = (self.repairs.get(cache_id, set()) | missing) & set(after)
                     if missing:
                         self.repairs[cache_id] = missing
                     else:
                         self.repairs.pop(cache_id, None)
                     directory = chains[slot][:2]
-                    if directory[0] != me and (primary != old_primary or full or directory != old_chains[slot][:2]):
+                    renewed = directory != old_chains[slot][:2] or any(n in gone_set for n in directory)
+                    if directory[0] != me and (primary != old_primary or full or renewed):
                         for node in directory:
                             if node != me:
                                 announce.setdefault(node, []).append((cache_id, me))
@@ -695,8 +700,13 @@ class _NodeActor:
                 else:
                     self._drop_here(cache_id)
             for slot, chain in enumerate(chains):
-                if chain[0] == me and len(chain) > 1 and (full or chain[:2] != old_chains[slot][:2]):
-                    push.setdefault(chain[1], set()).add(slot)
+                # A directory node that kept its records sends them to the other one when that
+                # one is new or a fresh actor (after a drain: the home to the backup home).
+                if len(chain) < 2 or me not in chain[:2] or me not in old_chains[slot][:2] or me in gone_set:
+                    continue
+                other = chain[1] if chain[0] == me else chain[0]
+                if (chain[0] == me) if full else (other not in old_chains[slot][:2] or other in gone_set):
+                    push.setdefault(other, set()).add(slot)
             directory = {node: (sorted(slots), self._directory(slots)) for node, slots in push.items()}
         self._publish()
         for node, (slots, (records, lost)) in directory.items():

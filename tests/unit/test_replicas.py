@@ -197,3 +197,30 @@ def test_a_read_that_meets_an_unavailable_holder_is_served_by_another_copy():
     with pytest.raises(NodeUnavailable):  # one copy: the error stands
         make_router(single, lambda node, ids: handle_for(node, ids) and Serial(single[node])).run(
             "get", [(f"f{i}",) for i in range(40)])
+
+
+def test_a_replaced_actor_is_a_fresh_node_its_records_and_copies_come_back():
+    """The actor of a live node died and a fresh one took its place (same node id, same chains)."""
+    for replicas in (1, 2):
+        actors = make_actors(NODES4, replicas=replicas)
+        router = make_router(actors, replicas=replicas)
+        placed = router.place([f"r{i}" for i in range(120)], {n: 1.0 for n in NODES4})
+        for cache_id in placed:
+            append(router, cache_id, cache_id.encode())
+        victim = "node-b"
+        fresh = make_actors([victim], replicas=replicas)[victim]
+        actors = {**actors, victim: fresh}
+        for actor in actors.values():
+            actor.rebuild(router.chains, router.chains, [victim], actors, replicas)
+        after = make_router(actors, replicas=replicas)
+        homed_there = [i for i, n in placed.items() if n != victim and after.home(i) == victim]
+        assert homed_there and all(get(after, i) == i.encode() for i in homed_there)  # the fresh home learnt them
+        on_victim = sorted(i for i, n in placed.items() if n == victim)
+        if replicas == 1:
+            assert sorted(i for a in actors.values() for i in a.lost_ids()) == on_victim
+            assert all(after.run("get", [(i,)])[0][:2] == (p.LOST, victim) for i in on_victim)
+        else:
+            assert all(get(after, i) == i.encode() for i in placed)
+            repair_all(actors)
+            assert all(len(values_on(actors, i)) == 2 for i in placed)
+            assert any(victim in values_on(actors, i) for i in placed)  # the fresh actor got copies back
