@@ -207,7 +207,7 @@ class Cache:
         self._compression = compression
         self._closed = False
         self._coordinator, view = self._open(consul_config, settings)
-        self._router = Router(name, view, self._handle, _submit, self._gather, local=_this_node())
+        self._router = Router(name, view, self._handle, _submit, self._gather, local=_this_node(), nearest=self._nearest)
 
     def _open(self, consul_config, settings: dict) -> tuple[ray.actor.ActorHandle, dict]:
         """Start or find the coordinator and join; retried while a closing one holds the name."""
@@ -261,6 +261,18 @@ class Cache:
     def _consul_key(self) -> tuple[str, str]:
         """This incarnation of the cache, as the process-wide Consul views know it."""
         return self._name, self._router.view["epoch"]
+
+    def _nearest(self, nodes: list[str]) -> str | None:
+        """The one of ``nodes`` whose check passes nearest to this process's node by Consul's
+        coordinates; ``None`` without Consul or when a distance is unknown."""
+        view = self._consul
+        if view is None:
+            return None
+        local = self._router.local
+        distances = {n: view.distance(local, n) for n in nodes if not view.critical(n)}
+        if not distances or None in distances.values():
+            return None
+        return min(distances, key=distances.get)
 
     def _check_healthy(self, node: str, ids: list[str]) -> None:
         view = self._consul
@@ -687,5 +699,5 @@ def _restore(name, compression, coordinator, view, placements, closed) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
     cache._closed = closed
-    cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements, _this_node())
+    cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements, _this_node(), cache._nearest)
     return cache

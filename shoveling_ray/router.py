@@ -9,7 +9,8 @@ remembered placement went stale: ask the home again), at most :data:`MAX_ROUNDS`
 remembers where ids live, so steady-state routing is one actor call per node touched.
 
 With replicas, writes go to the primary copy (a copy redirects them there) and reads go to a
-copy on the reader's own node when the id has one (``local``), else to the primary; a read
+copy on the reader's own node when the id has one (``local``), else to the holder nearest to it
+(``nearest``, Consul's coordinates) or to the primary; a read
 that meets an unavailable node (its actor died, or with Consul its check is critical) is asked
 again of another holder.
 
@@ -66,6 +67,9 @@ class Router:
         submit, gather: how calls start and are waited for (see the module docstring).
         placements: remembered ``{id: node}`` of ids that live away from their home.
         local: the node this process runs on: reads go to a copy there when there is one.
+        nearest: ``(nodes) -> node``: the one of ``nodes`` nearest to ``local`` (Consul's
+            network coordinates), or ``None`` when unknown; reads go to the nearest holder
+            when ``local`` holds no copy. Without it they go to the primary.
     """
 
     def __init__(
@@ -77,8 +81,9 @@ class Router:
         gather: Callable[[dict, dict, str], dict] = gather_now,
         placements: dict[str, str] | None = None,
         local: str | None = None,
+        nearest: Callable[[list[str]], str | None] | None = None,
     ) -> None:
-        self.name, self.local = name, local
+        self.name, self.local, self.nearest = name, local, nearest
         self.handle_for, self.submit, self.gather = handle_for, submit, gather
         self.placements: dict[str, str] = placements if placements is not None else {}
         self.apply_view(view)
@@ -119,7 +124,9 @@ class Router:
         groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         members = self.members
         local = self.local if cached and method in _READS and self.replicas > 1 and self.local in members else None
-        copy_read: set[int] = set()  # served by a local copy: not where the id lives
+        copy_read: set[int] = set()  # served by a copy: not where the id lives
+        nearest = self.nearest if local is not None else None
+        chosen: dict[tuple[str, int], str | None] = {}  # (primary, slot) -> nearest holder
         for index, item in enumerate(items):
             node = placements.get(item[0]) if cached else None
             if node is not None and node not in members:
@@ -129,6 +136,13 @@ class Router:
                 if slot in self._local_slots if node is None else local in holders(node, self.chains[slot], self.replicas):
                     node = local
                     copy_read.add(index)
+                elif nearest is not None:
+                    key = (node or homes[index], slot)
+                    if key not in chosen:
+                        chosen[key] = nearest([n for n in holders(key[0], self.chains[slot], self.replicas) if n in members])
+                    if chosen[key] not in (None, key[0]):
+                        node = chosen[key]
+                        copy_read.add(index)
             group = groups[node or homes[index]]
             group[0].append(index)
             group[1].append(p.AT_HOME if node is None else p.VIA_CACHE)

@@ -224,3 +224,22 @@ def test_a_replaced_actor_is_a_fresh_node_its_records_and_copies_come_back():
             repair_all(actors)
             assert all(len(values_on(actors, i)) == 2 for i in placed)
             assert any(victim in values_on(actors, i) for i in placed)  # the fresh actor got copies back
+
+
+def test_without_a_local_copy_reads_go_to_the_nearest_holder():
+    actors = make_actors(NODES4, replicas=2)
+    writer = make_router(actors, replicas=2)
+    ids = [f"n{i}" for i in range(80)]
+    writer.run("set", [(i, *encode(i.encode())) for i in ids])
+    local, near = "node-a", "node-d"  # distances as Consul's coordinates would give them
+    distance = {"node-a": 0.0, "node-b": 0.9, "node-c": 0.8, "node-d": 0.1}
+    calls = Counter()
+    reader = Router("unit", writer.view, lambda node, ids: Counting(actors[node], calls, node), local=local,
+                    nearest=lambda nodes: min(nodes, key=distance.get))
+    remote = [i for i in ids if local not in holders(writer.home(i), writer.chains[slot_of(i)], 2)]
+    results = reader.run("get", [(i,) for i in remote])
+    assert [decode(*r[1]) for r in results] == [i.encode() for i in remote]
+    for i, (_status, _value, node) in zip(remote, results):
+        holding = holders(writer.home(i), writer.chains[slot_of(i)], 2)
+        assert node == min(holding, key=distance.get)
+    assert any(r[2] == near for r in results) and not reader.placements
