@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common import RESULTS  # noqa: E402
 
-ORDER = ("large", "small", "compression_memory", "sort", "http")
+ORDER = ("large", "small", "compression_memory", "sort", "sort-spill", "spill", "http", "replicas")
 
 
 def load() -> list[tuple[str, dict]]:
