@@ -27,6 +27,7 @@ ids (``placement``).
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 from .actors import protocol as p
 from .errors import NodeUnavailable, ShovelingError
 from .objects import refs_back
-from .placement import assign, holders, home_index, slot_of
+from .placement import SLOTS, assign, holders, home_index, slot_of
 from .wire import no_gc, pack, unpack
 
 #: Redirects and reroutes one operation may follow before giving up.
@@ -119,11 +120,16 @@ class Router:
 
     def _rounds(self, method: str, items: list[tuple], cached: bool) -> list[tuple]:
         placements = self.placements
-        homes = home_index([item[0] for item in items], self.table)
-        results: list = [None] * len(items)
-        groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         members = self.members
         local = self.local if cached and method in _READS and self.replicas > 1 and self.local in members else None
+        if local is None:
+            homes = home_index([item[0] for item in items], self.table)
+        else:  # the slots are needed too: hashed once
+            crc = zlib.crc32
+            slots = [crc(item[0].encode()) % SLOTS for item in items]
+            homes = [self.table[slot] for slot in slots]
+        results: list = [None] * len(items)
+        groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         copy_read: set[int] = set()  # served by a copy: not where the id lives
         nearest = self.nearest if local is not None else None
         chosen: dict[tuple[str, int], str | None] = {}  # (primary, slot) -> nearest holder
@@ -132,7 +138,7 @@ class Router:
             if node is not None and node not in members:
                 node = None  # remembered on a node that left: its home knows what became of it
             if local is not None and local != (node or homes[index]):
-                slot = slot_of(item[0])
+                slot = slots[index]
                 if slot in self._local_slots if node is None else local in holders(node, self.chains[slot], self.replicas):
                     node = local
                     copy_read.add(index)
