@@ -40,8 +40,6 @@ from .wire import no_gc, pack, unpack
 
 #: Redirects and reroutes one operation may follow before giving up.
 MAX_ROUNDS = 6
-#: Item methods whose home calls other nodes' actors: they get the members' handles.
-_PEER_METHODS = ("place", "delete")
 #: Item methods any copy of an id answers.
 _READS = ("get", "exists", "size", "locate")
 
@@ -213,12 +211,11 @@ class Router:
     def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]]) -> dict[str, list]:
         """One ``batch`` call per node; returns the ``(status, value)`` list per node."""
         pending, ids = {}, {}
-        peers = (self.members,) if method in _PEER_METHODS else ()
         for node, (indices, vias) in groups.items():
             ids[node] = [items[i][0] for i in indices]
             handle = self.handle_for(node, ids[node])
             batch = [(items[i][0], via, *items[i][1:]) for i, via in zip(indices, vias)]
-            pending[node] = self.submit(handle, "batch", method, *pack(batch), *peers)
+            pending[node] = self.submit(handle, "batch", method, *pack(batch))
         replies = self.gather(pending, ids, method)
         return {node: refs_back(unpack(blob, buffers), refs) for node, (blob, buffers, refs) in replies.items()}
 

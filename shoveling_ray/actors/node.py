@@ -150,11 +150,11 @@ class _NodeActor:
         """The node this actor really runs on, as Ray reports it."""
         return ray.get_runtime_context().get_node_id()
 
-    def batch(self, method: str, blob: bytes, buffers: list, peers: dict | None = None) -> tuple:
+    def batch(self, method: str, blob: bytes, buffers: list) -> tuple:
         """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`).
 
-        ``peers`` (``{node_id: actor}``) are the other nodes' actors, for ``place`` and
-        ``delete``, which call them. Writes taken here as the primary copy are applied on the
+        ``place`` and ``delete`` call the other members' actors (``peers``, from the
+        coordinator's last view). Writes taken here as the primary copy are applied on the
         other copies before the answer (:meth:`_forward`).
 
         Returns ``(blob, buffers, refs)``: the packed results, with every ObjectRef of a
@@ -165,7 +165,7 @@ class _NodeActor:
         with no_gc():
             items = unpack(blob, buffers)
             self._moved = 0
-            results = getattr(self, method)(items, peers) if peers is not None else getattr(self, method)(items)
+            results = getattr(self, method)(items)
             if self._taken:
                 if self.replicas > 1:
                     self._forward(method)
@@ -334,7 +334,7 @@ class _NodeActor:
         chain = self.chains[slot_of(cache_id)] if self.chains is not None else ()
         return chain[1] if len(chain) > 1 and chain[1] != self.node_id else None
 
-    def delete(self, items: list, peers: dict) -> list:
+    def delete(self, items: list) -> list:
         """At a home: delete the id, its copies and its placement records (here and at the
         backup home).
 
@@ -367,7 +367,7 @@ class _NodeActor:
                 out.append((p.OK, True))
         for node, ids in calls.items():
             try:
-                self._call_peer(peers, node, "drop", ids)
+                self._call_peer(self.peers, node, "drop", ids)
             except NodeUnavailable as exc:
                 # Its node is gone, and the data with it.
                 log.warning("cache %s: delete could not reach node %s: %s", self.cache, node, exc)
@@ -386,7 +386,7 @@ class _NodeActor:
         self.lost.pop(cache_id, None)
         return self.store.delete(cache_id)
 
-    def place(self, items: list, peers: dict) -> list:
+    def place(self, items: list) -> list:
         """At a home: decide where new ids live and create them there, with their copies.
         Items are ``(cache_id, via, target)``.
 
@@ -418,7 +418,7 @@ class _NodeActor:
         for node, indices in primaries.items():
             ids = [items[i][0] for i in indices]
             try:
-                self._call_peer(peers, node, "create_empty", [(i, node) for i in ids])
+                self._call_peer(self.peers, node, "create_empty", [(i, node) for i in ids])
             except NodeUnavailable as exc:
                 for i in indices:
                     out[i] = (p.UNAVAILABLE, (node, exc.reason))
@@ -433,12 +433,12 @@ class _NodeActor:
                 self.create_empty(pairs)
                 continue
             try:
-                self._call_peer(peers, node, "create_empty", pairs)
+                self._call_peer(self.peers, node, "create_empty", pairs)
             except NodeUnavailable as exc:  # the next rebuild gives them another holder
                 log.warning("cache %s: no copy of %d new ids on node %s: %s", self.cache, len(pairs), node, exc)
         for node, pairs in records.items():
             try:
-                self._call_peer(peers, node, "adopt_records", pairs)
+                self._call_peer(self.peers, node, "adopt_records", pairs)
             except NodeUnavailable as exc:
                 log.warning("cache %s: backup home %s missed %d records: %s", self.cache, node, len(pairs), exc)
         return out

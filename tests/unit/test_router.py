@@ -143,7 +143,7 @@ def test_a_placement_that_keeps_moving_gives_up_after_max_rounds():
         def __init__(self, other):
             self.other, self.calls = other, 0
 
-        def batch(self, method, blob, buffers, *peers):
+        def batch(self, method, blob, buffers):
             from shoveling_ray.wire import pack, unpack
 
             self.calls += 1
