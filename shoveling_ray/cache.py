@@ -485,9 +485,10 @@ class Cache:
     def drain(self, node_id: str) -> int:
         """Move every id off ``node_id`` before the node goes away; returns how many moved.
 
-        The node's hash slots go to the other nodes, its actor hands each id (its value, and
-        the placement records and lost ids it kept as a home) to the id's new home and stops,
-        and no id lands there again (``init`` skips it; a later ``Cache(...)`` starts no actor
+        The node's places in the slot chains go to the other nodes; with one copy per id its
+        actor hands each id (its value, and the placement records and lost ids it kept as a
+        home) to the id's new home, with replicas it sends the copies it still owed and the
+        other copies are promoted; then it stops, and no id lands there again (``init`` skips it; a later ``Cache(...)`` starts no actor
         there). Removing the node afterwards loses nothing. Calls that meet the node meanwhile
         wait, then go to the new homes. An ``init`` racing the drain may raise
         :class:`NodeUnavailable` for ids it chose to put there: calling it again places them.
