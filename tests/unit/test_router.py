@@ -23,6 +23,8 @@ from shoveling_ray.placement import build_chains, holders, reassign_chains, slot
 from shoveling_ray.router import MAX_ROUNDS, Router
 
 NODES = ["node-a", "node-b", "node-c"]
+# A spill_dir keeps Ray's session out of it; removed when the test process exits.
+SPILL_DIR = tempfile.TemporaryDirectory(prefix="router-spill-")
 
 
 def view_of(actors: dict, replicas: int = 1) -> dict:
@@ -32,8 +34,7 @@ def view_of(actors: dict, replicas: int = 1) -> dict:
 
 def make_actors(nodes: list[str] = NODES, replicas: int = 1) -> dict[str, _NodeActor]:
     """Node actors that took their first view from the coordinator."""
-    spill_dir = tempfile.mkdtemp(prefix="router-spill-")  # a spill_dir keeps Ray's session out of it
-    actors = {n: _NodeActor("unit", n, None, "reject", spill_dir=spill_dir) for n in nodes}
+    actors = {n: _NodeActor("unit", n, None, "reject", spill_dir=SPILL_DIR.name) for n in nodes}
     view = view_of(actors, replicas)
     for actor in actors.values():
         actor.rebuild(None, view["chains"], [], actors, replicas)
