@@ -586,6 +586,64 @@ def test_large_values_live_on_the_holder_and_survive_the_writer(cache):
         assert cache.get(cache_id, None) is None
 
 
+@ray.remote(num_cpus=0)
+def write_every_path(cache, prefix, values, pieces):
+    """Write through each data path, from a task; returns this worker's pid."""
+    cache.set_many({f"{prefix}/{name}": value for name, value in values.items()})
+    for piece in pieces:
+        cache.append_many({f"{prefix}/appended/{n}": piece for n in range(3)})
+    return os.getpid()
+
+
+def held_refs(cache, node, cache_id):
+    """The ObjectRefs through which the actor on ``node`` holds ``cache_id``'s payloads."""
+    from shoveling_ray.actors import protocol
+    from shoveling_ray.wire import pack
+
+    _blob, _buffers, refs = ray.get(cache._router.members[node].batch.remote("get", *pack([(cache_id, protocol.AT_HOME)])))
+    return refs
+
+
+def test_every_data_path_outlives_a_killed_writer_and_node_ids_name_where_the_bytes_are(cache):
+    """Small values (in the pickled batch), pieces of 64 KiB - 1 MiB (out of band, into the
+    holder's heap), 1 MiB and more (the holder's own object), numpy, and appended pieces:
+    written by a task whose worker process is then killed, they read back whole, and the
+    node ``node_ids`` names is where the holder keeps the bytes (its process, or for objects
+    the node Ray locates them on)."""
+    rng = np.random.default_rng(11)
+    values = {
+        "small": os.urandom(100),
+        "mid": os.urandom(300 << 10),
+        "large": os.urandom(3 << 20),
+        "array": rng.random(200_000),  # 1.6 MB
+    }
+    pieces = [os.urandom(200 << 10), os.urandom(2 << 20), b"tail"]
+    for writer_node in cache.nodes()[:2]:
+        prefix = f"paths/{writer_node[:6]}"
+        strategy = NodeAffinitySchedulingStrategy(writer_node, soft=False)
+        pid = ray.get(write_every_path.options(scheduling_strategy=strategy).remote(cache, prefix, values, pieces))
+        os.kill(pid, 9)  # the task has ended; now its worker process is gone too (nodes are local)
+        for name in [*values, *(f"appended/{n}" for n in range(3))]:  # before any read copies them
+            cache_id = f"{prefix}/{name}"
+            (holder,) = cache.node_ids(cache_id)
+            assert node_of_actor(cache, holder) == holder  # heap payloads live in its process
+            refs = held_refs(cache, holder, cache_id)
+            assert len(refs) == (1 if name in ("large", "array") or name.startswith("appended") else 0), name
+            for where in ray.experimental.get_object_locations(refs).values():
+                assert where["node_ids"] == [holder], (name, where)
+        for name, value in values.items():
+            out = cache.get(f"{prefix}/{name}")
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(out, value)
+            else:
+                assert out == value, name
+        whole = b"".join(pieces)
+        for n in range(3):
+            assert cache.get(f"{prefix}/appended/{n}") == whole
+        for name in [*values, *(f"appended/{n}" for n in range(3))]:
+            assert cache.delete(f"{prefix}/{name}")
+
+
 def test_buffered_writer_keeps_order_bounds_its_buffer_and_flushes_on_exit(cache):
     ids = [f"w/{i}" for i in range(10)]
     cache.init(ids)
