@@ -1,14 +1,20 @@
-"""Sort benchmark: shoveling_ray's distributed sort vs Ray Data's ``sort`` (pull-based and
-push-based shuffle; the faster is the baseline) vs a single-process numpy floor, on the same
-records (examples/distributed_sort.py's generator; generation is included everywhere), on a
-local 3-node cluster of one CPU each.
+"""Sort benchmark, every contender on the same records (examples/distributed_sort.py's
+generator; generation is included everywhere) on a local 3-node cluster of one CPU each:
 
-shoveling_ray's sort validates itself inside its timed phases (checksums in the mappers and
-reducers, order in the reducers); the floor is timed without and, as a second row, with the
-same checks. Every contender runs ``--repeat`` times back to back. The first run is cold: on virtual
-machines that hand freed pages back to the host, memory a process has not touched lately costs
-2-3 s per GB to touch again, and the first run pays that for everyone. The ratios use each
-contender's best run; the cold runs are printed beside them.
+- ``shuffle``: examples/distributed_sort.py, on :class:`~shoveling_ray.shuffle.Shuffle`; its
+  reducers store the sorted partitions back in the cache;
+- ``api``: the same sort written on the public API (``init``, ``append_many`` in the mappers,
+  reducers placed by ``scheduling_strategy`` that ``get`` their partition and return it sorted);
+- ``ray core``: the same sort hand-rolled with Ray tasks (mappers return their pieces with
+  ``num_returns``, reducers take them as arguments and return the sorted partition);
+- Ray Data's ``sort`` (pull-based and push-based shuffle; the faster is the baseline);
+- a single-process numpy floor (timed without the validation, which the others include).
+
+The contenders alternate: each round runs every one of them once, ``--repeat`` rounds. The
+first round is cold: on virtual machines that hand freed pages back to the host, memory a
+process has not touched lately costs 2-3 s per GB to touch again. The ratios use each
+contender's best run; the cold runs are printed beside them, and so are the bytes each
+contender writes into memory per byte sorted (its copies).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -143,58 +150,97 @@ def ray_core_sort(n: int, block: int, seed: int, partitions: int) -> float:
     return seconds
 
 
-def copies(summary: dict) -> list[tuple[str, float]]:
-    """Bytes written per byte sorted at each step of shoveling_ray's sort, counted from the
-    data path (one write of every byte per step) and the measured share sent between nodes."""
-    stats = summary["task_stats"]
-    chunk = summary["bytes"] / max(summary["partitions"], 1) / max(summary["blocks"], 1)
-    small = chunk < OBJECT_STORE_BYTES  # appended pieces kept in the actor's heap
-    return [
-        ("generate (two random streams, then records)", 2.0),
-        ("group rows by partition", 1.0),
+def run_shuffle(cache: sr.Cache, n: int, block: int, partitions: int) -> tuple[float, dict]:
+    """Seconds and summary of examples/distributed_sort.py (``Shuffle``; the reducers store
+    the sorted partitions back in the cache)."""
+    t = time.perf_counter()
+    summary = ds.distributed_sort(cache, n, seed=1, partitions=partitions, block_records=block, progress=lambda m: None)
+    seconds = time.perf_counter() - t
+    assert summary["ok"], summary
+    return seconds, summary
+
+
+def api_sort(cache: sr.Cache, n: int, block: int, seed: int, partitions: int) -> float:
+    """Seconds of the same sort written on the cache's public API, as a user would write it
+    beside the Ray core version: ``init`` the partitions, mappers ``append_many`` their pieces,
+    reducers placed with ``scheduling_strategy`` ``get`` their partition, sort it and return it
+    (it stays in the object store, as Ray core's does). Validated the same way."""
+    blocks = ds.blocks_of(n, block)
+    t = time.perf_counter()
+    samples = np.concatenate(ray.get([ds.sample.remote(seed, b, c, 2000) for b, c in blocks]))
+    splitters = np.quantile(np.sort(samples), np.linspace(0, 1, partitions + 1)[1:-1], method="lower")
+    map_block = ds.make_map(seed, splitters)
+    ids = [f"api-sort/{p:04d}" for p in range(partitions)]
+    cache.init(ids)
+
+    @ray.remote
+    def mapper(spec):
+        parts, total = map_block(spec)
+        cache.append_many({ids[p]: parts[p] for p in range(partitions) if len(parts[p])})
+        return total
+
+    @ray.remote(num_returns=2)
+    def reducer(cache_id):
+        out = ds.sort_records(np.frombuffer(cache.get(cache_id), dtype=np.uint8).reshape(-1, ds.RECORD))
+        first, last = (out[0, :ds.KEY].tobytes(), out[-1, :ds.KEY].tobytes()) if len(out) else (None, None)
+        return out, (len(out), ds.checksum(out), first, last, ds.is_sorted(out))
+
+    expected = sum(ray.get([mapper.remote(spec) for spec in blocks])) % 2**64
+    reduced = [reducer.options(scheduling_strategy=cache.scheduling_strategy(i)).remote(i) for i in ids]
+    summaries = ray.get([r[1] for r in reduced])
+    seconds = time.perf_counter() - t
+    bounds = [(f, l) for count, _, f, l, _ in summaries if count]
+    assert sum(s[0] for s in summaries) == n and sum(s[1] for s in summaries) % 2**64 == expected
+    assert all(s[4] for s in summaries) and all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))
+    del reduced
+    for cache_id in ids:
+        cache.delete(cache_id)
+    return seconds
+
+
+def copies(contender: str, piece: float, remote: float) -> list[tuple[str, float]]:
+    """Bytes written into memory per byte sorted at each step of a contender's data path, for
+    incompressible pieces of ``piece`` bytes of which a share ``remote`` crosses nodes (the
+    README's copy table)."""
+    head = [("generate (two random streams, then records)", 2.0), ("group rows by partition", 1.0)]
+    sort = [("sort (row gather)", 1.0)]
+    if contender == "numpy":
+        return [head[0], ("concatenate the blocks", 1.0), *sort]
+    if contender == "ray core":
+        return [*head, ("task return -> object store", 1.0), ("transfer to the reducer's node", remote),
+                ("np.concatenate of the pieces", 1.0), *sort, ("sorted partition returned", 1.0)]
+    cache_path = [
+        *head,
         ("append_many -> object store", 1.0),
-        ("transfer to the partition's node", stats["remote_bytes"] / max(stats["bytes"], 1)),
-        ("node actor keeps the piece (heap or ray.put)", 1.0),
-        ("get -> object store (heap pieces)", 1.0 if small else 0.0),
-        ("reducer joins the pieces", 1.0),
-        ("sort (row gather)", 1.0),
-        ("store back sorted (object store, actor ray.put)", 2.0),
+        ("transfer to the partition's node", remote),
+        ("holder keeps the piece (heap copy or ray.put)", 1.0),
+        ("get -> reply object (heap pieces)", 1.0 if piece < OBJECT_STORE_BYTES else 0.0),
+        ("reader joins the pieces", 1.0),
+        *sort,
     ]
+    if contender == "shuffle":  # the example stores the sorted partition back in the cache
+        return [*cache_path, ("set back: argument object, then the holder's ray.put", 2.0)]
+    return [*cache_path, ("sorted partition returned", 1.0)]
 
 
-def run_ours(n: int, block: int, repeat: int, max_memory: int | None, partitions: int | None) -> tuple[float, float, dict]:
-    cache = sr.Cache("bench-sort", max_memory=max_memory)
-    runs = []
-    for i in range(repeat):
-        with Peak() as peak:
-            t = time.perf_counter()
-            summary = ds.distributed_sort(cache, n, seed=1, partitions=partitions, block_records=block,
-                                          progress=lambda m: None)
-            seconds = time.perf_counter() - t
-        assert summary["ok"], summary
-        phases = ", ".join(f"{k} {v:.2f}s" for k, v in summary["times"].items())
-        stats = cache.stats().values()
-        spilled, waited = sum(s["spills"] for s in stats), sum(s["spill_wait"] for s in stats)
-        print(f"  shoveling_ray run {i + 1}: {seconds:.2f}s ({phases}); {peak}; "
-              f"{peak.disk / summary['bytes']:.2f} disk bytes per byte sorted; so far {spilled} spills, "
-              f"writers waited {waited:.1f}s for them", flush=True)
-        runs.append((seconds, summary))
-    cache.close()
-    best, summary = min(runs, key=lambda r: r[0])
-    return runs[0][0], best, summary
+def print_copies(contender: str, steps: list[tuple[str, float]]) -> None:
+    print(f"  {contender}: {sum(c for _, c in steps):.2f} bytes written per byte sorted")
+    for step, c in steps:
+        print(f"    {c:5.2f}  {step}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", default="10e6", help="comma separated, e.g. 10e6,20e6")
     parser.add_argument("--block", type=int, default=250_000)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each contender (best counts)")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of every contender (best counts)")
     parser.add_argument("--skip-ray-data", action="store_true")
     parser.add_argument("--ray-data-max-records", type=float, default=20e6, help="larger sizes skip Ray Data")
     parser.add_argument("--object-store-mb", type=int, help="per node (default: 3x the largest size, 512-6000)")
     parser.add_argument("--max-memory-mb", type=int, help="the cache's max_memory per node (default: the object store)")
     parser.add_argument("--skip-floor", action="store_true", help="no numpy floor (it needs the data in memory)")
     parser.add_argument("--skip-ray-core", action="store_true", help="no hand-rolled Ray core shuffle")
+    parser.add_argument("--skip-api", action="store_true", help="no sort written on the public API")
     parser.add_argument("--partitions", type=int, help="default: 2 per node, up to one per block (64 at most)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.records.split(",")]
@@ -205,48 +251,61 @@ def main() -> None:
     cluster = start(nodes=3, object_store_mb=store_mb)
     max_memory = args.max_memory_mb * MB if args.max_memory_mb else None
     print(f"3 nodes, object stores {store_mb} MiB, cache max_memory {args.max_memory_mb or store_mb} MiB", flush=True)
+    cache = sr.Cache("bench-sort", max_memory=max_memory)
     for n in sizes:
         gb = n * 100 / 1e9
-        print(f"== {n:,} records ({gb:.1f} GB)", flush=True)
-        floors = []
-        for i in range(0 if args.skip_floor else args.repeat):
-            with Peak(object_store=False) as peak:
-                floors.append(numpy_floor(n, args.block, seed=1))
-            print(f"  numpy floor run {i + 1}: {floors[-1]:.2f}s; {peak}", flush=True)
-        if floors:
-            checked = min(numpy_floor(n, args.block, seed=1, validate=True) for _ in range(args.repeat))
-            print(f"  numpy floor with the same validation: {checked:.2f}s (best of {args.repeat})", flush=True)
-        cold, ours, summary = run_ours(n, args.block, args.repeat, max_memory, args.partitions)
-        per_task = ", ".join(f"{k} {v:.2f}" for k, v in summary["task_stats"].items() if k.endswith("seconds"))
-        print(f"  summed over tasks (s): {per_task}")
-        steps = copies(summary)
-        print(f"  bytes written per byte sorted: {sum(c for _, c in steps):.2f} (numpy floor: 4.00)")
-        for step, c in steps:
-            print(f"    {c:5.2f}  {step}")
-        if floors:
-            print(f"  cold runs: shoveling_ray {cold:.2f}s, numpy floor {floors[0]:.2f}s ({floors[0] / cold:.2f}x)")
-            report.add(f"sort {gb:.1f} GB vs single-process numpy (floor)", 1000 * gb / ours, 1000 * gb / min(floors), "MB/s", 1.0)
-            report.add(f"sort {gb:.1f} GB vs numpy floor + same validation", 1000 * gb / ours, 1000 * gb / checked, "MB/s", None)
-        core = []
-        for i in range(0 if args.skip_ray_core else args.repeat):
-            with Peak() as peak:
-                core.append(ray_core_sort(n, args.block, 1, summary["partitions"]))
-            print(f"  ray core hand-rolled run {i + 1}: {core[-1]:.2f}s; {peak}; "
-                  f"{peak.disk / (n * 100):.2f} disk bytes per byte sorted", flush=True)
-        if core:
-            report.add(f"sort {gb:.1f} GB vs hand-rolled Ray core shuffle", 1000 * gb / ours, 1000 * gb / min(core), "MB/s", 1.0)
-        if args.skip_ray_data or n > args.ray_data_max_records:
-            continue
-        best = None
-        for strategy in (ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, ShuffleStrategy.SORT_SHUFFLE_PUSH_BASED):
-            for i in range(args.repeat):
-                with Peak() as peak:
-                    seconds = ray_data_sort(n, args.block, 1, strategy)
-                print(f"  ray data {strategy.value} run {i + 1}: {seconds:.2f}s; {peak}; "
+        blocks = len(ds.blocks_of(n, args.block))
+        partitions = args.partitions or max(6, min(blocks, 64))
+        print(f"== {n:,} records ({gb:.1f} GB), {blocks} blocks, {partitions} partitions; "
+              f"{args.repeat} rounds, each contender once per round", flush=True)
+        contenders = {"shuffle": partial(run_shuffle, cache, n, args.block, partitions)}
+        if not args.skip_api:
+            contenders["api"] = partial(api_sort, cache, n, args.block, 1, partitions)
+        if not args.skip_ray_core:
+            contenders["ray core"] = partial(ray_core_sort, n, args.block, 1, partitions)
+        if not args.skip_floor:
+            contenders["numpy"] = partial(numpy_floor, n, args.block, 1)
+        if not (args.skip_ray_data or n > args.ray_data_max_records):
+            for strategy in (ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, ShuffleStrategy.SORT_SHUFFLE_PUSH_BASED):
+                contenders[f"ray data {strategy.value}"] = partial(ray_data_sort, n, args.block, 1, strategy)
+        runs: dict[str, list[float]] = {name: [] for name in contenders}
+        summaries = []
+        for round_ in range(args.repeat):
+            for name, run in contenders.items():
+                with Peak(object_store=name != "numpy") as peak:
+                    seconds = run()
+                if name == "shuffle":
+                    seconds, summary = seconds
+                    summaries.append(summary)
+                runs[name].append(seconds)
+                print(f"  round {round_ + 1} {name}: {seconds:.2f}s; {peak}; "
                       f"{peak.disk / (n * 100):.2f} disk bytes per byte sorted", flush=True)
-                best = seconds if best is None else min(best, seconds)
-        target = 3.0 if max_memory else 8.0  # spilling (issue 12) / in memory
-        report.add(f"sort {gb:.1f} GB vs Ray Data sort (faster strategy)", 1000 * gb / ours, 1000 * gb / best, "MB/s", target)
+        best = {name: min(times) for name, times in runs.items()}
+        print("  cold (first) runs: " + ", ".join(f"{name} {times[0]:.2f}s" for name, times in runs.items()))
+        summary = summaries[runs["shuffle"].index(best["shuffle"])]
+        print("  Shuffle's best run: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times"].items()) + "; summed over tasks: "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in summary["task_stats"].items() if k.endswith("seconds")))
+        if "numpy" in contenders:
+            print(f"  numpy floor with the same validation: {numpy_floor(n, args.block, 1, validate=True):.2f}s (one run)")
+        stats = summary["task_stats"]
+        piece = summary["bytes"] / partitions / blocks
+        for name in ("shuffle", "api", "ray core", "numpy"):
+            if name in contenders:
+                print_copies(name, copies(name, piece, stats["remote_bytes"] / max(stats["bytes"], 1)))
+        labels = {"shuffle": "sort (Shuffle)", "api": "sort (public API)"}
+        data = [t for k, t in best.items() if k.startswith("ray data")]
+        for name in ("shuffle", "api"):
+            if name not in best:
+                continue
+            rate = 1000 * gb / best[name]
+            if "numpy" in best:
+                report.add(f"{labels[name]} {gb:.1f} GB vs single-process numpy (floor)", rate, 1000 * gb / best["numpy"], "MB/s", None)
+            if "ray core" in best:
+                report.add(f"{labels[name]} {gb:.1f} GB vs hand-rolled Ray core shuffle", rate, 1000 * gb / best["ray core"], "MB/s", 1.0)
+            if data:
+                target = 3.0 if max_memory else 5.0  # spilling (issue 12) / in memory (issue 14)
+                report.add(f"{labels[name]} {gb:.1f} GB vs Ray Data sort (faster strategy)", rate, 1000 * gb / min(data), "MB/s", target)
+    cache.close()
     stop(cluster)
     print(f"saved {report.save()}")
 
