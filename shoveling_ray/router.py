@@ -54,6 +54,24 @@ def gather_now(pending: dict[str, Any], ids: dict[str, list[str]], method: str) 
     return pending
 
 
+def _shared_node_ids(view: dict) -> dict:
+    """``view`` with one string object per node id in its table and chains.
+
+    Ray hands lists of strings over as new objects, one per entry: 3 x 4096 copies of the node
+    ids, which pickle to half a megabyte with every task that takes the cache as an argument.
+    Shared, pickle writes each id once (the handle pickles to about 30 KB), and a view that
+    came out of a pickle is shared already."""
+    sample = view["table"][:64]
+    if len(set(map(id, sample))) == len(set(sample)):
+        return view
+    same: dict[str, str] = {}
+    table = [same.setdefault(n, n) for n in view["table"]]
+    chains = view.get("chains")
+    if chains is not None:
+        chains = [[same.setdefault(n, n) for n in chain] for chain in chains]
+    return {**view, "table": table, "chains": chains}
+
+
 class Router:
     """Routes batches of items to the node actors of one cache.
 
@@ -88,6 +106,7 @@ class Router:
         self.apply_view(view)
 
     def apply_view(self, view: dict) -> None:
+        view = _shared_node_ids(view)
         self.view = view
         self.members: dict[str, Any] = view["members"]
         self.table: list[str] = view["table"]

@@ -103,6 +103,8 @@ class _NodeActor:
         self.chains: list | None = None
         self.peers: dict = {}
         self.replicas = 1
+        # Per slot: the other holders of an id whose primary copy is here (from chains).
+        self._others: list | None = None
         # Ids held here as a copy: id -> the node of its primary copy.
         self.copies: dict[str, str] = {}
         # Ids whose primary copy is here and whose copy on some holders is missing: id -> nodes.
@@ -185,10 +187,10 @@ class _NodeActor:
     def _secondaries(self, cache_id: str) -> list[str]:
         """The other holders of an id whose primary copy is here, without those still waiting
         for their copy (the copy they get will have the write)."""
-        if self.chains is None:
+        if self._others is None:
             return []
-        nodes = holders(self.node_id, self.chains[slot_of(cache_id)], self.replicas)[1:]
-        pending = self.repairs.get(cache_id)
+        nodes = self._others[slot_of(cache_id)]
+        pending = self.repairs.get(cache_id) if self.repairs else None
         return [n for n in nodes if n not in pending] if pending else nodes
 
     def _forward(self, method: str) -> None:
@@ -653,6 +655,7 @@ class _NodeActor:
         push: dict[str, set] = {}
         with self._lock:
             self.chains, self.peers, self.replicas = chains, peers, replicas
+            self._others = [holders(me, chain, replicas)[1:] for chain in chains] if replicas > 1 else None
 
             def alive(node: str) -> bool:  # a member that kept its data (not a replaced actor)
                 return node in peers and node not in gone_set
