@@ -52,11 +52,11 @@ _LOST = "__shoveling_partition_lost__"
 MAX_RECOVERIES = 3
 
 
-@ray.remote
-def _map_task(
-    cache: Cache, partitions: list[str], nodes: list[str], map_fn: Callable, item: Any, only: frozenset | None,
+def _map(
+    cache: Cache, partitions: list[str], map_fn: Callable, nodes: list[str], item: Any, only: frozenset | None,
     token: str,
 ) -> tuple:
+    """Body of a map task: map one input, append its pieces, return ``(node, result, stats)``."""
     keep_freed_memory()
     started = time.perf_counter()
     out = map_fn(item)
@@ -84,8 +84,8 @@ def _map_task(
     return here, result, stats
 
 
-@ray.remote
-def _reduce_task(cache: Cache, partition: str, index: int, reduce_fn: Callable) -> tuple:
+def _reduce(cache: Cache, reduce_fn: Callable, partition: str, index: int) -> tuple:
+    """Body of a reduce task: read one partition, reduce it, return ``(node, result, stats)``."""
     keep_freed_memory()
     started = time.perf_counter()
     try:
@@ -98,6 +98,21 @@ def _reduce_task(cache: Cache, partition: str, index: int, reduce_fn: Callable) 
     result = reduce_fn(index, data)
     stats = {"read_seconds": read - started, "reduce_seconds": time.perf_counter() - read}
     return ray.get_runtime_context().get_node_id(), result, stats
+
+
+def _tasks(cache: Cache, partitions: list[str], map_fn: Callable, reduce_fn: Callable) -> tuple:
+    """The map and reduce tasks of one ``run``. The cache handle and the functions are part of
+    the task definitions, which Ray ships to each worker once, not with every task."""
+
+    @ray.remote
+    def shuffle_map(nodes: list[str], item: Any, only: frozenset | None, token: str) -> tuple:
+        return _map(cache, partitions, map_fn, nodes, item, only, token)
+
+    @ray.remote
+    def shuffle_reduce(partition: str, index: int) -> tuple:
+        return _reduce(cache, reduce_fn, partition, index)
+
+    return shuffle_map, shuffle_reduce
 
 
 def _run_all(submit: list[Callable[[], ray.ObjectRef]], phase: str, limit: int, progress) -> list:
@@ -222,7 +237,8 @@ class Shuffle:
         elif isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
         limit = max_in_flight
-        map_task = _map_task.options(**(map_options or {}))
+        map_task, reduce_task = _tasks(self.cache, self.partitions, map_fn, reduce_fn)
+        map_task = map_task.options(**(map_options or {}))
         if progress is True:
             progress = ProgressBars(self.prefix)
         elif progress is False:
@@ -231,7 +247,7 @@ class Shuffle:
             started = time.perf_counter()
             items = list(inputs)  # kept: lost partitions are rebuilt by mapping again
             self.recoveries = []
-            mapped = self._map(items, map_task, map_fn, [None] * len(items), limit, progress)
+            mapped = self._map(items, map_task, [None] * len(items), limit, progress)
             while (failed := [i for i, (_, result, _) in enumerate(mapped) if _is_lost(result)]) or self._lost():
                 # A node died during the map phase: rebuild the partitions it held, run again
                 # the mappers whose appends failed (their tokens keep what already landed from
@@ -242,8 +258,8 @@ class Shuffle:
                 lost = self._rebuild()
                 only = [None if i in failed else frozenset(lost) for i in range(len(items))]
                 rerun = [i for i in range(len(items)) if only[i] is None or lost]
-                again = self._map([items[i] for i in rerun], map_task, map_fn, [only[i] for i in rerun], limit,
-                                  progress, [f"{self.prefix}/map/{i}" for i in rerun])
+                again = self._map([items[i] for i in rerun], map_task, [only[i] for i in rerun], limit, progress,
+                                  [f"{self.prefix}/map/{i}" for i in rerun])
                 for i, result in zip(rerun, again):
                     if only[i] is None or _is_lost(result[1]):  # a partial rerun that failed runs whole next
                         mapped[i] = result
@@ -251,7 +267,7 @@ class Shuffle:
                                         "seconds": time.perf_counter() - began})
             self.times["map"] = time.perf_counter() - started
             reduce_options = reduce_options or {}
-            done = self._reduce(range(len(self.partitions)), reduce_options, reduce_fn, limit, progress)
+            done = self._reduce(range(len(self.partitions)), reduce_task, reduce_options, limit, progress)
             self.times["reduce"] = time.perf_counter() - started - self.times["map"]
             rebuilds = 0
             while lost := [i for i, (_, result, _) in enumerate(done) if _is_lost(result)]:
@@ -260,10 +276,10 @@ class Shuffle:
                 rebuilds += 1
                 began = time.perf_counter()
                 self._rebuild(lost)
-                remapped = self._map(items, map_task, map_fn, [frozenset(lost)] * len(items), limit, progress)
+                remapped = self._map(items, map_task, [frozenset(lost)] * len(items), limit, progress)
                 if any(_is_lost(result) for _, result, _ in remapped):
                     continue  # another node died meanwhile: these partitions are rebuilt again
-                for i, again in zip(lost, self._reduce(lost, reduce_options, reduce_fn, limit, progress)):
+                for i, again in zip(lost, self._reduce(lost, reduce_task, reduce_options, limit, progress)):
                     done[i] = again
                 self.recoveries.append({"phase": "reduce", "partitions": lost, "seconds": time.perf_counter() - began})
         self.map_results = [result for _, result, _ in mapped]
@@ -274,14 +290,12 @@ class Shuffle:
                 self.task_stats[key] = self.task_stats.get(key, 0) + value
         return [result for _, result, _ in done]
 
-    def _map(self, items: list, map_task, map_fn: Callable, only: list, limit: int, progress,
-             tokens: list[str] | None = None) -> list:
+    def _map(self, items: list, map_task, only: list, limit: int, progress, tokens: list[str] | None = None) -> list:
         """Run a mapper per input, each appending only to the partitions in its ``only``
         (``None``: all of them) with its token (by default ``<prefix>/map/<input index>``)."""
         nodes = [self.placement[pid] for pid in self.partitions]
         tokens = tokens or [f"{self.prefix}/map/{i}" for i in range(len(items))]
-        submit = [partial(map_task.remote, self.cache, self.partitions, nodes, map_fn, item, o, t)
-                  for item, o, t in zip(items, only, tokens)]
+        submit = [partial(map_task.remote, nodes, item, o, t) for item, o, t in zip(items, only, tokens)]
         return _run_all(submit, "map" if all(o is None for o in only) else "map (rebuild)", limit, progress)
 
     def _lost(self) -> list[int]:
@@ -299,12 +313,12 @@ class Shuffle:
         self.placement.update(self.cache.init([self.partitions[i] for i in lost], strategy=self.strategy))
         return lost
 
-    def _reduce(self, indices, options: dict, reduce_fn: Callable, limit: int, progress) -> list:
+    def _reduce(self, indices, reduce_task, options: dict, limit: int, progress) -> list:
         """Run the reducers of the partitions at ``indices``, each where its partition lives."""
         submit = [
             partial(
-                _reduce_task.options(scheduling_strategy=self.cache.scheduling_strategy(self.partitions[i]), **options).remote,
-                self.cache, self.partitions[i], i, reduce_fn,
+                reduce_task.options(scheduling_strategy=self.cache.scheduling_strategy(self.partitions[i]), **options).remote,
+                self.partitions[i], i,
             )
             for i in indices
         ]
