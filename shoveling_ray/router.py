@@ -112,6 +112,7 @@ class Router:
         self.table: list[str] = view["table"]
         self.chains: list[list[str]] | None = view.get("chains")
         self.replicas: int = view.get("replicas", 1)
+        self.zones: dict[str, str] = view.get("zones") or {}
         # Slots whose ids, when they live on their home, have a copy on this process's node.
         self._local_slots = frozenset(
             slot for slot, chain in enumerate(self.chains or ()) if self.local in chain[: self.replicas]
@@ -156,13 +157,13 @@ class Router:
                 node = None  # remembered on a node that left: its home knows what became of it
             if local is not None and local != (node or homes[index]):
                 slot = slots[index]
-                if slot in self._local_slots if node is None else local in holders(node, self.chains[slot], self.replicas):
+                if slot in self._local_slots if node is None else local in holders(node, self.chains[slot], self.replicas, self.zones):
                     node = local
                     copy_read.add(index)
                 elif nearest is not None:
                     key = (node or homes[index], slot)
                     if key not in chosen:
-                        chosen[key] = nearest([n for n in holders(key[0], self.chains[slot], self.replicas) if n in members])
+                        chosen[key] = nearest([n for n in holders(key[0], self.chains[slot], self.replicas, self.zones) if n in members])
                     if chosen[key] not in (None, key[0]):
                         node = chosen[key]
                         copy_read.add(index)
@@ -219,7 +220,7 @@ class Router:
                 cache_id = items[index][0]
                 primary = self.placements.get(cache_id, homes[index])
                 chain = self.chains[slot_of(cache_id)]
-                others = [n for n in holders(primary, chain, self.replicas) if n not in avoid and n in self.members]
+                others = [n for n in holders(primary, chain, self.replicas, self.zones) if n not in avoid and n in self.members]
                 if not others:
                     raise exc
                 moved[others[0]][0].append(index)

@@ -84,14 +84,17 @@ class Agent:
 
 
 class ConsulAgents:
-    """A server on 127.0.0.1 and ``clients`` client agents on 127.0.0.2, ..."""
+    """A server on 127.0.0.1 and ``clients`` client agents on 127.0.0.2, ...; ``zones``: the
+    ``zone`` node meta of each agent, server first."""
 
-    def __init__(self, clients: int = 2) -> None:
+    def __init__(self, clients: int = 2, zones: list[str] | None = None) -> None:
         self.binary = consul_binary()
         self.workdir = Path(tempfile.mkdtemp(prefix="shoveling-consul-"))
-        self.agents = [Agent(self.binary, "consul-1", "127.0.0.1", self.workdir, True, None)]
+        meta = [f'node_meta {{ zone = "{zone}" }}\n' for zone in zones] if zones else [""] * (clients + 1)
+        self.agents = [Agent(self.binary, "consul-1", "127.0.0.1", self.workdir, True, None, meta[0])]
         for i in range(2, clients + 2):
-            self.agents.append(Agent(self.binary, f"consul-{i}", f"127.0.0.{i}", self.workdir, False, "127.0.0.1"))
+            self.agents.append(Agent(self.binary, f"consul-{i}", f"127.0.0.{i}", self.workdir, False, "127.0.0.1",
+                                     meta[i - 1]))
 
     def start(self, timeout: float = 60.0) -> ConsulAgents:
         for agent in self.agents:

@@ -70,6 +70,10 @@ class _Coordinator:
         self.drained: set[str] = set()  # nodes that get no actor again
         self.members: dict[str, ray.actor.ActorHandle] = {}
         self.info: dict[str, NodeInfo] = {}
+        self.consul_zones: dict[str, str | None] = {}  # members' Consul node meta zones, once asked
+        # Failure domains of the nodes that were ever members (kept after they leave: the
+        # holders an id had are worked out again with them, see placement.holders).
+        self.zones: dict[str, str] = {}
         self.chains: list[list[str]] | None = None
         self.version = 0
         # Tells this incarnation of the cache from one closed and started again under its name.
@@ -153,12 +157,14 @@ class _Coordinator:
         if not self.members:
             raise ShovelingError(f"cache {self.cache}: no alive Ray node could start a cache actor")
         self.replicas = settings.get("replicas", self.replicas)
-        zones = {m: i.zone for m, i in self.info.items() if i.zone}
+        old_zones = dict(self.zones)
+        self._learn_zones(deadline)
         if self.chains is None:
-            self.chains = build_chains(sorted(self.members), self._length(), zones)
+            self.chains = build_chains(sorted(self.members), self._length(), self.zones)
         else:
-            self.chains = reassign_chains(self.chains, self.members, self._length(), zones)
-        if old_chains is None or started or dead or replaced or old_chains != self.chains or old_replicas != self.replicas:
+            self.chains = reassign_chains(self.chains, self.members, self._length(), self.zones)
+        if (old_chains is None or started or dead or replaced or old_chains != self.chains
+                or old_replicas != self.replicas or old_zones != self.zones):
             self.version += 1
             self._rebuild(old_chains, sorted(set(dead) | set(replaced)), deadline)
         if {"max_memory", "policy", "max_disk"} & settings.keys():
@@ -167,6 +173,22 @@ class _Coordinator:
             self.http = settings["http"]
             _wait_all([h.serve_http.remote(self.http) for h in self.members.values()], deadline)
         return self.view()
+
+    def _learn_zones(self, deadline: float) -> None:
+        """Add the members' failure domains to ``zones``: a member's Ray node label
+        (``ray.io/availability-zone``), else, with Consul, the ``zone`` in its Consul agent's
+        node meta (each member's actor is asked once)."""
+        if self.consul is not None:
+            asked = {h.failure_domain.remote(): m for m, h in self.members.items() if m not in self.consul_zones}
+            for ref in _wait_all(list(asked), deadline):
+                try:
+                    self.consul_zones[asked[ref]] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass  # asked again at the next join
+        for member in self.members:
+            zone = (self.info[member].zone if member in self.info else None) or self.consul_zones.get(member)
+            if zone:
+                self.zones[member] = zone
 
     def _length(self) -> int:
         """Nodes per slot chain: the copies, and at least two, so that the placement directory
@@ -178,7 +200,8 @@ class _Coordinator:
         (see ``_NodeActor.rebuild``) before any client sees it: this answers only when they
         are done."""
         peers = dict(self.members)
-        calls = [h.rebuild.remote(old_chains, self.chains, gone, peers, self.replicas, full) for h in peers.values()]
+        calls = [h.rebuild.remote(old_chains, self.chains, gone, peers, self.replicas, full, self.zones)
+                 for h in peers.values()]
         ready = _wait_all(calls, deadline)
         if gone or full:
             log.warning("cache %s: copies and directory rebuilt without %s (%d of %d members done)",
@@ -227,6 +250,7 @@ class _Coordinator:
             "table": [chain[0] for chain in self.chains],
             "chains": self.chains,
             "replicas": self.replicas,
+            "zones": self.zones,
             "consul": self.consul,
         }
 
@@ -246,8 +270,7 @@ class _Coordinator:
             raise ValueError(f"node {node_id} is the last node of cache {self.cache!r}: nowhere to move its ids")
         rest = {m: h for m, h in self.members.items() if m != node_id}
         old_chains = self.chains
-        zones = {m: i.zone for m, i in self.info.items() if i.zone and m != node_id}
-        chains = reassign_chains(old_chains, rest, self._length(), zones)
+        chains = reassign_chains(old_chains, rest, self._length(), self.zones)
         handle = self.members[node_id]
         moved = ray.get(handle.hand_over.remote(old_chains, chains, rest), timeout=JOIN_DEADLINE)
         self.members, self.chains = rest, chains

@@ -20,7 +20,7 @@ import time
 
 import ray
 
-from ..errors import CacheFull, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
+from ..errors import CacheFull, ConsulError, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from ..heap import keep_freed_memory
 from ..codec import KIND_BYTES, Stored, decode
 from ..objects import adopt, fetch, load, refs_beside, swap_refs
@@ -42,6 +42,8 @@ PEER_TIMEOUT = 30.0
 HAND_OVER_BYTES = 64 << 20
 #: Pace of the background copying that rebuilds missing copies after a node left.
 REPAIR_BYTES_PER_SECOND = 256 << 20
+#: The Consul node meta key that names a node's failure domain.
+ZONE_META = "zone"
 
 
 def _session_dir() -> str:
@@ -103,6 +105,7 @@ class _NodeActor:
         self.chains: list | None = None
         self.peers: dict = {}
         self.replicas = 1
+        self.zones: dict[str, str] = {}  # members' failure domains (see placement.holders)
         # Per slot: the other holders of an id whose primary copy is here (from chains).
         self._others: list | None = None
         # Ids held here as a copy: id -> the node of its primary copy.
@@ -120,11 +123,16 @@ class _NodeActor:
         self._metrics = NodeMetrics(cache, node_id)
         self._moved = 0  # bytes stored or returned by the batch being served
         self.retired = False  # drained: every id went to another node
+        self.zone: str | None = None  # the Consul node meta zone of this node's agent
         if http:
             self._serve(True)
         if consul is not None:
             local = os.environ.get("CONSUL_HTTP_ADDR")
             agent = ConsulAgent(consul.at(local) if local else consul)
+            try:
+                self.zone = agent.node_meta().get(ZONE_META) or None
+            except ConsulError as exc:  # the heartbeat reports the agent's trouble
+                log.warning("cache %s: could not read this node's Consul node meta: %s", cache, exc)
             address = ray.util.get_node_ip_address()
             self._threads = [Heartbeat(agent, cache, node_id, address), ConfigFollower(agent, cache, self._follow)]
             self._threads[0].port = self._endpoint.port if self._endpoint else None
@@ -151,6 +159,10 @@ class _NodeActor:
     def ping(self) -> str:
         """The node this actor really runs on, as Ray reports it."""
         return ray.get_runtime_context().get_node_id()
+
+    def failure_domain(self) -> str | None:
+        """The zone this node's Consul agent names in its node meta (``zone``), if any."""
+        return self.zone
 
     def batch(self, method: str, blob: bytes, buffers: list) -> tuple:
         """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`).
@@ -271,7 +283,7 @@ class _NodeActor:
         primary = self.copies.get(cache_id, self.node_id)
         if self.chains is None:
             return [primary]
-        nodes = holders(primary, self.chains[slot_of(cache_id)], self.replicas)
+        nodes = holders(primary, self.chains[slot_of(cache_id)], self.replicas, self.zones)
         pending = self.repairs.get(cache_id, ())
         return [n for n in nodes if n in self.peers and n not in pending]
 
@@ -379,7 +391,7 @@ class _NodeActor:
         """The nodes that hold (or are to hold) an id whose primary copy is on ``primary``."""
         if self.chains is None:
             return {primary}
-        return set(holders(primary, self.chains[slot_of(cache_id)], self.replicas))
+        return set(holders(primary, self.chains[slot_of(cache_id)], self.replicas, self.zones))
 
     def _drop_here(self, cache_id: str) -> bool:
         self.copies.pop(cache_id, None)
@@ -628,13 +640,13 @@ class _NodeActor:
         return self.chains is None or self.chains[slot_of(cache_id)][0] == self.node_id
 
     def rebuild(self, old_chains: list | None, chains: list, gone: list, peers: dict, replicas: int,
-                full: bool = False) -> int:
+                full: bool = False, zones: dict | None = None) -> int:
         """Take a new view of the cache (the coordinator calls every member after any change)
         and keep every id's copies and the placement directory whole.
 
         ``chains`` replaces ``old_chains`` (``None``: the first view); ``gone`` are the nodes
         that died or left with their data; ``peers`` the members' actors; ``replicas`` the copy
-        count. Then:
+        count, ``zones`` the members' failure domains. Then:
 
         - records here pointing at a gone node point at the first surviving holder of the id,
           or become lost ids (``DataLost`` until set, deleted or inited again);
@@ -654,14 +666,14 @@ class _NodeActor:
         announce: dict[str, list] = {}
         push: dict[str, set] = {}
         with self._lock:
-            self.chains, self.peers, self.replicas = chains, peers, replicas
-            self._others = [holders(me, chain, replicas)[1:] for chain in chains] if replicas > 1 else None
+            self.chains, self.peers, self.replicas, self.zones = chains, peers, replicas, zones or {}
+            self._others = [holders(me, chain, replicas, self.zones)[1:] for chain in chains] if replicas > 1 else None
 
             def alive(node: str) -> bool:  # a member that kept its data (not a replaced actor)
                 return node in peers and node not in gone_set
 
             def survivor(primary: str, slot: int) -> str | None:
-                before = holders(primary, old_chains[slot], old_replicas)
+                before = holders(primary, old_chains[slot], old_replicas, self.zones)
                 return next((n for n in before if alive(n)), None)
 
             for cache_id, node in list(self.records.items()):
@@ -681,8 +693,8 @@ class _NodeActor:
                 slot = slot_of(cache_id)
                 old_primary = self.copies.get(cache_id, me)
                 primary = old_primary if alive(old_primary) else (survivor(old_primary, slot) or me)
-                before = holders(old_primary, old_chains[slot], old_replicas)
-                after = holders(primary, chains[slot], replicas)
+                before = holders(old_primary, old_chains[slot], old_replicas, self.zones)
+                after = holders(primary, chains[slot], replicas, self.zones)
                 if primary == me:
                     self.copies.pop(cache_id, None)
                     missing = {n for n in after[1:] if n not in before or n in gone_set}

@@ -161,6 +161,10 @@ class ConsulAgent:
         """The Consul node name of this agent."""
         return self._call("agent/self", self._client.agent.self)["Config"]["NodeName"]
 
+    def node_meta(self) -> dict[str, str]:
+        """The node meta of this agent's Consul node (``node_meta`` in its configuration)."""
+        return self._call("agent/self", self._client.agent.self).get("Meta") or {}
+
     def register(self, service_id: str, cache: str, ray_node_id: str, address: str, port: int | None = None) -> None:
         """Register (or replace) one actor's instance with a TTL check that starts passing.
 

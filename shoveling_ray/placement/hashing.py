@@ -76,10 +76,21 @@ def reassign_chains(
     return [_fill(slot, [n for n in chain if n in alive], alive, length, zones or {}) for slot, chain in enumerate(chains)]
 
 
-def holders(primary: str, chain: Sequence[str], replicas: int) -> list[str]:
-    """The nodes that hold an id whose primary copy is on ``primary``: it, then the first
-    ``replicas - 1`` other nodes of the id's slot chain."""
-    return [primary, *[n for n in chain if n != primary][: replicas - 1]]
+def holders(primary: str, chain: Sequence[str], replicas: int, zones: Mapping[str, str] | None = None) -> list[str]:
+    """The nodes that hold an id whose primary copy is on ``primary``: it, then ``replicas - 1``
+    other nodes of the id's slot chain, in chain order, except that with ``zones`` a node of a
+    zone the holders lack goes first (so the copies of an id that ``init`` put off its chain
+    span zones too; for an id on its home this is the chain's own order)."""
+    others = [n for n in chain if n != primary]
+    if not zones:
+        return [primary, *others[: replicas - 1]]
+    picked = [primary]
+    while len(picked) < replicas and others:
+        have = {zones.get(n) for n in picked}
+        pick = next((n for n in others if zones.get(n) not in have), others[0])
+        others.remove(pick)
+        picked.append(pick)
+    return picked
 
 
 def home_index(cache_ids: Iterable[str], table: Sequence[str]) -> list[str]:

@@ -22,11 +22,13 @@ from tests.consul_agents import ConsulAgents, http_json
 
 pytestmark = pytest.mark.consul
 SERVICE = "shoveling-worker"
+# The agents' node meta: the copies of the ids go to both zones.
+ZONES = ["zone-a", "zone-a", "zone-b"]
 
 
 @pytest.fixture(scope="module")
 def agents():
-    a = ConsulAgents(clients=2).start()
+    a = ConsulAgents(clients=2, zones=ZONES).start()
     yield a
     a.stop()
 
@@ -239,6 +241,26 @@ def consul_footprint(cache, cache_id: str, port: int) -> tuple:
     threads = sum(t.name.startswith("shoveling-health") and t.is_alive() for t in threading.enumerate())
     conns = sum(1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port)
     return os.getpid(), threads, conns
+
+
+def test_the_second_copy_goes_to_the_other_consul_zone(cluster, agents, pairing):
+    """No Ray node label names a zone here; each agent's node meta ``zone`` does (two nodes
+    in zone-a, one in zone-b): every id's two copies are in different zones, so either zone can
+    die without losing an id. (Rendezvous order alone puts both copies in zone-a for about a
+    third of the slots.)"""
+    zone_of = {agent.name: zone for agent, zone in zip(agents.agents, ZONES)}
+    cache = sr.Cache("zones", replicas=2)
+    try:
+        assert cache._router.view["consul"] is not None
+        ids = [f"z/{i}" for i in range(300)]
+        cache.set_many({i: b"x" for i in ids})
+        placed = cache.init([f"zi/{i}" for i in range(100)])
+        for cache_id in ids + list(placed):
+            holders = cache.node_ids(cache_id)
+            assert len(holders) == 2
+            assert {zone_of[pairing[n]] for n in holders} == {"zone-a", "zone-b"}, cache_id
+    finally:
+        cache.close()
 
 
 def test_a_worker_running_many_tasks_keeps_one_consul_watcher(cluster, agents):

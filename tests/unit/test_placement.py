@@ -79,6 +79,22 @@ def test_holders_are_the_primary_then_the_other_nodes_of_the_chain():
     assert holders("aa", ["aa"], 3) == ["aa"]  # fewer nodes than replicas
 
 
+def test_holders_of_an_id_off_its_chain_span_zones():
+    """An id ``init`` put on a node outside its chain gets its copy in another zone, and an
+    id on its home keeps the chain's (already zone-aware) order."""
+    zones = {"a1": "a", "a2": "a", "a3": "a", "b1": "b", "b2": "b"}
+    nodes = sorted(zones)
+    chains = build_chains(nodes, 2, zones)
+    for chain in chains[:200]:
+        for primary in nodes:
+            picked = holders(primary, chain, 2, zones)
+            assert picked[0] == primary and {zones[n] for n in picked} == {"a", "b"}, (primary, chain)
+        assert holders(chain[0], chain, 2, zones) == holders(chain[0], chain, 2)
+    chains3 = build_chains(nodes, 3, zones)
+    assert all(holders(c[0], c, 3, zones) == c for c in chains3)
+    assert holders("a1", ["a2", "a3"], 2, zones) == ["a1", "a2"]  # no other zone in the chain
+
+
 def test_reassign_with_no_survivor_rebuilds_and_empty_is_error():
     assert {c[0] for c in reassign_chains(build_chains(["x"], 2), ["y", "z"], 2)} == {"y", "z"}
     with pytest.raises(ValueError):
