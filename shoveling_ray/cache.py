@@ -473,11 +473,9 @@ class Cache:
 
         Reading one (``get``, ``get_many`` with or without a default, ``size``) or appending to
         it raises :class:`DataLost` naming the id and the node, until it is ``set``, deleted or
-        ``init``-ed again (``init`` recreates it empty on a live node). Known for ids whose
-        placement record names the dead node (``init``-placed ones, such as shuffle
-        partitions; the record survives on the slot's backup home). With ``replicas=1`` an id
-        first written by ``set`` / ``append`` lives on its home and has no record: if that node
-        dies it goes unlisted and reads as a miss; with ``replicas >= 2`` it has copies.
+        ``init``-ed again (``init`` recreates it empty on a live node). Every id has a
+        placement record at its home and at the slot's backup home (``init`` and the write that
+        creates an id make them), so the backup home knows what died with the home.
         """
         found = self._each_node("lost_ids")
         return sorted(i for lost in found.values() for i in lost)

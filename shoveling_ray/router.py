@@ -184,7 +184,10 @@ class Router:
             for node, (indices, _via) in groups.items():
                 for index, (status, value) in zip(indices, answers[node]):
                     if status == p.REDIRECT:
-                        placements[items[index][0]] = value
+                        if value == homes[index]:  # a backup home's record of an id on its home
+                            placements.pop(items[index][0], None)
+                        else:
+                            placements[items[index][0]] = value
                         retry[value][0].append(index)
                         retry[value][1].append(p.VIA_HOME)
                     elif status == p.REROUTE:

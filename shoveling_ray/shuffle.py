@@ -91,8 +91,8 @@ def _reduce(cache: Cache, reduce_fn: Callable, partition: str, index: int) -> tu
     try:
         data = cache.get(partition)
     except (DataLost, CacheMiss):
-        # Its node died (a partition that lived on its own home node reads as a miss, and a
-        # shuffle's partitions always exist): the driver rebuilds it and runs this again.
+        # Its node died (a shuffle's partitions always exist, so a miss means the same): the
+        # driver rebuilds it and runs this again.
         return ray.get_runtime_context().get_node_id(), _LOST, {}
     read = time.perf_counter()
     result = reduce_fn(index, data)

@@ -113,6 +113,7 @@ class _NodeActor:
         # Ids whose primary copy is here and whose copy on some holders is missing: id -> nodes.
         self.repairs: dict[str, set] = {}
         self._taken: list = []  # the writes the batch being served took (see _write)
+        self._created: list = []  # ids the batch being served created here (see _record_created)
         self._wake = threading.Event()
         self._repairer: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -184,6 +185,8 @@ class _NodeActor:
                 if self.replicas > 1:
                     self._forward(method)
                 self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
+            if self._created:
+                self._record_created()
             refs = refs_beside(results) if method == "get" else []
             moved = self._moved
             self._metrics.served(method, len(items), moved if method in ("set", "append") else 0,
@@ -237,6 +240,20 @@ class _NodeActor:
                     for cache_id in failed:
                         self.repairs.setdefault(cache_id, set()).add(node)
                 self._start_repairs()
+
+    def _record_created(self) -> None:
+        """With one copy: record the ids a write just created here, here and at their backup
+        home (one call per backup home for the batch), as ``init`` does, so that if this node
+        dies they read as lost (``DataLost``) instead of never written."""
+        backups: dict[str, list] = {}
+        with self._lock:
+            for cache_id in self._created:
+                if cache_id in self.store and cache_id not in self.copies:
+                    self._record(cache_id, self.node_id, backups)
+            self._created = []
+        for node, failed in self._call_peers("adopt_records", backups).items():
+            if isinstance(failed, NodeUnavailable):  # the next rebuild sends it this slot's records
+                log.warning("cache %s: backup home %s missed %d records: %s", self.cache, node, len(backups[node]), failed)
 
     def _absent(self, cache_id: str, via: int) -> tuple:
         """The answer for an id not held here (see :mod:`.protocol`)."""
@@ -309,6 +326,7 @@ class _NodeActor:
                     out.append((p.LOST, self.lost[cache_id]))
                     continue
                 del self.lost[cache_id]
+            created = target is None and cache_id not in self.store and cache_id not in self.records
             try:
                 self._moved += apply(item)
             except CacheFull as exc:
@@ -317,6 +335,8 @@ class _NodeActor:
                 out.append((p.WRONG_TYPE, None))
             else:
                 out.append((p.OK, None))
+                if created and self.replicas == 1:
+                    self._created.append(cache_id)
         return out
 
     @_locked
@@ -858,7 +878,7 @@ class _NodeActor:
         for cache_id, kind, meta, frames, tokens, homed_there in unpack(blob, buffers):
             if homed_there or self.records.get(cache_id) == source:
                 self.store.set(cache_id, kind, meta, adopt(frames), tokens)
-                self.records.pop(cache_id, None)
+                self.records[cache_id] = self.node_id  # the full rebuild after the drain tells the backup
                 self.lost.pop(cache_id, None)
         for cache_id, node in records:
             if cache_id not in self.store:

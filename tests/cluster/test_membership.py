@@ -178,15 +178,20 @@ def test_a_killed_actor_is_replaced_and_calls_go_on(cluster):
     ray.kill(victim)
     wait_until_dead(victim)
     # the call meets the dead actor, the member list gets a fresh one, and the call is retried
-    # there: the value lived on its own home, so nothing records it (an unlisted loss until
-    # replicas keep ids' names on another node)
-    with pytest.raises(sr.CacheMiss):
+    # there: the value lived on its own home, whose backup home kept its name, so it is lost,
+    # not missing (also with a default)
+    with pytest.raises(sr.DataLost) as err:
         cache.get(ids[0])
+    assert (err.value.cache_id, err.value.node_id) == (ids[0], node)
     assert node in cache.nodes()
     assert node_of_actor(cache, node) == node
     cache.set(ids[1], b"new actor serves")
     assert cache.get(ids[1]) == b"new actor serves"
-    assert cache.get(ids[0], None) is None
+    with pytest.raises(sr.DataLost):
+        cache.get(ids[0], None)
+    assert cache.lost_ids() == [ids[0]]
+    cache.set(ids[0], b"set again")  # clears the loss
+    assert cache.get(ids[0]) == b"set again" and cache.lost_ids() == []
     cache.close()
 
 

@@ -83,7 +83,7 @@ def test_a_write_sent_to_a_copy_is_redirected_to_the_primary():
     primary, copy = holders(router.home("r"), router.chains[slot_of("r")], 2)
     router.placements["r"] = copy  # a stale or wrong placement
     append(router, "r", b"+two")
-    assert router.placements["r"] == primary
+    assert "r" not in router.placements  # the primary is its home: the wrong placement is forgotten
     assert values_on(actors, "r") == {primary: b"one+two", copy: b"one+two"}
 
 
@@ -160,6 +160,34 @@ def test_with_one_copy_the_directory_outlives_the_home_and_the_backup():
         rest, again = lose(survivors, after, second, 1)
         alive = [i for i, n in placed.items() if n in rest]
         assert all(get(again, i) == b"" for i in alive)
+
+
+def test_with_one_copy_ids_written_on_their_home_are_lost_not_missing_when_it_dies():
+    """``set`` / ``append`` that create an id on its home record it at the backup home too, so
+    the home's death makes them ``DataLost``, not a silent miss; ids elsewhere stay intact."""
+    actors = make_actors(NODES4, replicas=1)
+    router = make_router(actors)
+    ids = [f"h{i}" for i in range(200)]
+    router.run("set", [(i, *encode(b"v")) for i in ids[:100]])
+    router.run("append", [(i, encode_append(b"a")) for i in ids[100:]])
+    router.run("set", [(i, *encode(b"w")) for i in ids[:10]])  # overwrites: no new record
+    dead = "node-b"
+    homed = [i for i in ids if router.home(i) == dead]
+    assert homed
+    survivors, after = lose(actors, router, dead, 1)
+    answers = after.run("get", [(i,) for i in ids])
+    for cache_id, (status, value, _node) in zip(ids, answers):
+        if cache_id in homed:
+            assert (status, value) == (p.LOST, dead), cache_id
+        else:
+            assert status == p.OK and decode(*value) in (b"v", b"w", b"a"), cache_id
+    assert sorted(i for a in survivors.values() for i in a.lost_ids()) == sorted(homed)
+    set_(after, homed[0], b"again")  # set clears the loss
+    assert get(after, homed[0]) == b"again"
+    kept = next(i for i in ids if i not in homed)
+    assert any(kept in a.records for a in survivors.values())
+    assert after.delete(kept)  # deleting drops its records at the home and the backup home
+    assert not any(kept in a.records for a in survivors.values())
 
 
 def test_joining_nodes_fill_copies_when_there_were_fewer_nodes_than_replicas():
