@@ -7,9 +7,9 @@ removed, or removed without warning (graceful or SIGKILL, in turn), and a new no
 
 After each event every id is checked against what this process had acknowledged: its value
 must be exactly the acknowledged records, in order, or the read must raise ``DataLost`` (its
-node died without a drain; the id is then written again from empty), or ``CacheMiss`` for an
-id that lived on its own home node (counted as ``missing``: no other node knew its name). With
-``--replicas 2`` or more nothing may be lost: a ``DataLost`` or a miss counts as wrong. Each
+node died without a drain; the id is then written again from empty). A ``CacheMiss`` (counted
+as ``missing``) is a silent loss and counts as wrong; with ``--replicas 2`` or more nothing may
+be lost: a ``DataLost`` counts as wrong too. Each
 append carries a token, so one that met a dying node is simply tried again. It prints what it
 did and the count of wrong values, which must be 0, and exits 1 otherwise.
 
@@ -33,12 +33,12 @@ def check(cache: sr.Cache, acked: dict[str, list[bytes]], counts: dict, replicas
         try:
             value = cache.get(cache_id)
         except (sr.DataLost, sr.CacheMiss) as exc:
-            # a miss: the id lived on its own home node, which died, and no other node knew
-            # its name (one copy only)
+            # a miss would be a silent loss: every id's name is kept on two nodes
             counts["lost" if isinstance(exc, sr.DataLost) else "missing"] += 1
-            if replicas > 1:
+            if replicas > 1 or isinstance(exc, sr.CacheMiss):
                 counts["wrong"] += 1
-                print(f"  LOST WITH {replicas} COPIES: {cache_id}: {exc}", flush=True)
+                print(f"  {'MISSING' if isinstance(exc, sr.CacheMiss) else f'LOST WITH {replicas} COPIES'}: "
+                      f"{cache_id}: {exc}", flush=True)
             cache.set(cache_id, b"")  # clears the loss; start again from empty
             records.clear()
             continue
