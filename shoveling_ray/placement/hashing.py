@@ -40,12 +40,18 @@ def _fill(slot: int, chain: list[str], nodes: Iterable[str], length: int, zones:
     if len(chain) >= length:
         return chain[:length]
     candidates = sorted((n for n in nodes if n not in chain), key=lambda n: _weight(slot, n), reverse=True)
-    while len(chain) < length and candidates:
-        have = {zones.get(n) for n in chain}
+    return _zone_first(chain, candidates, length, zones)
+
+
+def _zone_first(picked: list[str], candidates: list[str], length: int, zones: Mapping[str, str]) -> list[str]:
+    """``picked`` extended to ``length`` nodes from ``candidates``, in their order, except that
+    a node of a zone ``picked`` lacks goes first."""
+    while len(picked) < length and candidates:
+        have = {zones.get(n) for n in picked}
         pick = next((n for n in candidates if zones.get(n) not in have), candidates[0])
         candidates.remove(pick)
-        chain.append(pick)
-    return chain
+        picked.append(pick)
+    return picked
 
 
 def build_chains(nodes: Sequence[str], length: int, zones: Mapping[str, str] | None = None) -> list[list[str]]:
@@ -84,13 +90,7 @@ def holders(primary: str, chain: Sequence[str], replicas: int, zones: Mapping[st
     others = [n for n in chain if n != primary]
     if not zones:
         return [primary, *others[: replicas - 1]]
-    picked = [primary]
-    while len(picked) < replicas and others:
-        have = {zones.get(n) for n in picked}
-        pick = next((n for n in others if zones.get(n) not in have), others[0])
-        others.remove(pick)
-        picked.append(pick)
-    return picked
+    return _zone_first([primary], others, replicas, zones)
 
 
 def home_index(cache_ids: Iterable[str], table: Sequence[str]) -> list[str]:
