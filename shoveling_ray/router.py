@@ -10,7 +10,9 @@ remembers where ids live, so steady-state routing is one actor call per node tou
 
 With replicas, writes go to the primary copy (a copy redirects them there) and reads go to a
 copy on the reader's own node when the id has one (``local``), else to the holder nearest to it
-(``nearest``, Consul's coordinates) or to the primary; a read
+(``nearest``, Consul's coordinates) or to the primary. A batch of more than
+:data:`SPREAD_READS_OVER` ids is read from the primaries, spread over the nodes by the hash as
+without copies (the reader's node would otherwise serve most of it alone); a read
 that meets an unavailable node (its actor died, or with Consul its check is critical) is asked
 again of another holder.
 
@@ -42,6 +44,10 @@ from .wire import no_gc, pack, unpack
 MAX_ROUNDS = 6
 #: Item methods any copy of an id answers.
 _READS = ("get", "exists", "size", "locate")
+#: Reads in larger batches go to the primaries (see the module docstring): each node's actor
+#: serves its part of a batch one id after another, and a call costs about what a thousand
+#: small ids do.
+SPREAD_READS_OVER = 1000
 
 
 def call_now(handle: Any, method: str, *args: Any) -> Any:
@@ -140,6 +146,8 @@ class Router:
         placements = self.placements
         members = self.members
         local = self.local if cached and method in _READS and self.replicas > 1 and self.local in members else None
+        if len(items) > SPREAD_READS_OVER:
+            local = None  # a large batch is read from the primaries, spread over every node
         if local is None:
             homes = home_index([item[0] for item in items], self.table)
         else:  # the slots are needed too: hashed once

@@ -18,7 +18,7 @@ from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
 from shoveling_ray.router import Router
 
-from .test_router import Counting, Serial, get, make_actors, make_router, set_
+from .test_router import NODES, Counting, Serial, get, make_actors, make_router, set_
 
 NODES4 = ["node-a", "node-b", "node-c", "node-d"]
 
@@ -101,6 +101,26 @@ def test_reads_go_to_a_copy_on_the_readers_node():
     assert [decode(*r[1]) for r in results] == [i.encode() for i in here]
     assert calls == Counter({(local, "get"): 1})  # one call, to the local node
     assert not reader.placements  # a copy is not where the id lives: writes still go to the primary
+
+
+def test_a_large_read_batch_is_spread_over_the_nodes_not_piled_on_the_readers():
+    """Two thirds of the ids have a copy on the reader's node; a batch of 3,000 reads still
+    goes to the primaries, a third to each node (every node works on it at once), while a small
+    batch reads every local copy locally."""
+    actors = make_actors(replicas=2)
+    writer = make_router(actors, replicas=2)
+    ids = [f"s{i}" for i in range(3000)]
+    writer.run("set", [(i, *encode(i.encode())) for i in ids])
+    local = "node-b"
+    here = [i for i in ids if local in holders(writer.home(i), writer.chains[slot_of(i)], 2)]
+    assert len(here) > 1500
+    reader = make_router(actors, replicas=2, local=local)
+    results = reader.run("get", [(i,) for i in ids])
+    assert [decode(*value) for _status, value, _node in results] == [i.encode() for i in ids]
+    served = Counter(node for _status, _value, node in results)
+    assert served == Counter(writer.home(i) for i in ids) and set(served) == set(NODES)
+    small = reader.run("get", [(i,) for i in here[:100]])
+    assert {node for _status, _value, node in small} == {local}
 
 
 def test_a_dead_node_loses_no_write_and_its_copies_are_rebuilt():
