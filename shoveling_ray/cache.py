@@ -443,6 +443,12 @@ class Cache:
         """Delete ``cache_id`` and its placement record. Returns whether it existed."""
         return self._router.delete(_check_id(cache_id))
 
+    def delete_many(self, cache_ids: Iterable[str]) -> int:
+        """Delete many ids and their placement records, one actor call per node. Returns how
+        many existed."""
+        ids = list(dict.fromkeys(_check_ids(cache_ids)))
+        return sum(self._router.delete_many(ids)) if ids else 0
+
     def exists(self, cache_id: str) -> bool:
         """Whether ``cache_id`` exists (ids created by ``init`` exist while empty)."""
         (status, _value, _node), = self._run("exists", [(_check_id(cache_id),)])

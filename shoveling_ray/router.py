@@ -287,6 +287,11 @@ class Router:
 
     def delete(self, cache_id: str) -> bool:
         """Delete an id and its placement record (the home does both). Whether it existed."""
-        ((_status, existed, _node),) = self.run("delete", [(cache_id,)], cached=False)
-        self.placements.pop(cache_id, None)
-        return bool(existed)
+        return self.delete_many([cache_id])[0]
+
+    def delete_many(self, cache_ids: list[str]) -> list[bool]:
+        """:meth:`delete` for many ids, one call per home; whether each existed."""
+        results = self.run("delete", [(i,) for i in cache_ids], cached=False)
+        for cache_id in cache_ids:
+            self.placements.pop(cache_id, None)
+        return [bool(existed) for _status, existed, _node in results]

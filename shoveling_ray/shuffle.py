@@ -308,8 +308,7 @@ class Shuffle:
         returns their indices. Deleted first: an append that met the new home of a partition
         whose home died may have started it again with part of the data."""
         lost = self._lost() if lost is None else lost
-        for i in lost:
-            self.cache.delete(self.partitions[i])
+        self.cache.delete_many([self.partitions[i] for i in lost])
         self.placement.update(self.cache.init([self.partitions[i] for i in lost], strategy=self.strategy))
         return lost
 
@@ -326,8 +325,7 @@ class Shuffle:
 
     def cleanup(self) -> None:
         """Delete the partitions (their data and placement records)."""
-        for pid in self.partitions:
-            self.cache.delete(pid)
+        self.cache.delete_many(self.partitions)
 
     def __enter__(self) -> Shuffle:
         return self

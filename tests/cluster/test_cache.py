@@ -182,6 +182,15 @@ def test_batched_calls(cache):
     with pytest.raises(sr.CacheMiss, match="batch/missing"):
         cache.get_many(["batch/0", "batch/missing"])
     assert cache.get_many(["batch/missing"], default=None) == {"batch/missing": None}
+    placed = cache.init([f"batch/placed/{i}" for i in range(30)])  # records at their homes too
+    gone = [*list(data)[:1000], *placed, "batch/missing", "batch/0"]  # a repeated id counts once
+    assert cache.delete_many(gone) == 1000 + 30
+    assert cache.get_many(gone, default=None) == dict.fromkeys(gone)
+    assert cache.ids("batch/placed/") == []
+    assert len(cache.ids("batch/")) == 1000
+    assert cache.delete_many([]) == 0
+    with pytest.raises(TypeError):
+        cache.delete_many("batch/1")  # a str is not a list of ids
 
 
 # -- 3. init ---------------------------------------------------------------------------------
