@@ -53,10 +53,12 @@ def _session_dir() -> str:
 
 
 def _locked(method):
-    # Calls run one at a time already; the lock orders them with the Consul config thread.
+    # Calls run one at a time already; the lock orders them with the Consul config thread. The
+    # cyclic GC pauses as for client batches (see wire.no_gc): peer calls such as replicate and
+    # create_empty build entries by the thousand too.
     @functools.wraps(method)
     def wrapper(self, *args):
-        with self._lock:
+        with self._lock, no_gc():
             return method(self, *args)
 
     return wrapper
