@@ -87,13 +87,19 @@ def test_a_write_sent_to_a_copy_is_redirected_to_the_primary():
     assert values_on(actors, "r") == {primary: b"one+two", copy: b"one+two"}
 
 
-def test_reads_go_to_a_copy_on_the_readers_node():
+def written_with_two_copies(count: int, local: str) -> tuple[dict, Router, list, list]:
+    """``count`` ids written with ``replicas=2``: the actors, the writer, the ids, and those
+    with a copy on ``local``."""
     actors = make_actors(replicas=2)
     writer = make_router(actors, replicas=2)
-    ids = [f"l{i}" for i in range(60)]
+    ids = [f"l{i}" for i in range(count)]
     writer.run("set", [(i, *encode(i.encode())) for i in ids])
+    return actors, writer, ids, [i for i in ids if local in holders(writer.home(i), writer.chains[slot_of(i)], 2)]
+
+
+def test_reads_go_to_a_copy_on_the_readers_node():
     local = "node-b"
-    here = [i for i in ids if local in holders(writer.home(i), writer.chains[slot_of(i)], 2)]
+    actors, writer, _ids, here = written_with_two_copies(60, local)
     assert here and any(writer.home(i) != local for i in here)
     calls = Counter()
     reader = make_router(actors, lambda node, ids: Counting(actors[node], calls, node), replicas=2, local=local)
@@ -107,12 +113,8 @@ def test_a_large_read_batch_is_spread_over_the_nodes_not_piled_on_the_readers():
     """Two thirds of the ids have a copy on the reader's node; a batch of 3,000 reads still
     goes to the primaries, a third to each node (every node works on it at once), while a small
     batch reads every local copy locally."""
-    actors = make_actors(replicas=2)
-    writer = make_router(actors, replicas=2)
-    ids = [f"s{i}" for i in range(3000)]
-    writer.run("set", [(i, *encode(i.encode())) for i in ids])
     local = "node-b"
-    here = [i for i in ids if local in holders(writer.home(i), writer.chains[slot_of(i)], 2)]
+    actors, writer, ids, here = written_with_two_copies(3000, local)
     assert len(here) > 1500
     reader = make_router(actors, replicas=2, local=local)
     results = reader.run("get", [(i,) for i in ids])
