@@ -253,8 +253,13 @@ class _NodeActor:
                 if cache_id in self.store and cache_id not in self.copies:
                     self._record(cache_id, self.node_id, backups)
             self._created = []
+        self._send_records(backups)
+
+    def _send_records(self, backups: dict[str, list]) -> None:
+        """Give backup homes the records made here (``{node: [(id, node), ...]}``), all at once.
+        One that does not answer gets this slot's records from the next rebuild."""
         for node, failed in self._call_peers("adopt_records", backups).items():
-            if isinstance(failed, NodeUnavailable):  # the next rebuild sends it this slot's records
+            if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: backup home %s missed %d records: %s", self.cache, node, len(backups[node]), failed)
 
     def _absent(self, cache_id: str, via: int) -> tuple:
@@ -472,11 +477,7 @@ class _NodeActor:
                 self._call_peer(self.peers, node, "create_empty", pairs)
             except NodeUnavailable as exc:  # the next rebuild gives them another holder
                 log.warning("cache %s: no copy of %d new ids on node %s: %s", self.cache, len(pairs), node, exc)
-        for node, pairs in records.items():
-            try:
-                self._call_peer(self.peers, node, "adopt_records", pairs)
-            except NodeUnavailable as exc:
-                log.warning("cache %s: backup home %s missed %d records: %s", self.cache, node, len(pairs), exc)
+        self._send_records(records)
         return out
 
     def _record(self, cache_id: str, node: str, backups: dict) -> None:
