@@ -492,8 +492,9 @@ class Cache:
         The node's places in the slot chains go to the other nodes; with one copy per id its
         actor hands each id (its value, and the placement records and lost ids it kept as a
         home) to the id's new home, with replicas it sends the copies it still owed and the
-        other copies are promoted; then it stops, and no id lands there again (``init`` skips it; a later ``Cache(...)`` starts no actor
-        there). Removing the node afterwards loses nothing. Calls that meet the node meanwhile
+        other copies are promoted; then it stops, and no id lands there again (``init`` skips
+        it; a later ``Cache(...)`` starts no actor there). Removing the node afterwards loses
+        nothing. Calls that meet the node meanwhile
         wait, then go to the new homes. An ``init`` racing the drain may raise
         :class:`NodeUnavailable` for ids it chose to put there: calling it again places them.
 

@@ -124,6 +124,10 @@ class Router:
             slot for slot, chain in enumerate(self.chains or ()) if self.local in chain[: self.replicas]
         ) if self.replicas > 1 else frozenset()
 
+    def _holders(self, primary: str, slot: int) -> list[str]:
+        """The holders of an id of ``slot`` whose primary copy is on ``primary``."""
+        return holders(primary, self.chains[slot], self.replicas, self.zones)
+
     def home(self, cache_id: str) -> str:
         return self.table[slot_of(cache_id)]
 
@@ -165,13 +169,13 @@ class Router:
                 node = None  # remembered on a node that left: its home knows what became of it
             if local is not None and local != (node or homes[index]):
                 slot = slots[index]
-                if slot in self._local_slots if node is None else local in holders(node, self.chains[slot], self.replicas, self.zones):
+                if slot in self._local_slots if node is None else local in self._holders(node, slot):
                     node = local
                     copy_read.add(index)
                 elif nearest is not None:
                     key = (node or homes[index], slot)
                     if key not in chosen:
-                        chosen[key] = nearest([n for n in holders(key[0], self.chains[slot], self.replicas, self.zones) if n in members])
+                        chosen[key] = nearest([n for n in self._holders(key[0], slot) if n in members])
                     if chosen[key] not in (None, key[0]):
                         node = chosen[key]
                         copy_read.add(index)
@@ -230,8 +234,7 @@ class Router:
             for index in indices:
                 cache_id = items[index][0]
                 primary = self.placements.get(cache_id, homes[index])
-                chain = self.chains[slot_of(cache_id)]
-                others = [n for n in holders(primary, chain, self.replicas, self.zones) if n not in avoid and n in self.members]
+                others = [n for n in self._holders(primary, slot_of(cache_id)) if n not in avoid and n in self.members]
                 if not others:
                     raise exc
                 moved[others[0]][0].append(index)
