@@ -30,7 +30,7 @@ from .actors.storage import check_max_memory, check_policy
 from .errors import CacheClosed, CacheFull, CacheMiss, DataLost, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from .membership import ray_nodes, watch
 from .membership.consul import DEFAULT_SERVICE, resolve
-from .objects import fetch
+from .objects import as_refs, fetch
 from .observe.display import Stats, html_table
 from .placement import DEFAULT_REMOTE_SCORE, check_strategy
 from .router import Router
@@ -698,6 +698,8 @@ class Cache:
 
 
 def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:
+    if method == "batch" and args[2]:  # large payloads as objects of their own: see objects.py
+        args = (*args[:2], as_refs(args[2]))
     return getattr(handle, method).remote(*args)
 
 

@@ -1,14 +1,23 @@
-"""Large payloads through Ray's object store, owned by the node actor that holds them.
+"""Large payloads through Ray's object store, kept by the node actor that holds them.
 
-A frame payload of at least :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` travels as a uint8
-array out of band (``codec`` and ``wire`` see to that): one copy into the writer's object
-store, then Ray's own transfer to the actor's node, where the actor sees it without another
-copy. Then:
+A frame payload of at least :data:`~shoveling_ray.codec.OUT_OF_BAND_BYTES` travels as a uint8
+array out of band (``codec`` and ``wire`` see to that), put into the object store as an object
+of its own by the writer (:func:`as_refs`): one copy into the writer's object store, then Ray's
+own transfer to the actor's node, where the actor maps it without another copy
+(:func:`resolve`). Then:
 
-- :func:`adopt` (actor): is put into the object store by the actor itself, so the actor owns it
-  (it outlives the writer; Ray 2.56 removed ``ray.put(_owner=...)``) and it lives on the
-  actor's node, where ``node_id`` says the data is. The frame's payload becomes a
-  :class:`~shoveling_ray.codec.Stored`.
+- :func:`adopt` (actor): keeps that view as the stored payload. The object store keeps an
+  object's memory while a process maps it, after its owner freed it or died, so the value
+  outlives its writer without a copy of its own, on the actor's node, where ``node_id`` says
+  the data is (``test_every_data_path_outlives_a_killed_writer...`` kills the writer's
+  process); deleting the value unmaps it and the store frees it.
+- :func:`forwardable` (actor): a primary forwards a write to the other copies with the
+  writer's references, not a copy of its own: each copy fetches the object from where it is.
+- :func:`put_for_reads` (actor): the first read of a payload of at least
+  :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` puts it into the object store, owned by the
+  actor (Ray 2.56 removed ``ray.put(_owner=...)``), as a :class:`~shoveling_ray.codec.Stored`:
+  every read then gets a reference instead of a copy in its reply. A value written and never
+  read (a shuffle's sorted output) never pays that copy.
 - :func:`refs_beside` (actor) and :func:`refs_back` (client): a reply carries its ObjectRefs
   beside its pickle blob, where Ray counts references, and each ``Stored`` inside the blob
   holds its ref's index.
@@ -27,26 +36,63 @@ import numpy as np
 import ray
 
 from .actors.protocol import OK
-from .codec import OBJECT_STORE_BYTES, Stored, is_stored, payload_size
+from .codec import OBJECT_STORE_BYTES, Stored, is_stored
 from .errors import ray_errors
+
+#: Smallest payload a node actor keeps as the view it received (see :func:`adopt`); smaller
+#: ones are copied into its heap, where they cost less than an object each.
+KEEP_VIEW_BYTES = 128 << 10
+
+
+def as_refs(buffers: list) -> list:
+    """Each out-of-band buffer as an object of its own in the object store (references stay)."""
+    return [b if isinstance(b, ray.ObjectRef) else ray.put(b) for b in buffers]
+
+
+def resolve(buffers: list) -> tuple[list, dict]:
+    """The arrays of ``buffers`` (references fetched with one ``ray.get``, mapped without a
+    copy), and ``{(address, size): reference}`` of those that came as references."""
+    refs = [b for b in buffers if isinstance(b, ray.ObjectRef)]
+    if not refs:
+        return list(buffers), {}
+    with ray_errors("reading the call's payloads"):
+        fetched = iter(ray.get(refs))
+    arrays = [next(fetched) if isinstance(b, ray.ObjectRef) else b for b in buffers]
+    return arrays, {(a.ctypes.data, a.nbytes): b for a, b in zip(arrays, buffers) if isinstance(b, ray.ObjectRef)}
+
+
+def forwardable(buffers: list, arrived: dict) -> list:
+    """Out-of-band buffers of a packed forward, each one that :func:`resolve` fetched replaced by
+    its reference (see the module docstring)."""
+    return [arrived.get((b.ctypes.data, b.nbytes), b) for b in buffers] if arrived else buffers
 
 
 def adopt(frames: list) -> list:
-    """Frames to store: large payloads put into the object store, owned by this actor.
+    """Frames to store, each payload the actor's to keep.
 
-    Smaller arrays that arrived out of band are views into the writer's argument object, which
-    Ray frees after the call: they are copied into the actor's memory.
+    A read-only array of at least :data:`KEEP_VIEW_BYTES` that arrived out of band is kept as
+    it is (see the module docstring; in-process tests pass views of immutable bytes). Other arrays that are views into memory the actor does
+    not own (an inlined argument's message, writable memory) are copied into the actor's memory,
+    or put into the object store from :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` on.
     """
     out = []
     for frame in frames:
         payload = frame[2]
-        size = payload_size(payload)
-        if size >= OBJECT_STORE_BYTES:
-            frame = (frame[0], frame[1], Stored(ray.put(payload), size))
-        elif isinstance(payload, np.ndarray) and not payload.flags.owndata:
-            frame = (frame[0], frame[1], payload.copy())
+        if isinstance(payload, np.ndarray) and (payload.flags.owndata or payload.flags.writeable
+                                                or payload.nbytes < KEEP_VIEW_BYTES):
+            if payload.nbytes >= OBJECT_STORE_BYTES:
+                frame = (frame[0], frame[1], Stored(ray.put(payload), payload.nbytes))
+            elif not payload.flags.owndata:
+                frame = (frame[0], frame[1], payload.copy())
         out.append(frame)
     return out
+
+
+def put_for_reads(frames: list) -> list:
+    """``frames`` with each payload of at least :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES`
+    that is not in the object store yet put there, owned by this actor."""
+    return [(f[0], f[1], Stored(ray.put(f[2]), f[2].nbytes))
+            if type(f[2]) is np.ndarray and f[2].nbytes >= OBJECT_STORE_BYTES else f for f in frames]
 
 
 def load(stored: Stored) -> Any:

@@ -22,8 +22,8 @@ import ray
 
 from ..errors import CacheFull, ConsulError, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from ..heap import keep_freed_memory
-from ..codec import KIND_BYTES, Stored, decode
-from ..objects import adopt, fetch, load, refs_beside, swap_refs
+from ..codec import KIND_BYTES, OBJECT_STORE_BYTES, Stored, decode
+from ..objects import adopt, as_refs, fetch, forwardable, load, put_for_reads, refs_beside, resolve, swap_refs
 from ..placement import holders, slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
@@ -50,6 +50,11 @@ def _session_dir() -> str:
     """This node's directory of the running Ray session (``/tmp/ray/session_...``)."""
     context = ray.get_runtime_context()
     return os.path.join(context.get_temp_dir(), context.get_session_name(), "shoveling_ray")
+
+
+def _as_refs(buffers: list | None) -> tuple:
+    """The extra arguments of a peer call with ``buffers`` (see :meth:`_NodeActor._call_peer`)."""
+    return () if buffers is None else (as_refs(buffers),)
 
 
 def _locked(method):
@@ -116,6 +121,7 @@ class _NodeActor:
         self.repairs: dict[str, set] = {}
         self._taken: list = []  # the writes the batch being served took (see _write)
         self._created: list = []  # ids the batch being served created here (see _record_created)
+        self._arrived: dict = {}  # the batch being served's payload references (see _forward)
         self._wake = threading.Event()
         self._repairer: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -168,7 +174,8 @@ class _NodeActor:
         return self.zone
 
     def batch(self, method: str, blob: bytes, buffers: list) -> tuple:
-        """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`).
+        """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`), its large
+        payloads as references (see :mod:`shoveling_ray.objects`).
 
         ``place`` and ``delete`` call the other members' actors (``peers``, from the
         coordinator's last view). Writes taken here as the primary copy are applied on the
@@ -180,13 +187,15 @@ class _NodeActor:
         if self.retired:
             raise NodeDrained(self.node_id, [], "it was drained: its ids live on other nodes now")
         with no_gc():
-            items = unpack(blob, buffers)
+            arrays, self._arrived = resolve(buffers)
+            items = unpack(blob, arrays)
             self._moved = 0
             results = getattr(self, method)(items)
             if self._taken:
                 if self.replicas > 1:
                     self._forward(method)
                 self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
+            self._arrived = {}  # the writer's references: its objects are freed once the views go
             if self._created:
                 self._record_created()
             refs = refs_beside(results) if method == "get" else []
@@ -233,8 +242,12 @@ class _NodeActor:
                         item = (*item[:at], swap_refs(item[at], index_of), *item[at + 1:])
                     for node in targets:
                         groups.setdefault(node, []).append(item)
-        calls = {node: (self.node_id, method, *pack(group), refs) for node, group in groups.items()}
-        for node, failed in self._call_peers("replicate", calls).items():
+        calls, buffers = {}, {}
+        for node, group in groups.items():
+            blob, out = pack(group)
+            buffers[node] = forwardable(out, self._arrived)
+            calls[node] = (self.node_id, method, blob, refs)
+        for node, failed in self._call_peers("replicate", calls, buffers).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
             elif failed:
@@ -281,6 +294,8 @@ class _NodeActor:
             else:
                 entry = self.store.peek(cache_id)
                 self._moved += entry.nbytes + entry.disk  # known sizes: no walk over the frames
+                if entry.nbytes >= OBJECT_STORE_BYTES and not entry.disk:
+                    entry.frames[:] = put_for_reads(entry.frames)
                 out.append((p.OK, value))
         return out
 
@@ -488,8 +503,10 @@ class _NodeActor:
         if backup is not None:
             backups.setdefault(backup, []).append((cache_id, node))
 
-    def _call_peer(self, peers: dict, node: str, method: str, arg):
+    def _call_peer(self, peers: dict, node: str, method: str, arg, buffers: list | None = None):
         """Call another node's actor and wait (plain objects are called directly, in tests).
+        ``buffers``: large payloads, a second argument, each an object of its own (see
+        :mod:`shoveling_ray.objects`).
 
         Raises:
             NodeUnavailable: it is not a member, died, or did not answer in ``PEER_TIMEOUT``.
@@ -498,21 +515,23 @@ class _NodeActor:
         if peer is None:
             raise NodeUnavailable(node, arg, "not a member of the cache")
         if not isinstance(peer, ray.actor.ActorHandle):
-            return getattr(peer, method)(arg)
+            return getattr(peer, method)(arg, *(() if buffers is None else (buffers,)))
         with ray_errors(f"cache {self.cache}: {method} on node {node}", node=node, ids=arg):
-            return ray.get(getattr(peer, method).remote(arg), timeout=PEER_TIMEOUT)
+            return ray.get(getattr(peer, method).remote(arg, *_as_refs(buffers)), timeout=PEER_TIMEOUT)
 
-    def _call_peers(self, method: str, args: dict) -> dict:
-        """Call ``method`` on several nodes' actors at once (``{node: arg}``) and wait for all;
-        returns ``{node: result}``, a :class:`NodeUnavailable` for each that did not answer."""
+    def _call_peers(self, method: str, args: dict, buffers: dict | None = None) -> dict:
+        """Call ``method`` on several nodes' actors at once (``{node: arg}``, and ``{node:
+        buffers}`` as in :meth:`_call_peer`) and wait for all; returns ``{node: result}``, a
+        :class:`NodeUnavailable` for each that did not answer."""
         pending, out = {}, {}
         for node, arg in args.items():
             peer = self.peers.get(node)
+            extra = buffers.get(node) if buffers else None
             if isinstance(peer, ray.actor.ActorHandle):
-                pending[node] = getattr(peer, method).remote(arg)
+                pending[node] = getattr(peer, method).remote(arg, *_as_refs(extra))
             else:
                 try:
-                    out[node] = self._call_peer(self.peers, node, method, arg)
+                    out[node] = self._call_peer(self.peers, node, method, arg, extra)
                 except NodeUnavailable as exc:
                     out[node] = exc
         for node, ref in pending.items():
@@ -551,12 +570,12 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def replicate(self, forwarded: tuple) -> list:
-        """At a copy: apply writes its primary took (``(primary, method, blob, buffers, refs)``;
-        stored payloads are fetched from the primary's object store and owned here). Returns the
-        ids it could not apply; their copy here is dropped."""
-        primary, method, blob, buffers, refs = forwarded
-        items = unpack(blob, buffers)
+    def replicate(self, forwarded: tuple, buffers: list) -> list:
+        """At a copy: apply writes its primary took (``(primary, method, blob, refs)``; stored
+        payloads are fetched from the primary's object store). Returns the ids it could not
+        apply; their copy here is dropped."""
+        primary, method, blob, refs = forwarded
+        items = unpack(blob, resolve(buffers)[0])
         at = 4 if method == "set" else 2  # where the frames are
         frame_lists = [item[at] for item in items]
         if refs:
@@ -578,12 +597,12 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def take_copies(self, sent: tuple) -> list:
-        """At a new holder: whole copies from their primary (``(primary, blob, buffers)``).
-        Returns the ids that did not fit."""
-        primary, blob, buffers = sent
+    def take_copies(self, sent: tuple, buffers: list) -> list:
+        """At a new holder: whole copies from their primary (``(primary, blob)``). Returns the
+        ids that did not fit."""
+        primary, blob = sent
         failed = []
-        for cache_id, kind, meta, frames, tokens in unpack(blob, buffers):
+        for cache_id, kind, meta, frames, tokens in unpack(blob, resolve(buffers)[0]):
             try:
                 self.store.set(cache_id, kind, meta, adopt(frames), tokens)
                 self.copies[cache_id] = primary
@@ -612,7 +631,7 @@ class _NodeActor:
             packed = {node: pack(self._values(ids)) for node, ids in by_node.items()}
         for node, (blob, buffers) in packed.items():
             try:
-                failed = set(self._call_peer(self.peers, node, "take_copies", (self.node_id, blob, buffers)))
+                failed = set(self._call_peer(self.peers, node, "take_copies", (self.node_id, blob), buffers))
             except NodeUnavailable as exc:  # gone: the next rebuild names other holders
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
                 failed = set()
@@ -830,7 +849,7 @@ class _NodeActor:
                         blob, buffers = pack([(*v, h) for v, h in zip(self._values(chunk), homed)])
                         took = sent.setdefault(home, ([], records, lost))
                         took[0].extend(zip(chunk, homed))
-                        self._call_peer(peers, home, "receive", (self.node_id, blob, buffers, records, lost))
+                        self._call_peer(peers, home, "receive", (self.node_id, blob, records, lost), buffers)
                         records, lost = [], []
             except ShovelingError:
                 for home, took in sent.items():
@@ -870,15 +889,15 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def receive(self, handed: tuple) -> None:
+    def receive(self, handed: tuple, buffers: list) -> None:
         """At a new home, from a node being drained: values (with their append tokens),
         placement records and lost ids.
 
         A value whose home did not change is taken only while this home's record still points
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
-        source, blob, buffers, records, lost = handed
-        for cache_id, kind, meta, frames, tokens, homed_there in unpack(blob, buffers):
+        source, blob, records, lost = handed
+        for cache_id, kind, meta, frames, tokens, homed_there in unpack(blob, resolve(buffers)[0]):
             if homed_there or self.records.get(cache_id) == source:
                 self.store.set(cache_id, kind, meta, adopt(frames), tokens)
                 self.records[cache_id] = self.node_id  # the full rebuild after the drain tells the backup

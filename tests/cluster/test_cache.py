@@ -613,12 +613,30 @@ def held_refs(cache, node, cache_id):
     return refs
 
 
+def payload_kinds(cache, node, cache_id):
+    """How the actor on ``node`` keeps each payload of ``cache_id``: ``view`` (a read-only view
+    of object store memory), ``heap`` (an array of its own), ``bytes`` or ``stored``."""
+
+    def kinds(actor):
+        out = []
+        for frame in actor.store.peek(cache_id).frames:
+            payload = frame[2]
+            if isinstance(payload, np.ndarray):
+                out.append("heap" if payload.flags.owndata else "view" if not payload.flags.writeable else "writable view")
+            else:
+                out.append(type(payload).__name__.lower())
+        return out
+
+    return ray.get(cache._router.members[node].__ray_call__.remote(kinds))
+
+
 def test_every_data_path_outlives_a_killed_writer_and_node_ids_name_where_the_bytes_are(cache):
-    """Small values (in the pickled batch), pieces of 64 KiB - 1 MiB (out of band, into the
-    holder's heap), 1 MiB and more (the holder's own object), numpy, and appended pieces:
-    written by a task whose worker process is then killed, they read back whole, and the
-    node ``node_ids`` names is where the holder keeps the bytes (its process, or for objects
-    the node Ray locates them on)."""
+    """Small values (in the pickled batch), larger ones (out of band, kept by the holder as its
+    argument object, without a copy), numpy, and appended pieces: written by a task whose
+    worker process is then killed (the owner of those argument objects), they read back whole,
+    and the node ``node_ids`` names is where the holder keeps the bytes: its process, whose
+    views map only its own node's object store, and for payloads of 1 MiB and more, once read,
+    the object the holder put, which Ray locates there."""
     rng = np.random.default_rng(11)
     values = {
         "small": os.urandom(100),
@@ -635,8 +653,10 @@ def test_every_data_path_outlives_a_killed_writer_and_node_ids_name_where_the_by
         for name in [*values, *(f"appended/{n}" for n in range(3))]:  # before any read copies them
             cache_id = f"{prefix}/{name}"
             (holder,) = cache.node_ids(cache_id)
-            assert node_of_actor(cache, holder) == holder  # heap payloads live in its process
-            refs = held_refs(cache, holder, cache_id)
+            assert node_of_actor(cache, holder) == holder  # its payloads live in its process
+            kinds = payload_kinds(cache, holder, cache_id)
+            assert kinds == (["bytes"] if name == "small" else ["view"] if name in values else ["view", "view", "bytes"]), (name, kinds)
+            refs = held_refs(cache, holder, cache_id)  # the first read
             assert len(refs) == (1 if name in ("large", "array") or name.startswith("appended") else 0), name
             for where in ray.experimental.get_object_locations(refs).values():
                 assert where["node_ids"] == [holder], (name, where)

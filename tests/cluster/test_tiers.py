@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import ray
+from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 import shoveling_ray as sr
 from tests.conftest import MB, module_cluster, wait_for, wait_until_dead
@@ -157,7 +158,9 @@ def rss_anon(pid: int) -> int:
 
 
 def plasma_bytes() -> int:
-    return int(ray.cluster_resources()["object_store_memory"] - ray.available_resources()["object_store_memory"])
+    """Bytes in the cluster's object stores, as the stores count them: objects a process still
+    maps count until it lets go (Ray's ``object_store_memory`` resource frees them earlier)."""
+    return get_memory_info_reply(get_state_from_address()).store_stats.object_store_bytes_used
 
 
 def test_stats_count_the_memory_the_actor_really_holds(cluster):
