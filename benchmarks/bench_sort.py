@@ -209,17 +209,18 @@ def copies(contender: str, piece: float, remote: float) -> list[tuple[str, float
     if contender == "ray core":
         return [*head, ("task return -> object store", 1.0), ("transfer to the reducer's node", remote),
                 ("np.concatenate of the pieces", 1.0), *sort, ("sorted partition returned", 1.0)]
+    large = piece >= OBJECT_STORE_BYTES  # the writer's object, kept mapped by the holder
     cache_path = [
         *head,
         ("append_many -> object store", 1.0),
         ("transfer to the partition's node", remote),
-        ("holder keeps the piece (heap copy or ray.put)", 1.0),
-        ("get -> reply object (heap pieces)", 1.0 if piece < OBJECT_STORE_BYTES else 0.0),
+        ("holder keeps the piece (heap copy; 0 for pieces of 1 MiB+)", 0.0 if large else 1.0),
+        ("get -> reply object (heap pieces) or the first read's ray.put", 1.0),
         ("reader joins the pieces", 1.0),
         *sort,
     ]
     if contender == "shuffle":  # the example stores the sorted partition back in the cache
-        return [*cache_path, ("set back: argument object, then the holder's ray.put", 2.0)]
+        return [*cache_path, ("set back: the writer's object, kept mapped by the holder", 1.0)]
     return [*cache_path, ("sorted partition returned", 1.0)]
 
 
