@@ -495,8 +495,8 @@ class Cache:
         other copies are promoted; then it stops, and no id lands there again (``init`` skips
         it; a later ``Cache(...)`` starts no actor there). Removing the node afterwards loses
         nothing. Calls that meet the node meanwhile
-        wait, then go to the new homes. An ``init`` racing the drain may raise
-        :class:`NodeUnavailable` for ids it chose to put there: calling it again places them.
+        wait, then go to the new homes; an ``init`` that chose the node for new ids places
+        them on the others.
 
         Raises:
             ValueError: ``node_id`` is not a member, or is the last one.
@@ -547,12 +547,14 @@ class Cache:
         Raises:
             ValueError: unknown strategy (names the valid ones), or an empty id.
             TypeError: ids not an iterable of str.
-            NodeUnavailable: a chosen node did not answer (call again to place the rest).
+            NodeUnavailable: a chosen node did not answer and is still a member (call again to
+                place the rest). One that was drained or died meanwhile is left out at once.
         """
         check_strategy(strategy)
         ids = list(dict.fromkeys(_check_ids(list_ids, "list_ids")))
         self._refresh()
-        return self._router.place(ids, self._weights(strategy))
+        # a node drained or lost since the refresh: the ids not placed yet go to the others
+        return self._again_if_members_changed(lambda: self._router.place(ids, self._weights(strategy)))
 
     def _weights(self, strategy: str) -> dict[str, float]:
         members = self._router.members

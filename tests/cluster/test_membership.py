@@ -124,10 +124,14 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
     # a writer keeps appending to ids, some of them on the victim, while it drains
     logs = [i for i in (f"log{k}" for k in range(1000)) if cache.node_id(i) == victim][:3] + ["log-elsewhere"]
     writer = append_numbered.remote(cache, logs, 1500)
+    stale = sr.Cache("drain")  # a handle whose view still names the victim when it calls init
     moved = cache.drain(victim)
     assert ray.get(writer) == 1500
     assert moved > 0 and victim not in cache.nodes() and victim not in sr.Cache("drain").nodes()
     assert victim not in cache.init([f"q{i}" for i in range(30)]).values()
+    stale._refresh = lambda: None  # init raced the drain: its refresh came just before it
+    late = stale.init([f"late{i}" for i in range(30)])
+    assert len(late) == 30 and victim not in late.values() and victim not in stale.nodes()
     cluster.remove_node(extra)
     wait_for(lambda: victim not in alive(), what="Ray to mark the node dead")
     for reader in (cache, sr.Cache("drain")):  # the old handle and one that knows no placements
