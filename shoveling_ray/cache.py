@@ -700,8 +700,8 @@ class Cache:
 
 
 def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:
-    if method == "batch" and args[2]:  # large payloads as objects of their own: see objects.py
-        args = (*args[:2], as_refs(args[2]))
+    if method == "batch" and args[1]:  # large payloads as objects of their own: see objects.py
+        args = (args[0], as_refs(args[1]), *args[2:])
     return getattr(handle, method).remote(*args)
 
 

@@ -38,7 +38,7 @@ from .actors import protocol as p
 from .errors import NodeUnavailable, ShovelingError
 from .objects import refs_back
 from .placement import SLOTS, assign, holders, home_index, slot_of
-from .wire import no_gc, pack, unpack
+from .wire import no_gc, pack, split, unpack
 
 #: Redirects and reroutes one operation may follow before giving up.
 MAX_ROUNDS = 6
@@ -248,8 +248,8 @@ class Router:
         for node, (indices, vias) in groups.items():
             ids[node] = [items[i][0] for i in indices]
             handle = self.handle_for(node, ids[node])
-            batch = [(items[i][0], via, *items[i][1:]) for i, via in zip(indices, vias)]
-            pending[node] = self.submit(handle, "batch", method, *pack(batch))
+            blob, buffers = pack([(items[i][0], via, *items[i][1:]) for i, via in zip(indices, vias)])
+            pending[node] = self.submit(handle, "batch", method, buffers, *split(blob))
         replies = self.gather(pending, ids, method)
         return {node: refs_back(unpack(blob, buffers), refs) for node, (blob, buffers, refs) in replies.items()}
 

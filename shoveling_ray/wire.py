@@ -5,6 +5,10 @@ the actor does on them; a single bytes blob is one cheap argument. Payloads of a
 :data:`~shoveling_ray.codec.OUT_OF_BAND_BYTES` bytes leave the blob as separate uint8 arrays, which Ray moves out of band
 (zero-copy into and out of its object store) and ``unpack`` puts back without copying.
 ObjectRefs never go inside a blob: they travel beside it, where Ray counts references.
+
+A blob travels :func:`split` into arguments of at most :data:`INLINE_BYTES`: Ray sends such
+arguments inside the call's message, where a larger one goes through its object store, which
+cost 4-6 ms of a call carrying 450 KB here against 1.1-1.4 ms for the same bytes inline.
 """
 
 from __future__ import annotations
@@ -17,6 +21,23 @@ from typing import Any
 import numpy as np
 
 from .codec import OUT_OF_BAND_BYTES
+
+
+#: Largest piece of a blob per call argument: Ray inlines arguments up to 100 KiB
+#: (``max_direct_call_object_size``, pickling adds a few bytes).
+INLINE_BYTES = 96 << 10
+
+
+def split(blob: bytes) -> list[bytes]:
+    """``blob`` in pieces of at most :data:`INLINE_BYTES` (one piece, maybe empty, at least)."""
+    if len(blob) <= INLINE_BYTES:
+        return [blob]
+    return [blob[i : i + INLINE_BYTES] for i in range(0, len(blob), INLINE_BYTES)]
+
+
+def join(pieces: tuple | list) -> bytes:
+    """Inverse of :func:`split`."""
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def pack(obj: Any) -> tuple[bytes, list[np.ndarray]]:

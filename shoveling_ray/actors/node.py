@@ -27,7 +27,7 @@ from ..objects import adopt, as_refs, fetch, forwardable, load, put_for_reads, r
 from ..placement import holders, slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
-from ..wire import no_gc, pack, unpack
+from ..wire import join, no_gc, pack, split, unpack
 from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
 from . import protocol as p
@@ -52,9 +52,12 @@ def _session_dir() -> str:
     return os.path.join(context.get_temp_dir(), context.get_session_name(), "shoveling_ray")
 
 
-def _as_refs(buffers: list | None) -> tuple:
-    """The extra arguments of a peer call with ``buffers`` (see :meth:`_NodeActor._call_peer`)."""
-    return () if buffers is None else (as_refs(buffers),)
+def _peer_args(arg, packed: tuple | None, remote: bool) -> tuple:
+    """The arguments of a peer call (see :meth:`_NodeActor._call_peer`)."""
+    if packed is None:
+        return (arg,)
+    blob, buffers = packed
+    return (arg, as_refs(buffers) if remote else buffers, *split(blob))
 
 
 def _locked(method):
@@ -173,9 +176,9 @@ class _NodeActor:
         """The zone this node's Consul agent names in its node meta (``zone``), if any."""
         return self.zone
 
-    def batch(self, method: str, blob: bytes, buffers: list) -> tuple:
-        """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`), its large
-        payloads as references (see :mod:`shoveling_ray.objects`).
+    def batch(self, method: str, buffers: list, *blob: bytes) -> tuple:
+        """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`: its blob in
+        pieces, its large payloads as references, see :mod:`shoveling_ray.objects`).
 
         ``place`` and ``delete`` call the other members' actors (``peers``, from the
         coordinator's last view). Writes taken here as the primary copy are applied on the
@@ -188,7 +191,7 @@ class _NodeActor:
             raise NodeDrained(self.node_id, [], "it was drained: its ids live on other nodes now")
         with no_gc():
             arrays, self._arrived = resolve(buffers)
-            items = unpack(blob, arrays)
+            items = unpack(join(blob), arrays)
             self._moved = 0
             results = getattr(self, method)(items)
             if self._taken:
@@ -242,12 +245,12 @@ class _NodeActor:
                         item = (*item[:at], swap_refs(item[at], index_of), *item[at + 1:])
                     for node in targets:
                         groups.setdefault(node, []).append(item)
-        calls, buffers = {}, {}
+        calls, packed = {}, {}
         for node, group in groups.items():
             blob, out = pack(group)
-            buffers[node] = forwardable(out, self._arrived)
-            calls[node] = (self.node_id, method, blob, refs)
-        for node, failed in self._call_peers("replicate", calls, buffers).items():
+            packed[node] = (blob, forwardable(out, self._arrived))
+            calls[node] = (self.node_id, method, refs)
+        for node, failed in self._call_peers("replicate", calls, packed).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
             elif failed:
@@ -503,10 +506,10 @@ class _NodeActor:
         if backup is not None:
             backups.setdefault(backup, []).append((cache_id, node))
 
-    def _call_peer(self, peers: dict, node: str, method: str, arg, buffers: list | None = None):
+    def _call_peer(self, peers: dict, node: str, method: str, arg, packed: tuple | None = None):
         """Call another node's actor and wait (plain objects are called directly, in tests).
-        ``buffers``: large payloads, a second argument, each an object of its own (see
-        :mod:`shoveling_ray.objects`).
+        ``packed``: a ``(blob, buffers)`` of :func:`pack`, which the method takes after ``arg``
+        as the client's ``batch`` does (the buffers, then the blob's pieces).
 
         Raises:
             NodeUnavailable: it is not a member, died, or did not answer in ``PEER_TIMEOUT``.
@@ -515,20 +518,20 @@ class _NodeActor:
         if peer is None:
             raise NodeUnavailable(node, arg, "not a member of the cache")
         if not isinstance(peer, ray.actor.ActorHandle):
-            return getattr(peer, method)(arg, *(() if buffers is None else (buffers,)))
+            return getattr(peer, method)(*_peer_args(arg, packed, False))
         with ray_errors(f"cache {self.cache}: {method} on node {node}", node=node, ids=arg):
-            return ray.get(getattr(peer, method).remote(arg, *_as_refs(buffers)), timeout=PEER_TIMEOUT)
+            return ray.get(getattr(peer, method).remote(*_peer_args(arg, packed, True)), timeout=PEER_TIMEOUT)
 
-    def _call_peers(self, method: str, args: dict, buffers: dict | None = None) -> dict:
+    def _call_peers(self, method: str, args: dict, packed: dict | None = None) -> dict:
         """Call ``method`` on several nodes' actors at once (``{node: arg}``, and ``{node:
-        buffers}`` as in :meth:`_call_peer`) and wait for all; returns ``{node: result}``, a
+        packed}`` as in :meth:`_call_peer`) and wait for all; returns ``{node: result}``, a
         :class:`NodeUnavailable` for each that did not answer."""
         pending, out = {}, {}
         for node, arg in args.items():
             peer = self.peers.get(node)
-            extra = buffers.get(node) if buffers else None
+            extra = packed.get(node) if packed else None
             if isinstance(peer, ray.actor.ActorHandle):
-                pending[node] = getattr(peer, method).remote(arg, *_as_refs(extra))
+                pending[node] = getattr(peer, method).remote(*_peer_args(arg, extra, True))
             else:
                 try:
                     out[node] = self._call_peer(self.peers, node, method, arg, extra)
@@ -570,12 +573,13 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def replicate(self, forwarded: tuple, buffers: list) -> list:
-        """At a copy: apply writes its primary took (``(primary, method, blob, refs)``; stored
-        payloads are fetched from the primary's object store). Returns the ids it could not
-        apply; their copy here is dropped."""
-        primary, method, blob, refs = forwarded
-        items = unpack(blob, resolve(buffers)[0])
+    def replicate(self, forwarded: tuple, buffers: list, *blob: bytes) -> list:
+        """At a copy: apply writes its primary took (``forwarded``: ``(primary, method, refs)``,
+        then the packed items as in :meth:`_call_peer`; stored payloads are fetched from the
+        primary's object store). Returns the ids it could not apply; their copy here is
+        dropped."""
+        primary, method, refs = forwarded
+        items = unpack(join(blob), resolve(buffers)[0])
         at = 4 if method == "set" else 2  # where the frames are
         frame_lists = [item[at] for item in items]
         if refs:
@@ -597,12 +601,11 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def take_copies(self, sent: tuple, buffers: list) -> list:
-        """At a new holder: whole copies from their primary (``(primary, blob)``). Returns the
-        ids that did not fit."""
-        primary, blob = sent
+    def take_copies(self, primary: str, buffers: list, *blob: bytes) -> list:
+        """At a new holder: whole copies from their primary (packed as in :meth:`_call_peer`).
+        Returns the ids that did not fit."""
         failed = []
-        for cache_id, kind, meta, frames, tokens in unpack(blob, resolve(buffers)[0]):
+        for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
                 self.store.set(cache_id, kind, meta, adopt(frames), tokens)
                 self.copies[cache_id] = primary
@@ -629,9 +632,9 @@ class _NodeActor:
                 if size >= max_bytes:
                     break
             packed = {node: pack(self._values(ids)) for node, ids in by_node.items()}
-        for node, (blob, buffers) in packed.items():
+        for node, values in packed.items():
             try:
-                failed = set(self._call_peer(self.peers, node, "take_copies", (self.node_id, blob), buffers))
+                failed = set(self._call_peer(self.peers, node, "take_copies", self.node_id, values))
             except NodeUnavailable as exc:  # gone: the next rebuild names other holders
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
                 failed = set()
@@ -846,10 +849,10 @@ class _NodeActor:
                     records, lost = directory.get(home, ([], []))
                     for chunk in self._chunks(held.get(home, [])) or [[]]:
                         homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
-                        blob, buffers = pack([(*v, h) for v, h in zip(self._values(chunk), homed)])
+                        values = pack([(*v, h) for v, h in zip(self._values(chunk), homed)])
                         took = sent.setdefault(home, ([], records, lost))
                         took[0].extend(zip(chunk, homed))
-                        self._call_peer(peers, home, "receive", (self.node_id, blob, records, lost), buffers)
+                        self._call_peer(peers, home, "receive", (self.node_id, records, lost), values)
                         records, lost = [], []
             except ShovelingError:
                 for home, took in sent.items():
@@ -889,15 +892,15 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def receive(self, handed: tuple, buffers: list) -> None:
+    def receive(self, handed: tuple, buffers: list, *blob: bytes) -> None:
         """At a new home, from a node being drained: values (with their append tokens),
         placement records and lost ids.
 
         A value whose home did not change is taken only while this home's record still points
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
-        source, blob, records, lost = handed
-        for cache_id, kind, meta, frames, tokens, homed_there in unpack(blob, resolve(buffers)[0]):
+        source, records, lost = handed
+        for cache_id, kind, meta, frames, tokens, homed_there in unpack(join(blob), resolve(buffers)[0]):
             if homed_there or self.records.get(cache_id) == source:
                 self.store.set(cache_id, kind, meta, adopt(frames), tokens)
                 self.records[cache_id] = self.node_id  # the full rebuild after the drain tells the backup

@@ -609,7 +609,8 @@ def held_refs(cache, node, cache_id):
     from shoveling_ray.actors import protocol
     from shoveling_ray.wire import pack
 
-    _blob, _buffers, refs = ray.get(cache._router.members[node].batch.remote("get", *pack([(cache_id, protocol.AT_HOME)])))
+    blob, buffers = pack([(cache_id, protocol.AT_HOME)])
+    _blob, _buffers, refs = ray.get(cache._router.members[node].batch.remote("get", buffers, blob))
     return refs
 
 

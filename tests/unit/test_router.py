@@ -144,11 +144,11 @@ def test_a_placement_that_keeps_moving_gives_up_after_max_rounds():
         def __init__(self, other):
             self.other, self.calls = other, 0
 
-        def batch(self, method, blob, buffers):
-            from shoveling_ray.wire import pack, unpack
+        def batch(self, method, buffers, *blob):
+            from shoveling_ray.wire import join, pack, unpack
 
             self.calls += 1
-            return (*pack([(p.REDIRECT, self.other) for _ in unpack(blob, buffers)]), [])
+            return (*pack([(p.REDIRECT, self.other) for _ in unpack(join(blob), buffers)]), [])
 
     bouncers = {"node-a": Bouncing("node-b"), "node-b": Bouncing("node-a")}
     router = make_router(bouncers)
