@@ -65,12 +65,12 @@ def forwardable(buffers: list, arrived: dict) -> list:
     return [arrived.get((b.ctypes.data, b.nbytes), b) for b in buffers] if arrived else buffers
 
 
-def adopt(frames: list) -> list:
+def adopt(frames: list, keep_views: bool = True) -> list:
     """Frames to store, each payload the actor's to keep.
 
-    A read-only array of at least :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` is kept as it
-    is: the writer's object (see the module docstring; in-process tests pass views of
-    immutable bytes). Other arrays that are views into memory the actor does not own (the
+    With ``keep_views``, a read-only array of at least
+    :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` is kept as it is: the writer's object (see
+    the module docstring; in-process tests pass views of immutable bytes). Other arrays that are views into memory the actor does not own (the
     argument object several payloads share, writable memory) are copied into the actor's
     memory, or put into the object store from that size on.
     """
@@ -78,7 +78,7 @@ def adopt(frames: list) -> list:
     for frame in frames:
         payload = frame[2]
         if isinstance(payload, np.ndarray) and (payload.flags.owndata or payload.flags.writeable
-                                                or payload.nbytes < OBJECT_STORE_BYTES):
+                                                or payload.nbytes < OBJECT_STORE_BYTES or not keep_views):
             if payload.nbytes >= OBJECT_STORE_BYTES:
                 frame = (frame[0], frame[1], Stored(ray.put(payload), payload.nbytes))
             elif not payload.flags.owndata:

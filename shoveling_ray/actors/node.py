@@ -42,6 +42,8 @@ PEER_TIMEOUT = 30.0
 HAND_OVER_BYTES = 64 << 20
 #: Pace of the background copying that rebuilds missing copies after a node left.
 REPAIR_BYTES_PER_SECOND = 256 << 20
+#: Share of ``max_memory`` below which the actor keeps writers' objects mapped (see _adopt).
+MAPPED_SHARE = 0.5
 #: The Consul node meta key that names a node's failure domain.
 ZONE_META = "zone"
 
@@ -213,6 +215,14 @@ class _NodeActor:
         self._metrics.held(store.used, store.max_memory, len(store), store.evictions,
                            sum(1 for i in self.lost if self._is_home(i)), store.disk.used, store.spills)
 
+    def _adopt(self, frames: list) -> list:
+        """:func:`adopt`, keeping the writer's objects mapped only while this actor holds less
+        than :data:`MAPPED_SHARE` of ``max_memory``: Ray cannot spill a mapped object, so a
+        store full of them would leave Ray's own objects (replies, arguments) no room; past
+        that share large payloads become objects of the actor's own, which Ray spills."""
+        limit = self.store.max_memory
+        return adopt(frames, keep_views=limit is None or self.store.used < MAPPED_SHARE * limit)
+
     def _secondaries(self, cache_id: str) -> list[str]:
         """The other holders of an id whose primary copy is here, without those still waiting
         for their copy (the copy they get will have the write)."""
@@ -369,7 +379,7 @@ class _NodeActor:
         """Items are ``(cache_id, via, kind, meta, frames)``."""
 
         def apply(item):
-            frames = adopt(item[4])
+            frames = self._adopt(item[4])
             stored = self.store.set(item[0], item[2], item[3], frames)
             self._taken.append((*item[:4], frames))
             return stored
@@ -381,7 +391,7 @@ class _NodeActor:
         """Items are ``(cache_id, via, frames)`` or ``(cache_id, via, frames, token)``."""
 
         def apply(item):
-            frames = adopt(item[2])
+            frames = self._adopt(item[2])
             added = self.store.append(item[0], frames, *item[3:])
             self._taken.append((item[0], item[1], frames, *item[3:]))
             return added
@@ -589,9 +599,9 @@ class _NodeActor:
             cache_id = item[0]
             try:
                 if method == "set":
-                    self.store.set(cache_id, item[2], item[3], adopt(frames))
+                    self.store.set(cache_id, item[2], item[3], self._adopt(frames))
                 else:
-                    self.store.append(cache_id, adopt(frames), *item[3:])
+                    self.store.append(cache_id, self._adopt(frames), *item[3:])
                 self.copies[cache_id] = primary
             except (CacheFull, TypeError):
                 self._drop_here(cache_id)
@@ -607,7 +617,7 @@ class _NodeActor:
         failed = []
         for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
-                self.store.set(cache_id, kind, meta, adopt(frames), tokens)
+                self.store.set(cache_id, kind, meta, self._adopt(frames), tokens)
                 self.copies[cache_id] = primary
             except CacheFull:
                 failed.append(cache_id)
@@ -902,7 +912,7 @@ class _NodeActor:
         source, records, lost = handed
         for cache_id, kind, meta, frames, tokens, homed_there in unpack(join(blob), resolve(buffers)[0]):
             if homed_there or self.records.get(cache_id) == source:
-                self.store.set(cache_id, kind, meta, adopt(frames), tokens)
+                self.store.set(cache_id, kind, meta, self._adopt(frames), tokens)
                 self.records[cache_id] = self.node_id  # the full rebuild after the drain tells the backup
                 self.lost.pop(cache_id, None)
         for cache_id, node in records:
