@@ -10,7 +10,9 @@ without another copy (:func:`resolve`). Then:
   object's memory while a process maps it, after its owner freed it or died, so the value
   outlives its writer without a copy of its own, on the actor's node, where ``node_id`` says
   the data is (``test_every_data_path_outlives_a_killed_writer...`` kills the writer's
-  process); deleting the value unmaps it and the store frees it.
+  process); deleting the value unmaps it and the store frees it. Ray cannot spill a mapped
+  object, so past half its ``max_memory`` the actor puts its own copy instead
+  (``_NodeActor._adopt``).
 - :func:`forwardable` (actor): a primary forwards a write to the other copies with the
   writer's references, not a copy of its own: each copy fetches the object from where it is.
 - :func:`put_for_reads` (actor): the first read of a payload of at least
