@@ -72,28 +72,36 @@ def adopt(frames: list, keep_views: bool = True) -> list:
 
     With ``keep_views``, a read-only array of at least
     :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` is kept as it is: the writer's object (see
-    the module docstring; in-process tests pass views of immutable bytes). Other arrays that are views into memory the actor does not own (the
-    argument object several payloads share, writable memory) are copied into the actor's
-    memory, or put into the object store from that size on.
+    the module docstring; in-process tests pass views of immutable bytes). Other arrays of that
+    size become objects of the actor's own; smaller ones that are views into memory the actor
+    does not own (the argument object several payloads share, writable memory) are copied into
+    its memory.
     """
     out = []
     for frame in frames:
         payload = frame[2]
-        if isinstance(payload, np.ndarray) and (payload.flags.owndata or payload.flags.writeable
-                                                or payload.nbytes < OBJECT_STORE_BYTES or not keep_views):
-            if payload.nbytes >= OBJECT_STORE_BYTES:
-                frame = (frame[0], frame[1], Stored(ray.put(payload), payload.nbytes))
-            elif not payload.flags.owndata:
+        if isinstance(payload, np.ndarray):
+            large = payload.nbytes >= OBJECT_STORE_BYTES
+            if large and not (keep_views and not payload.flags.owndata and not payload.flags.writeable):
+                frame = (frame[0], frame[1], _own(payload))
+            elif not large and not payload.flags.owndata:
                 frame = (frame[0], frame[1], payload.copy())
         out.append(frame)
     return out
 
 
-def put_for_reads(frames: list) -> list:
-    """``frames`` with each payload of at least :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES`
-    that is not in the object store yet put there, owned by this actor."""
-    return [(f[0], f[1], Stored(ray.put(f[2]), f[2].nbytes))
-            if type(f[2]) is np.ndarray and f[2].nbytes >= OBJECT_STORE_BYTES else f for f in frames]
+def put_for_reads(frames: list) -> None:
+    """Put each payload of ``frames`` (in place) of at least
+    :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` that is not in the object store yet there,
+    owned by this actor."""
+    for index, frame in enumerate(frames):
+        if type(frame[2]) is np.ndarray and frame[2].nbytes >= OBJECT_STORE_BYTES:
+            frames[index] = (frame[0], frame[1], _own(frame[2]))
+
+
+def _own(payload: np.ndarray) -> Stored:
+    """``payload`` put into the object store by this process, which owns the object."""
+    return Stored(ray.put(payload), payload.nbytes)
 
 
 def load(stored: Stored) -> Any:

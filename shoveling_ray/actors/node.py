@@ -308,7 +308,7 @@ class _NodeActor:
                 entry = self.store.peek(cache_id)
                 self._moved += entry.nbytes + entry.disk  # known sizes: no walk over the frames
                 if entry.nbytes >= OBJECT_STORE_BYTES and not entry.disk:
-                    entry.frames[:] = put_for_reads(entry.frames)
+                    put_for_reads(entry.frames)
                 out.append((p.OK, value))
         return out
 
