@@ -45,8 +45,13 @@ def test_a_dead_node_loses_only_its_data_and_says_so(cluster):
     extra = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     cache = sr.Cache("shrink", http=True)
-    placed = cache.init([f"d{i}" for i in range(60)])
     victim = extra.node_id
+    # ids whose home is the victim alternate with others: init's evenly interleaved placement
+    # then puts some of each kind on the victim and some elsewhere, whatever the slot table
+    names = [f"d{i}" for i in range(2_000)]
+    homed = [i for i in names if cache._router.home(i) == victim][:30]
+    other = [i for i in names if cache._router.home(i) != victim][:30]
+    placed = cache.init([i for pair in zip(homed, other) for i in pair])
     homes = {i: cache._router.home(i) for i in placed}
     on_victim = [i for i, n in placed.items() if n == victim]
     elsewhere = [i for i, n in placed.items() if n != victim]
