@@ -127,6 +127,7 @@ class _NodeActor:
         self._taken: list = []  # the writes the batch being served took (see _write)
         self._created: list = []  # ids the batch being served created here (see _record_created)
         self._arrived: dict = {}  # the batch being served's payload references (see _forward)
+        self._drops: dict[str, list] = {}  # node -> ids evicted here as primary (see _evictions)
         self._wake = threading.Event()
         self._repairer: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -169,6 +170,7 @@ class _NodeActor:
                  config["max-disk"], config["eviction"], config["http"])
         if self.store.evictions > before:
             log.warning("cache %s: the new limit evicted %d ids", self.cache, self.store.evictions - before)
+            self._evictions()
 
     def ping(self) -> str:
         """The node this actor really runs on, as Ray reports it."""
@@ -195,12 +197,17 @@ class _NodeActor:
             arrays, self._arrived = resolve(buffers)
             items = unpack(join(blob), arrays)
             self._moved = 0
+            self._send_drops()
             results = getattr(self, method)(items)
             if self._taken:
                 if self.replicas > 1:
                     self._forward(method)
                 self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
             self._arrived = {}  # the writer's references: its objects are freed once the views go
+            if self.store.evicted:
+                with self._lock:
+                    self._evictions()
+                self._send_drops()
             if self._created:
                 self._record_created()
             refs = refs_beside(results) if method == "get" else []
@@ -391,9 +398,10 @@ class _NodeActor:
         """Items are ``(cache_id, via, frames)`` or ``(cache_id, via, frames, token)``."""
 
         def apply(item):
+            fresh = item[0] not in self.store  # the append creates it: copies start it afresh
             frames = self._adopt(item[2])
             added = self.store.append(item[0], frames, *item[3:])
-            self._taken.append((item[0], item[1], frames, *item[3:]))
+            self._taken.append((item[0], fresh, frames, *item[3:]))
             return added
 
         return self._write(items, apply, clears_loss=False)
@@ -597,17 +605,65 @@ class _NodeActor:
         failed = []
         for item, frames in zip(items, frame_lists):
             cache_id = item[0]
+            if method == "append" and not item[1] and cache_id not in self.store:
+                self.copies.pop(cache_id, None)  # evicted here: the tail alone would be wrong
+                failed.append(cache_id)
+                continue
             try:
                 if method == "set":
                     self.store.set(cache_id, item[2], item[3], self._adopt(frames))
                 else:
+                    if item[1]:  # the append created the id at the primary: so it does here
+                        self.store.delete(cache_id)
                     self.store.append(cache_id, self._adopt(frames), *item[3:])
                 self.copies[cache_id] = primary
             except (CacheFull, TypeError):
-                self._drop_here(cache_id)
+                self._drop_copy(cache_id)
                 failed.append(cache_id)
+        self._evictions()
         self._publish()
         return failed
+
+    def _drop_copy(self, cache_id: str) -> None:
+        """Forget this node's copy of an id (the directory records kept here stay)."""
+        self.copies.pop(cache_id, None)
+        self.store.delete(cache_id)
+
+    def _evictions(self) -> None:
+        """Take the ids the store evicted (``lru``; under the lock). A copy evicted here is no
+        copy any more: the primary's next append to it fails here and the primary repairs it
+        whole. An id evicted here as its primary leaves its other holders too: they are told
+        by :meth:`_send_drops`, before this node serves another client batch."""
+        evicted, self.store.evicted = self.store.evicted, []
+        for cache_id in evicted:
+            if cache_id in self.store:  # written again since
+                continue
+            if self.copies.pop(cache_id, None) is None:
+                for node in self._secondaries(cache_id):
+                    self._drops.setdefault(node, []).append(cache_id)
+                self.repairs.pop(cache_id, None)
+
+    def _send_drops(self) -> None:
+        """Drop the copies of the ids this node evicted as their primary (outside the lock;
+        client batches run one at a time, so no write to those ids comes in between)."""
+        if not self._drops:
+            return
+        with self._lock:
+            drops, self._drops = self._drops, {}
+        for node, failed in self._call_peers("drop_copies", {n: (self.node_id, ids) for n, ids in drops.items()}).items():
+            if isinstance(failed, NodeUnavailable):
+                log.warning("cache %s: node %s kept copies of %d ids evicted here: %s", self.cache, node,
+                            len(drops[node]), failed)
+
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def drop_copies(self, sent: tuple) -> None:
+        """At a copy: forget the copies of ids their primary evicted (``(primary, ids)``)."""
+        primary, cache_ids = sent
+        for cache_id in cache_ids:
+            if self.copies.get(cache_id) == primary:
+                self._drop_copy(cache_id)
+        self._publish()
 
     @_locked
     @ray.method(concurrency_group="peer")
@@ -621,6 +677,7 @@ class _NodeActor:
                 self.copies[cache_id] = primary
             except CacheFull:
                 failed.append(cache_id)
+        self._evictions()
         self._publish()
         return failed
 
@@ -921,6 +978,7 @@ class _NodeActor:
         for cache_id, node in lost:
             if cache_id not in self.store and cache_id not in self.records:
                 self.lost[cache_id] = node
+        self._evictions()
         self._publish()
 
     @_locked

@@ -157,6 +157,7 @@ class Store:
         self.payload = 0  # payload bytes in memory: what spilling can free
         self.raw = 0
         self.evictions = self.spills = self.restores = 0
+        self.evicted: list[str] = []  # ids evicted (lru) since the owner last took them
         self.spill_wait = 0.0
 
     def __contains__(self, cache_id: str) -> bool:
@@ -435,4 +436,5 @@ class Store:
             if victim != keep:
                 self.delete(victim)
                 self.evictions += 1
+                self.evicted.append(victim)
 

@@ -293,3 +293,34 @@ def test_without_a_local_copy_reads_go_to_the_nearest_holder():
         holding = holders(writer.home(i), writer.chains[slot_of(i)], 2)
         assert node == min(holding, key=distance.get)
     assert any(r[2] == near for r in results) and not reader.placements
+
+
+
+def test_with_lru_every_copy_of_an_id_has_the_value_of_its_primary_or_none():
+    """``eviction="lru"`` evicts on each node by its own memory. An id evicted at its primary
+    leaves its copies too, and a copy evicted alone is rebuilt whole from the primary, never
+    from the appends that follow (it would hold the tail of the value only)."""
+    actors = make_actors(NODES, replicas=2)
+    writer = make_router(actors, replicas=2)
+    ids = [f"e{i}" for i in range(60)]
+    for cache_id in ids:
+        set_(writer, cache_id, b"base")
+    primary = {i: n for n, a in actors.items() for i in ids if i in a.store and i not in a.copies}
+    for node in ("node-a", "node-b"):  # evict everything there: primaries and copies
+        actors[node].configure(1, "lru", None)
+        actors[node].configure(None, "lru", None)
+    assert all(not actors[n].store._entries for n in ("node-a", "node-b"))
+    untouched = ids[:20]
+    for cache_id in ids[20:]:
+        append(writer, cache_id, b"+t")
+    repair_all(actors)
+    for cache_id in ids:
+        held = values_on(actors, cache_id)
+        if cache_id in untouched and primary[cache_id] != "node-c":
+            assert held == {}, (cache_id, held)  # its copies left with it
+            continue
+        assert held and len(set(held.values())) == 1, (cache_id, held)  # one value on every holder
+        (value,) = set(held.values())
+        assert value in ((b"base",) if cache_id in untouched else (b"+t", b"base+t")), (cache_id, value)
+        for node in NODES:
+            assert get(make_router(actors, replicas=2, local=node), cache_id) in (None, value), (cache_id, node)
