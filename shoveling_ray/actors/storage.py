@@ -201,14 +201,18 @@ class Store:
             CacheFull: it does not fit (see the module docstring); nothing changed.
         """
         new = Entry(kind, meta, frames)
-        new.tokens = set(tokens) if tokens else None
+        if tokens:
+            new.tokens = set(tokens)
+        cost = new.cost(cache_id)
         old = self._entries.get(cache_id)
-        old_cost = old.cost(cache_id) if old else 0
-        self._make_room(cache_id, new.cost(cache_id) - old_cost, new.nbytes - (old.nbytes if old else 0))
-        if old is not None:
-            self._remove(cache_id, old)
+        if old is None:
+            self._make_room(cache_id, cost, new.nbytes)
+        else:
+            old_cost = old.cost(cache_id)  # making room keeps this id as it is
+            self._make_room(cache_id, cost - old_cost, new.nbytes - old.nbytes)
+            self._remove(cache_id, old, old_cost)
         self._entries[cache_id] = new
-        self._account(cache_id, new, +1)
+        self._account(cache_id, new, +1, cost)
         self._settle()
         return new.nbytes
 
@@ -321,8 +325,9 @@ class Store:
 
     # -- accounting ------------------------------------------------------------------------
 
-    def _account(self, cache_id: str, entry: Entry, sign: int) -> None:
-        self.used += sign * entry.cost(cache_id)
+    def _account(self, cache_id: str, entry: Entry, sign: int, cost: int | None = None) -> None:
+        """Count ``entry`` in (``sign`` +1) or out (-1); ``cost``: its :meth:`Entry.cost` if known."""
+        self.used += sign * (entry.cost(cache_id) if cost is None else cost)
         self.payload += sign * entry.nbytes
         self.raw += sign * entry.raw
         if sign > 0 and entry.nbytes:
@@ -331,8 +336,8 @@ class Store:
         elif sign > 0:
             self._resident.pop(cache_id, None)
 
-    def _remove(self, cache_id: str, entry: Entry) -> None:
-        self._account(cache_id, entry, -1)
+    def _remove(self, cache_id: str, entry: Entry, cost: int | None = None) -> None:
+        self._account(cache_id, entry, -1, cost)
         self._resident.pop(cache_id, None)
         if entry.disk:
             for frame in entry.frames:
