@@ -128,6 +128,10 @@ class _NodeActor:
         self._created: list = []  # ids the batch being served created here (see _record_created)
         self._arrived: dict = {}  # the batch being served's payload references (see _forward)
         self._drops: dict[str, list] = {}  # node -> ids evicted here as primary (see _evictions)
+        # Ids taken from a node being drained (id -> that node) until the drain ends, and those
+        # of them written or deleted here since: a failed drain leaves these here (give_back).
+        self._received: dict[str, str] = {}
+        self._touched: set[str] = set()
         self._wake = threading.Event()
         self._repairer: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -379,6 +383,8 @@ class _NodeActor:
                 out.append((p.OK, None))
                 if created and self.replicas == 1:
                     self._created.append(cache_id)
+                if cache_id in self._received:
+                    self._touched.add(cache_id)
         return out
 
     @_locked
@@ -457,6 +463,8 @@ class _NodeActor:
         return set(holders(primary, self.chains[slot_of(cache_id)], self.replicas, self.zones))
 
     def _drop_here(self, cache_id: str) -> bool:
+        if cache_id in self._received:
+            self._touched.add(cache_id)
         self.copies.pop(cache_id, None)
         self.repairs.pop(cache_id, None)
         self.records.pop(cache_id, None)
@@ -779,6 +787,9 @@ class _NodeActor:
         push: dict[str, set] = {}
         with self._lock:
             self.chains, self.peers, self.replicas, self.zones = chains, peers, replicas, zones or {}
+            if self._received:  # a drain that succeeded: its node is no member any more
+                self._received = {i: n for i, n in self._received.items() if n in peers}
+                self._touched &= self._received.keys()
             self._others = [holders(me, chain, replicas, self.zones)[1:] for chain in chains] if replicas > 1 else None
 
             def alive(node: str) -> bool:  # a member that kept its data (not a replaced actor)
@@ -892,7 +903,8 @@ class _NodeActor:
         its ids elsewhere.
 
         Calls wait until it is done. If a home refuses (full, unreachable), what was sent is
-        dropped there again and nothing changes here.
+        dropped there again and nothing changes here, except for the ids clients wrote or
+        deleted at a new home meanwhile (they found them there): those stay as they are there.
         """
         if self.replicas > 1:
             self.retired = True
@@ -924,7 +936,8 @@ class _NodeActor:
             except ShovelingError:
                 for home, took in sent.items():
                     try:
-                        self._call_peer(peers, home, "give_back", (self.node_id, *took))
+                        for cache_id in self._call_peer(peers, home, "give_back", (self.node_id, *took)):
+                            self.store.delete(cache_id)  # written or deleted there meanwhile
                     except ShovelingError as exc:
                         log.warning("cache %s: could not take back %d ids from %s: %s", self.cache, len(took[0]), home, exc)
                 raise
@@ -972,6 +985,7 @@ class _NodeActor:
                 self.store.set(cache_id, kind, meta, self._adopt(frames), tokens)
                 self.records[cache_id] = self.node_id  # the full rebuild after the drain tells the backup
                 self.lost.pop(cache_id, None)
+                self._received[cache_id] = source
         for cache_id, node in records:
             if cache_id not in self.store:
                 self.records[cache_id] = node
@@ -983,10 +997,18 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def give_back(self, returned: tuple) -> None:
-        """Undo :meth:`receive` after a drain failed: the node keeps its ids and its directory."""
+    def give_back(self, returned: tuple) -> list:
+        """Undo :meth:`receive` after a drain failed: the node keeps its ids and its directory,
+        except the ids written or deleted here since they came (clients found them here while
+        the drain ran): they stay as they are here. Returns those; the node drops its own."""
         source, ids, records, lost = returned
+        touched = []
         for cache_id, homed_there in ids:
+            self._received.pop(cache_id, None)
+            if cache_id in self._touched:
+                self._touched.discard(cache_id)
+                touched.append(cache_id)
+                continue
             self.store.delete(cache_id)
             if not homed_there:
                 self.records[cache_id] = source
@@ -995,6 +1017,7 @@ class _NodeActor:
                 if entries.get(cache_id) == node:
                     del entries[cache_id]
         self._publish()
+        return touched
 
     @_locked
     def stats(self) -> dict:

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from shoveling_ray import ShovelingError
+from shoveling_ray import NodeUnavailable, ShovelingError
 from shoveling_ray.actors import protocol as p
 from shoveling_ray.actors.node import _NodeActor
 from shoveling_ray.codec import decode, encode, encode_append
@@ -249,3 +249,47 @@ def test_after_a_node_dies_its_records_become_lost_ids_and_data_elsewhere_stays_
     replaced = after.place(lost[2:], {n: 1.0 for n in survivors})  # init recreates them, empty
     assert all(get(after, i) == b"" for i in lost[2:]) and dead not in replaced.values()
     assert_consistent(survivors, after)
+
+
+class AnswerLost:
+    """A new home that takes what a draining node hands it, serves a client's calls that found
+    those ids there (``during``), and whose answer never reaches the draining node."""
+
+    def __init__(self, actor: _NodeActor, during):
+        self.actor, self.during = actor, during
+
+    def receive(self, *args):
+        self.actor.receive(*args)
+        self.during()
+        raise NodeUnavailable(self.actor.node_id, [], "the answer was lost")
+
+    def __getattr__(self, name):
+        return getattr(self.actor, name)
+
+
+def test_a_failed_drain_keeps_the_writes_and_deletes_clients_made_while_it_ran():
+    actors = make_actors()
+    router = make_router(actors)
+    drained = "node-c"
+    placed = router.place([f"w{i}" for i in range(90)], {n: 1.0 for n in NODES})
+    for cache_id in placed:
+        set_(router, cache_id, b"before")
+    away = [i for i, n in placed.items() if n == drained and router.home(i) != drained]  # homes stay
+    home = router.home(away[0])
+    written, deleted, kept = [i for i in away if router.home(i) == home][:3]
+    client = make_router(actors)  # remembers no placement: asks the home
+
+    def during():
+        set_(client, written, b"during")
+        assert client.delete(deleted)
+
+    chains = reassign_chains(router.chains, [n for n in NODES if n != drained], 2)
+    peers = {n: AnswerLost(a, during) if n == home else a for n, a in actors.items() if n != drained}
+    with pytest.raises(NodeUnavailable):
+        actors[drained].hand_over(router.chains, chains, peers)
+    reader = make_router(actors)
+    assert get(reader, written) == b"during"  # acknowledged while the drain ran: kept
+    assert get(reader, deleted) is None
+    assert get(reader, kept) == b"before" and kept in actors[drained].store
+    listed = [i for actor in actors.values() for i in actor.ids("w")]
+    assert sorted(listed) == sorted(set(placed) - {deleted})  # each id held once, none twice
