@@ -786,6 +786,7 @@ class _NodeActor:
         announce: dict[str, list] = {}
         push: dict[str, set] = {}
         with self._lock:
+            old_zones = self.zones
             self.chains, self.peers, self.replicas, self.zones = chains, peers, replicas, zones or {}
             if self._received:  # a drain that succeeded: its node is no member any more
                 self._received = {i: n for i, n in self._received.items() if n in peers}
@@ -796,7 +797,7 @@ class _NodeActor:
                 return node in peers and node not in gone_set
 
             def survivor(primary: str, slot: int) -> str | None:
-                before = holders(primary, old_chains[slot], old_replicas, self.zones)
+                before = holders(primary, old_chains[slot], old_replicas, old_zones)
                 return next((n for n in before if alive(n)), None)
 
             for cache_id, node in list(self.records.items()):
@@ -816,7 +817,7 @@ class _NodeActor:
                 slot = slot_of(cache_id)
                 old_primary = self.copies.get(cache_id, me)
                 primary = old_primary if alive(old_primary) else (survivor(old_primary, slot) or me)
-                before = holders(old_primary, old_chains[slot], old_replicas, self.zones)
+                before = holders(old_primary, old_chains[slot], old_replicas, old_zones)
                 after = holders(primary, chains[slot], replicas, self.zones)
                 if primary == me:
                     self.copies.pop(cache_id, None)
@@ -836,7 +837,7 @@ class _NodeActor:
                     self.copies[cache_id] = primary
                     self.repairs.pop(cache_id, None)
                 else:
-                    self._drop_here(cache_id)
+                    self._drop_copy(cache_id)  # the records here were mended above
             for slot, chain in enumerate(chains):
                 # A directory node that kept its records sends them to the other one when that
                 # one is new or a fresh actor (after a drain: the home to the backup home).

@@ -324,3 +324,29 @@ def test_with_lru_every_copy_of_an_id_has_the_value_of_its_primary_or_none():
         assert value in ((b"base",) if cache_id in untouched else (b"+t", b"base+t")), (cache_id, value)
         for node in NODES:
             assert get(make_router(actors, replicas=2, local=node), cache_id) in (None, value), (cache_id, node)
+
+
+def test_zones_learned_later_move_copies_to_the_nodes_they_name():
+    """A member's zone known only at a later view (its Consul agent answered late) changes
+    which nodes hold the copies of ids that ``init`` put off their slot chain: the new holders
+    get copies, the old ones drop theirs, and nothing is under-replicated afterwards."""
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    placed = router.place([f"z{i}" for i in range(80)], {n: 1.0 for n in NODES4})
+    for cache_id in placed:
+        set_(router, cache_id, cache_id.encode())
+    zones = {"node-a": "east", "node-b": "east", "node-c": "west", "node-d": "west"}
+    chains = router.chains
+
+    def holders_of(cache_id: str, with_zones: dict) -> set:
+        return set(holders(placed[cache_id], chains[slot_of(cache_id)], 2, with_zones))
+
+    moved = [i for i in placed if holders_of(i, zones) != holders_of(i, {})]
+    assert moved  # the zones change where some copies belong
+    for actor in actors.values():
+        actor.rebuild(chains, chains, [], actors, 2, False, zones)
+    repair_all(actors)
+    for cache_id in placed:
+        assert set(values_on(actors, cache_id)) == holders_of(cache_id, zones), cache_id
+        assert get(router, cache_id) == cache_id.encode()
+    assert sum(a.stats()["under_replicated"] for a in actors.values()) == 0
