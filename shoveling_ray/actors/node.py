@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 
 import ray
 
@@ -24,7 +25,7 @@ from ..errors import CacheFull, ConsulError, NodeDrained, NodeUnavailable, Shove
 from ..heap import keep_freed_memory
 from ..codec import KIND_BYTES, OBJECT_STORE_BYTES, Stored, decode
 from ..objects import adopt, as_refs, fetch, forwardable, load, put_for_reads, refs_beside, resolve, swap_refs
-from ..placement import holders, slot_of
+from ..placement import SLOTS, holders, slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
 from ..wire import join, no_gc, pack, split, unpack
@@ -127,6 +128,7 @@ class _NodeActor:
         self._taken: list = []  # the writes the batch being served took (see _write)
         self._created: list = []  # ids the batch being served created here (see _record_created)
         self._arrived: dict = {}  # the batch being served's payload references (see _forward)
+        self._inline = True  # whether the batch being served has only payloads of its blob
         self._drops: dict[str, list] = {}  # node -> ids evicted here as primary (see _evictions)
         # Ids taken from a node being drained (id -> that node) until the drain ends, and those
         # of them written or deleted here since: a failed drain leaves these here (give_back).
@@ -199,6 +201,7 @@ class _NodeActor:
             raise NodeDrained(self.node_id, [], "it was drained: its ids live on other nodes now")
         with no_gc():
             arrays, self._arrived = resolve(buffers)
+            self._inline = not arrays  # every payload is bytes of the blob: nothing to adopt
             items = unpack(join(blob), arrays)
             self._moved = 0
             self._send_drops()
@@ -257,12 +260,16 @@ class _NodeActor:
             refs.append(ref)
             return len(refs) - 1
 
+        at = 4 if method == "set" else 2  # where the frames are
+        stored = not self._inline  # payloads that came inline stay bytes: none is in the store
         with self._lock:
+            others, pending, crc = self._others, self.repairs, zlib.crc32
             for item in self._taken:
-                targets = self._secondaries(item[0])
+                targets = others[crc(item[0].encode()) % SLOTS]
+                if pending and item[0] in pending:
+                    targets = [n for n in targets if n not in pending[item[0]]]
                 if targets:
-                    at = 4 if method == "set" else 2  # where the frames are
-                    if any(type(f[2]) is Stored for f in item[at]):
+                    if stored and any(type(f[2]) is Stored for f in item[at]):
                         item = (*item[:at], swap_refs(item[at], index_of), *item[at + 1:])
                     for node in targets:
                         groups.setdefault(node, []).append(item)
@@ -392,7 +399,7 @@ class _NodeActor:
         """Items are ``(cache_id, via, kind, meta, frames)``."""
 
         def apply(item):
-            frames = self._adopt(item[4])
+            frames = item[4] if self._inline else self._adopt(item[4])
             stored = self.store.set(item[0], item[2], item[3], frames)
             self._taken.append((*item[:4], frames))
             return stored
@@ -405,7 +412,7 @@ class _NodeActor:
 
         def apply(item):
             fresh = item[0] not in self.store  # the append creates it: copies start it afresh
-            frames = self._adopt(item[2])
+            frames = item[2] if self._inline else self._adopt(item[2])
             added = self.store.append(item[0], frames, *item[3:])
             self._taken.append((item[0], fresh, frames, *item[3:]))
             return added
@@ -605,11 +612,13 @@ class _NodeActor:
         primary's object store). Returns the ids it could not apply; their copy here is
         dropped."""
         primary, method, refs = forwarded
-        items = unpack(join(blob), resolve(buffers)[0])
+        arrays = resolve(buffers)[0]
+        items = unpack(join(blob), arrays)
         at = 4 if method == "set" else 2  # where the frames are
         frame_lists = [item[at] for item in items]
         if refs:
             frame_lists = fetch([swap_refs(frames, refs.__getitem__) for frames in frame_lists])
+        adopt_ = self._adopt if arrays or refs else lambda frames: frames  # blob bytes: nothing to adopt
         failed = []
         for item, frames in zip(items, frame_lists):
             cache_id = item[0]
@@ -619,11 +628,11 @@ class _NodeActor:
                 continue
             try:
                 if method == "set":
-                    self.store.set(cache_id, item[2], item[3], self._adopt(frames))
+                    self.store.set(cache_id, item[2], item[3], adopt_(frames))
                 else:
                     if item[1]:  # the append created the id at the primary: so it does here
                         self.store.delete(cache_id)
-                    self.store.append(cache_id, self._adopt(frames), *item[3:])
+                    self.store.append(cache_id, adopt_(frames), *item[3:])
                 self.copies[cache_id] = primary
             except (CacheFull, TypeError):
                 self._drop_copy(cache_id)
