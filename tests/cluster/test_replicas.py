@@ -155,6 +155,33 @@ def test_one_copy_ids_are_intact_or_data_lost_never_wrong(cluster):
     cache.close()
 
 
+@ray.remote(num_cpus=0)
+def read_here_or_none(cache: sr.Cache, ids: list[str]) -> dict:
+    """:func:`read_here`, ``None`` for an id not found."""
+    return cache.get_many(ids, None)
+
+
+def test_with_lru_every_node_reads_an_ids_one_value_or_none(cluster):
+    """Each node evicts by its own memory: no node may keep serving a value its primary no
+    longer has, nor a copy that missed part of the appends."""
+    cache = sr.Cache("lru-copies", replicas=2, eviction="lru", max_memory=120_000, compression=None)
+    ids = [f"e{i}" for i in range(200)]
+    cache.set_many({i: b"b" * 1000 for i in ids})
+    for round_ in range(3):
+        cache.append_many({i: f"+{round_}".encode() for i in ids})
+    assert sum(s["evictions"] for s in cache.stats().values()) > 0
+    reads = {}
+    for node in cache.nodes():
+        here = NodeAffinitySchedulingStrategy(node, soft=False)
+        reads[node] = ray.get(read_here_or_none.options(scheduling_strategy=here).remote(cache, ids))
+    full = b"b" * 1000 + b"+0+1+2"
+    for cache_id in ids:
+        seen = {r[cache_id] for r in reads.values()} - {None}
+        assert len(seen) <= 1, (cache_id, seen)  # one value, whichever node reads it
+        assert seen <= {full, b"+1+2", b"+2", b"+0+1+2"}, (cache_id, seen)  # a whole suffix of the appends
+    cache.close()
+
+
 def test_raising_replicas_on_a_running_cache_adds_copies_and_a_drain_keeps_them(cluster):
     cache = sr.Cache("rep-up")
     cache.set_many({f"u{i}": f"v{i}".encode() for i in range(200)})
