@@ -43,6 +43,8 @@ class NodeMetrics:
         self.evictions = made(Counter("shoveling_evictions_total", "ids evicted to make room", _TAGS))
         self.spills = made(Counter("shoveling_spills_total", "values written to disk to make room", _TAGS))
         self._seen = {"evictions": 0, "spills": 0}
+        self._gauges = (self.bytes_used, self.bytes_limit, self.disk_used, self.ids, self.lost_ids)
+        self._set: list = [None] * len(self._gauges)  # the values last recorded
 
     def served(self, op: str, items: int, bytes_in: int = 0, bytes_out: int = 0) -> None:
         """Count one batch: ``items`` served by method ``op`` and the bytes that moved."""
@@ -55,12 +57,13 @@ class NodeMetrics:
 
     def held(self, used: int, limit: int | None, ids: int, evictions: int, lost: int, disk_used: int,
              spills: int) -> None:
-        """The store's state after a change (``evictions`` and ``spills``: totals so far)."""
-        self.bytes_used.set(used)
-        self.bytes_limit.set(limit or 0)
-        self.disk_used.set(disk_used)
-        self.ids.set(ids)
-        self.lost_ids.set(lost)
+        """The store's state after a batch (``evictions`` and ``spills``: totals so far). Only
+        the figures that changed are recorded again: a read changes none, and recording them
+        all cost two thirds of an actor's work on a one-id ``get``."""
+        for index, value in enumerate((used, limit or 0, disk_used, ids, lost)):
+            if self._set[index] != value:
+                self._gauges[index].set(value)
+                self._set[index] = value
         for name, total in (("evictions", evictions), ("spills", spills)):
             if total > self._seen[name]:
                 getattr(self, name).inc(total - self._seen[name])
