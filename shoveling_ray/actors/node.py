@@ -618,7 +618,7 @@ class _NodeActor:
         frame_lists = [item[at] for item in items]
         if refs:
             frame_lists = fetch([swap_refs(frames, refs.__getitem__) for frames in frame_lists])
-        adopt_ = self._adopt if arrays or refs else lambda frames: frames  # blob bytes: nothing to adopt
+        inline = not (arrays or refs)  # every payload is bytes of the blob: nothing to adopt
         failed = []
         for item, frames in zip(items, frame_lists):
             cache_id = item[0]
@@ -627,12 +627,14 @@ class _NodeActor:
                 failed.append(cache_id)
                 continue
             try:
+                if not inline:
+                    frames = self._adopt(frames)
                 if method == "set":
-                    self.store.set(cache_id, item[2], item[3], adopt_(frames))
+                    self.store.set(cache_id, item[2], item[3], frames)
                 else:
                     if item[1]:  # the append created the id at the primary: so it does here
                         self.store.delete(cache_id)
-                    self.store.append(cache_id, adopt_(frames), *item[3:])
+                    self.store.append(cache_id, frames, *item[3:])
                 self.copies[cache_id] = primary
             except (CacheFull, TypeError):
                 self._drop_copy(cache_id)
