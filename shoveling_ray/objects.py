@@ -15,6 +15,10 @@ without another copy (:func:`resolve`). Then:
   (``_NodeActor._adopt``).
 - :func:`forwardable` (actor): a primary forwards a write to the other copies with the
   writer's references, not a copy of its own: each copy fetches the object from where it is.
+  With copies, the smaller payloads of a write travel together as one object of the writer's
+  too (a :class:`~shoveling_ray.wire.Bundled` batch, one per node and copy holders), so the
+  primary hands that on as well instead of putting them into the object store again, and a
+  copy on the writer's node reads them there without a transfer.
 - :func:`put_for_reads` (actor): the first read of a payload of at least
   :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` puts it into the object store, owned by the
   actor (Ray 2.56 removed ``ray.put(_owner=...)``), as a :class:`~shoveling_ray.codec.Stored`:
@@ -40,31 +44,66 @@ import ray
 from .actors.protocol import OK
 from .codec import OBJECT_STORE_BYTES, Stored, is_stored
 from .errors import ray_errors
+from .wire import Bundled
 
 
 def as_refs(buffers: list) -> list:
     """Each out-of-band buffer of at least :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` as an
     object of its own in the object store (references stay); smaller ones stay arrays, which
-    travel together in one object (see the module docstring)."""
-    return [b if isinstance(b, ray.ObjectRef) or b.nbytes < OBJECT_STORE_BYTES else ray.put(b) for b in buffers]
+    travel together in one object (see the module docstring). Of :class:`~shoveling_ray.wire.Bundled`
+    buffers, the smaller ones become one object put here: each stays as its index in it, and
+    the object's reference comes last."""
+    out = [b if type(b) is int or isinstance(b, ray.ObjectRef) or b.nbytes < OBJECT_STORE_BYTES else ray.put(b)
+           for b in buffers]
+    if isinstance(buffers, Bundled):
+        small = [i for i, b in enumerate(out) if isinstance(b, np.ndarray)]
+        if len(small) > 1:
+            bundle = ray.put([out[i] for i in small])
+            for index, i in enumerate(small):
+                out[i] = index
+            out.append(bundle)
+    return out
 
 
 def resolve(buffers: list) -> tuple[list, dict]:
     """The arrays of ``buffers`` (references fetched with one ``ray.get``, mapped without a
-    copy), and ``{(address, size): reference}`` of those that came as references."""
+    copy), and where those that came as references came from: ``{(address, size): reference}``,
+    and for a bundle's arrays ``(bundle reference, index, the bundle's bytes)``."""
     refs = [b for b in buffers if isinstance(b, ray.ObjectRef)]
     if not refs:
         return list(buffers), {}
     with ray_errors("reading the call's payloads"):
-        fetched = iter(ray.get(refs))
-    arrays = [next(fetched) if isinstance(b, ray.ObjectRef) else b for b in buffers]
-    return arrays, {(a.ctypes.data, a.nbytes): b for a, b in zip(arrays, buffers) if isinstance(b, ray.ObjectRef)}
+        fetched = ray.get(refs)
+    bundle, parts = (refs[-1], fetched.pop()) if any(type(b) is int for b in buffers) else (None, [])
+    if bundle is not None:
+        buffers = buffers[:-1]
+    values = iter(fetched)
+    arrays = [parts[b] if type(b) is int else next(values) if isinstance(b, ray.ObjectRef) else b for b in buffers]
+    arrived: dict = {(a.ctypes.data, a.nbytes): b for a, b in zip(arrays, buffers) if isinstance(b, ray.ObjectRef)}
+    total = sum(a.nbytes for a in parts)
+    arrived.update({(a.ctypes.data, a.nbytes): (bundle, index, total) for index, a in enumerate(parts)})
+    return arrays, arrived
 
 
 def forwardable(buffers: list, arrived: dict) -> list:
     """Out-of-band buffers of a packed forward, each one that :func:`resolve` fetched replaced by
-    its reference (see the module docstring)."""
-    return [arrived.get((b.ctypes.data, b.nbytes), b) for b in buffers] if arrived else buffers
+    its reference, and a bundle's arrays by their indices in it (its reference last), as
+    :func:`as_refs` sends them, when they are at least half of its bytes: less, and they
+    travel as arrays (each copy holder would fetch the whole bundle)."""
+    if not arrived:
+        return buffers
+    out = [arrived.get((b.ctypes.data, b.nbytes), b) for b in buffers]
+    bundled = [i for i, b in enumerate(out) if type(b) is tuple]
+    if not bundled:
+        return out
+    if 2 * sum(buffers[i].nbytes for i in bundled) < out[bundled[0]][2]:
+        for i in bundled:
+            out[i] = buffers[i]
+        return out
+    bundle = out[bundled[0]][0]
+    for i in bundled:
+        out[i] = out[i][1]
+    return [*out, bundle]
 
 
 def adopt(frames: list, keep_views: bool = True) -> list:
@@ -134,13 +173,6 @@ def refs_back(results: list, refs: list) -> list:
     if refs:
         _replace_stored(results, lambda stored: Stored(refs[stored.ref], stored.size))
     return results
-
-
-def swap_refs(frames: list, swap) -> list:
-    """``frames`` with ``swap`` applied to the ref of each stored payload: to an index into a
-    list of refs that travels beside a packed blob (forwarding a stored value to a copy), and
-    back."""
-    return [(f[0], f[1], Stored(swap(f[2].ref), f[2].size)) if is_stored(f) else f for f in frames]
 
 
 def fetch(frame_lists: list[list]) -> list[list]:

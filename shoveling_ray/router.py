@@ -35,15 +35,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .actors import protocol as p
+from .codec import OBJECT_STORE_BYTES
 from .errors import NodeUnavailable, ShovelingError
 from .objects import refs_back
 from .placement import SLOTS, assign, holders, home_index, slot_of
-from .wire import no_gc, pack, split, unpack
+from .wire import Bundled, no_gc, pack, split, unpack
 
 #: Redirects and reroutes one operation may follow before giving up.
 MAX_ROUNDS = 6
 #: Item methods any copy of an id answers.
 _READS = ("get", "exists", "size", "locate")
+#: Item methods whose items carry payloads.
+_WRITES = ("set", "append")
 #: Reads in larger batches go to the primaries (see the module docstring): each node's actor
 #: serves its part of a batch one id after another, and a call costs about what a thousand
 #: small ids do.
@@ -243,15 +246,51 @@ class Router:
         return moved
 
     def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]]) -> dict[str, list]:
-        """One ``batch`` call per node; returns the ``(status, value)`` list per node."""
-        pending, ids = {}, {}
+        """One ``batch`` call per node, or per node and copy holders for writes whose smaller
+        payloads travel as one object (:meth:`_calls`); returns the ``(status, value)`` list per
+        node, in the order of its indices."""
+        rounds: list[tuple[dict, dict]] = []  # ({node: pending}, {node: ids}): a node's calls, one per round
+        order: dict[str, list[int]] = {}  # positions in the node's group, in the order its calls answer
         for node, (indices, vias) in groups.items():
-            ids[node] = [items[i][0] for i in indices]
-            handle = self.handle_for(node, ids[node])
-            blob, buffers = pack([(items[i][0], via, *items[i][1:]) for i, via in zip(indices, vias)])
-            pending[node] = self.submit(handle, "batch", method, buffers, *split(blob))
-        replies = self.gather(pending, ids, method)
-        return {node: refs_back(unpack(blob, buffers), refs) for node, (blob, buffers, refs) in replies.items()}
+            ids = [items[i][0] for i in indices]
+            handle = self.handle_for(node, ids)
+            calls = self._calls(method, node, [(items[i][0], via, *items[i][1:]) for i, via in zip(indices, vias)])
+            order[node] = [k for positions, _, _ in calls for k in positions]
+            for r, (positions, blob, buffers) in enumerate(calls):
+                if r == len(rounds):
+                    rounds.append(({}, {}))
+                rounds[r][0][node] = self.submit(handle, "batch", method, buffers, *split(blob))
+                rounds[r][1][node] = [ids[k] for k in positions]
+        answers: dict[str, list] = defaultdict(list)
+        for pending, ids in rounds:
+            for node, (blob, buffers, refs) in self.gather(pending, ids, method).items():
+                answers[node].extend(refs_back(unpack(blob, buffers), refs))
+        out = {}
+        for node, answered in answers.items():
+            out[node] = [None] * len(answered)
+            for k, answer in zip(order[node], answered):
+                out[node][k] = answer
+        return out
+
+    def _calls(self, method: str, node: str, batch: list[tuple]) -> list[tuple[list[int], bytes, list]]:
+        """``batch`` (the items for ``node``) packed: ``[(positions in batch, blob, buffers)]``.
+
+        A write to ids with copies whose payloads under ``OBJECT_STORE_BYTES`` add up to that
+        much goes as one call per set of copy holders, its buffers
+        :class:`~shoveling_ray.wire.Bundled`: those payloads become one object, which the
+        primary hands on whole to the copies (see :mod:`shoveling_ray.objects`)."""
+        blob, buffers = pack(batch)
+        small = sum(b.nbytes for b in buffers if b.nbytes < OBJECT_STORE_BYTES)
+        if self.replicas < 2 or method not in _WRITES or small < OBJECT_STORE_BYTES:
+            return [(list(range(len(batch))), blob, buffers)]
+        by_copies: dict[tuple, list[int]] = defaultdict(list)
+        for k, item in enumerate(batch):
+            by_copies[tuple(self._holders(node, slot_of(item[0]))[1:])].append(k)
+        calls = []
+        for positions in by_copies.values():
+            blob, buffers = pack([batch[k] for k in positions])
+            calls.append((positions, blob, Bundled(buffers)))
+        return calls
 
     def each_node(self, method: str, *args: Any) -> dict[str, Any]:
         """Call ``method(*args)`` on every member; returns ``{node: result}``."""

@@ -28,6 +28,13 @@ from .codec import OUT_OF_BAND_BYTES
 INLINE_BYTES = 96 << 10
 
 
+class Bundled(list):
+    """Out-of-band buffers of a write to an id with copies: the payloads under
+    :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` travel together as one object of the
+    writer's, which the primary can hand on to the copies instead of sending its own
+    (:func:`~shoveling_ray.objects.as_refs`, :func:`~shoveling_ray.objects.forwardable`)."""
+
+
 def split(blob: bytes) -> list[bytes]:
     """``blob`` in pieces of at most :data:`INLINE_BYTES` (one piece, maybe empty, at least)."""
     if len(blob) <= INLINE_BYTES:

@@ -23,8 +23,8 @@ import ray
 
 from ..errors import CacheFull, ConsulError, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from ..heap import keep_freed_memory
-from ..codec import KIND_BYTES, OBJECT_STORE_BYTES, Stored, decode
-from ..objects import adopt, as_refs, fetch, forwardable, load, put_for_reads, refs_beside, resolve, swap_refs
+from ..codec import KIND_BYTES, OBJECT_STORE_BYTES, decode
+from ..objects import adopt, as_refs, fetch, forwardable, load, put_for_reads, refs_beside, resolve
 from ..placement import SLOTS, holders, slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
@@ -249,35 +249,25 @@ class _NodeActor:
     def _forward(self, method: str) -> None:
         """Apply the writes of a batch that this node took as the primary copy on the ids'
         other holders, in the order taken, and wait for them (all holders at once). Payloads
-        this node put into the object store travel as references: each holder fetches and
-        owns its own copy. A holder that does not answer is dead or leaving: the
-        coordinator's next rebuild replaces its copies. A holder that could not apply a write
-        dropped its copy; it is queued for repair."""
+        travel as the writer sent them: references to its objects, which each holder fetches
+        from where they are (see :func:`~shoveling_ray.objects.forwardable`). A holder that
+        does not answer is dead or leaving: the coordinator's next rebuild replaces its
+        copies. A holder that could not apply a write dropped its copy; it is queued for
+        repair."""
         groups: dict[str, list] = {}
-        refs: list = []
-
-        def index_of(ref) -> int:
-            refs.append(ref)
-            return len(refs) - 1
-
-        at = 4 if method == "set" else 2  # where the frames are
-        stored = not self._inline  # payloads that came inline stay bytes: none is in the store
         with self._lock:
             others, pending, crc = self._others, self.repairs, zlib.crc32
             for item in self._taken:
                 targets = others[crc(item[0].encode()) % SLOTS]
                 if pending and item[0] in pending:
                     targets = [n for n in targets if n not in pending[item[0]]]
-                if targets:
-                    if stored and any(type(f[2]) is Stored for f in item[at]):
-                        item = (*item[:at], swap_refs(item[at], index_of), *item[at + 1:])
-                    for node in targets:
-                        groups.setdefault(node, []).append(item)
+                for node in targets:
+                    groups.setdefault(node, []).append(item)
         calls, packed = {}, {}
         for node, group in groups.items():
             blob, out = pack(group)
             packed[node] = (blob, forwardable(out, self._arrived))
-            calls[node] = (self.node_id, method, refs)
+            calls[node] = (self.node_id, method)
         for node, failed in self._call_peers("replicate", calls, packed).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
@@ -401,7 +391,7 @@ class _NodeActor:
         def apply(item):
             frames = item[4] if self._inline else self._adopt(item[4])
             stored = self.store.set(item[0], item[2], item[3], frames)
-            self._taken.append((*item[:4], frames))
+            self._taken.append(item)
             return stored
 
         return self._write(items, apply, clears_loss=True)
@@ -414,7 +404,7 @@ class _NodeActor:
             fresh = item[0] not in self.store  # the append creates it: copies start it afresh
             frames = item[2] if self._inline else self._adopt(item[2])
             added = self.store.append(item[0], frames, *item[3:])
-            self._taken.append((item[0], fresh, frames, *item[3:]))
+            self._taken.append((item[0], fresh, *item[2:]))
             return added
 
         return self._write(items, apply, clears_loss=False)
@@ -607,20 +597,17 @@ class _NodeActor:
     @_locked
     @ray.method(concurrency_group="peer")
     def replicate(self, forwarded: tuple, buffers: list, *blob: bytes) -> list:
-        """At a copy: apply writes its primary took (``forwarded``: ``(primary, method, refs)``,
-        then the packed items as in :meth:`_call_peer`; stored payloads are fetched from the
-        primary's object store). Returns the ids it could not apply; their copy here is
-        dropped."""
-        primary, method, refs = forwarded
+        """At a copy: apply writes its primary took (``forwarded``: ``(primary, method)``, then
+        the packed items as in :meth:`_call_peer`, their payloads as the writer sent them).
+        Returns the ids it could not apply; their copy here is dropped."""
+        primary, method = forwarded
         arrays = resolve(buffers)[0]
         items = unpack(join(blob), arrays)
         at = 4 if method == "set" else 2  # where the frames are
-        frame_lists = [item[at] for item in items]
-        if refs:
-            frame_lists = fetch([swap_refs(frames, refs.__getitem__) for frames in frame_lists])
-        inline = not (arrays or refs)  # every payload is bytes of the blob: nothing to adopt
+        inline = not arrays  # every payload is bytes of the blob: nothing to adopt
         failed = []
-        for item, frames in zip(items, frame_lists):
+        for item in items:
+            frames = item[at]
             cache_id = item[0]
             if method == "append" and not item[1] and cache_id not in self.store:
                 self.copies.pop(cache_id, None)  # evicted here: the tail alone would be wrong

@@ -182,6 +182,31 @@ def test_with_lru_every_node_reads_an_ids_one_value_or_none(cluster):
     cache.close()
 
 
+@ray.remote(num_cpus=0)
+def append_halves(cache: sr.Cache, pieces: dict) -> int:
+    """Append each id's piece in two batches; returns this worker's process id."""
+    cache.append_many({i: piece[: len(piece) // 2] for i, piece in pieces.items()})
+    cache.append_many({i: piece[len(piece) // 2 :] for i, piece in pieces.items()})
+    return os.getpid()
+
+
+def test_mid_sized_pieces_reach_every_copy_whole_after_their_writer_is_killed(cluster):
+    """Pieces of 64 KiB - 1 MiB, a megabyte and more of them per node, travel as one object of
+    the writer's that the primary hands on to the copies: each holder keeps its own bytes, so
+    every node reads every id whole, from its own copy where it has one, once the writer's
+    process is gone."""
+    cache = sr.Cache("mid-copies", replicas=2, compression=None)
+    pieces = {f"m{i}": os.urandom(400 << 10) for i in range(24)}
+    writer = next(n for n in cache.nodes() if n != head_node())
+    on_writer = NodeAffinitySchedulingStrategy(writer, soft=False)
+    os.kill(ray.get(append_halves.options(scheduling_strategy=on_writer).remote(cache, pieces)), 9)
+    assert all(len(cache.node_ids(i)) == 2 for i in pieces)
+    for node in cache.nodes():
+        here = NodeAffinitySchedulingStrategy(node, soft=False)
+        assert ray.get(read_here.options(scheduling_strategy=here).remote(cache, list(pieces))) == pieces, node
+    cache.close()
+
+
 def test_raising_replicas_on_a_running_cache_adds_copies_and_a_drain_keeps_them(cluster):
     cache = sr.Cache("rep-up")
     cache.set_many({f"u{i}": f"v{i}".encode() for i in range(200)})

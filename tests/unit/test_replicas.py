@@ -87,6 +87,25 @@ def test_a_write_sent_to_a_copy_is_redirected_to_the_primary():
     assert values_on(actors, "r") == {primary: b"one+two", copy: b"one+two"}
 
 
+def test_a_batch_of_mid_sized_pieces_goes_once_per_copy_holders_and_answers_in_order():
+    # Pieces of 64 KiB-1 MiB adding up to 1 MiB or more travel as one object per set of copy
+    # holders (which the primary hands on whole): the router splits each node's batch, and
+    # the answers must still come back per item, in the caller's order.
+    actors = make_actors(replicas=2)
+    calls: Counter = Counter()
+    router = make_router(actors, replicas=2, handle_for=lambda node, ids: Counting(Serial(actors[node]), calls, node))
+    ids = [f"m{i}" for i in range(48)]
+    set_(router, ids[5], {"not": "bytes"})  # its append fails: WRONG_TYPE, at its own position
+    pieces = {i: bytes([n]) * (128 << 10) for n, i in enumerate(ids)}
+    results = router.run("append", [(i, encode_append(piece, compression=None)) for i, piece in pieces.items()])
+    assert [status for status, _, _ in results] == [p.WRONG_TYPE if i == ids[5] else p.OK for i in ids]
+    for i in ids:
+        expected = {"not": "bytes"} if i == ids[5] else pieces[i]
+        copies = values_on(actors, i)
+        assert len(copies) == 2 and all(v == expected for v in copies.values()), i
+    assert all(calls[(node, "append")] == 2 for node in NODES), calls  # 3 nodes: 2 copy holders each
+
+
 def written_with_two_copies(count: int, local: str) -> tuple[dict, Router, list, list]:
     """``count`` ids written with ``replicas=2``: the actors, the writer, the ids, and those
     with a copy on ``local``."""
