@@ -85,6 +85,13 @@ def resolve(buffers: list) -> tuple[list, dict]:
     return arrays, arrived
 
 
+def placeholders(buffers: list) -> list:
+    """Empty arrays in place of the arrays of ``buffers`` (as :func:`as_refs` sent them) whose
+    objects are gone: unpacking with them gives the items, their payloads empty."""
+    bundled = any(type(b) is int for b in buffers)
+    return [np.empty(0, dtype=np.uint8)] * (len(buffers) - bundled)
+
+
 def forwardable(buffers: list, arrived: dict) -> list:
     """Out-of-band buffers of a packed forward, each one that :func:`resolve` fetched replaced by
     its reference, and a bundle's arrays by their indices in it (its reference last), as

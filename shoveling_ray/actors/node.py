@@ -21,10 +21,10 @@ import zlib
 
 import ray
 
-from ..errors import CacheFull, ConsulError, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
+from ..errors import CacheFull, ConsulError, DataLost, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from ..heap import keep_freed_memory
 from ..codec import KIND_BYTES, OBJECT_STORE_BYTES, decode
-from ..objects import adopt, as_refs, fetch, forwardable, load, put_for_reads, refs_beside, resolve
+from ..objects import adopt, as_refs, fetch, forwardable, load, placeholders, put_for_reads, refs_beside, resolve
 from ..placement import SLOTS, holders, slot_of
 from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
@@ -599,9 +599,17 @@ class _NodeActor:
     def replicate(self, forwarded: tuple, buffers: list, *blob: bytes) -> list:
         """At a copy: apply writes its primary took (``forwarded``: ``(primary, method)``, then
         the packed items as in :meth:`_call_peer`, their payloads as the writer sent them).
-        Returns the ids it could not apply; their copy here is dropped."""
+        Returns the ids it could not apply (all of them when the writer's objects are gone);
+        their copy here is dropped."""
         primary, method = forwarded
-        arrays = resolve(buffers)[0]
+        try:
+            arrays = resolve(buffers)[0]
+        except DataLost:  # the writer died before this copy fetched its objects: repaired whole
+            items = unpack(join(blob), placeholders(buffers))
+            for item in items:
+                self._drop_copy(item[0])
+            self._publish()
+            return [item[0] for item in items]
         items = unpack(join(blob), arrays)
         at = 4 if method == "set" else 2  # where the frames are
         inline = not arrays  # every payload is bytes of the blob: nothing to adopt

@@ -12,10 +12,12 @@ from collections import Counter
 
 import pytest
 
-from shoveling_ray import NodeUnavailable
+from shoveling_ray import DataLost, NodeUnavailable
+from shoveling_ray.actors import node as node_module
 from shoveling_ray.actors import protocol as p
 from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
+from shoveling_ray.objects import resolve
 from shoveling_ray.router import Router
 
 from .test_router import NODES, Counting, Serial, get, make_actors, make_router, set_
@@ -104,6 +106,30 @@ def test_a_batch_of_mid_sized_pieces_goes_once_per_copy_holders_and_answers_in_o
         copies = values_on(actors, i)
         assert len(copies) == 2 and all(v == expected for v in copies.values()), i
     assert all(calls[(node, "append")] == 2 for node in NODES), calls  # 3 nodes: 2 copy holders each
+
+
+def test_a_copy_that_cannot_fetch_the_writers_objects_keeps_no_stale_value_and_is_repaired(monkeypatch):
+    # A copy fetches a write's payloads from the writer's objects; a writer killed meanwhile
+    # takes them along. The copy must not keep serving the value before that write.
+    actors = make_actors(replicas=2)
+    router = make_router(actors, replicas=2)
+    set_(router, "w", b"old" * 30_000)
+    primary, copy = holders(router.home("w"), router.chains[slot_of("w")], 2)
+    fetches = []
+
+    def resolve_then_lose(buffers):
+        fetches.append(buffers)
+        if len(fetches) > 1:  # the primary's own fetch works; the copy's finds the objects gone
+            raise DataLost(detail="the writer died")
+        return resolve(buffers)
+
+    monkeypatch.setattr(node_module, "resolve", resolve_then_lose)
+    set_(router, "w", b"new" * 30_000)
+    monkeypatch.undo()
+    assert values_on(actors, "w") == {primary: b"new" * 30_000}
+    assert actors[primary].stats()["under_replicated"] == 1
+    repair_all(actors)
+    assert values_on(actors, "w") == {primary: b"new" * 30_000, copy: b"new" * 30_000}
 
 
 def written_with_two_copies(count: int, local: str) -> tuple[dict, Router, list, list]:
