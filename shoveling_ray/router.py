@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .actors import protocol as p
@@ -250,29 +250,29 @@ class Router:
         payloads travel as one object (:meth:`_calls`); returns the ``(status, value)`` list per
         node, in the order of its indices."""
         rounds: list[tuple[dict, dict]] = []  # ({node: pending}, {node: ids}): a node's calls, one per round
-        order: dict[str, list[int]] = {}  # positions in the node's group, in the order its calls answer
+        order: dict[str, list[int]] = {}  # of a node sent several calls: its items' positions as answered
         for node, (indices, vias) in groups.items():
             ids = [items[i][0] for i in indices]
             handle = self.handle_for(node, ids)
             calls = self._calls(method, node, [(items[i][0], via, *items[i][1:]) for i, via in zip(indices, vias)])
-            order[node] = [k for positions, _, _ in calls for k in positions]
+            if len(calls) > 1:
+                order[node] = [k for positions, _, _ in calls for k in positions]
             for r, (positions, blob, buffers) in enumerate(calls):
                 if r == len(rounds):
                     rounds.append(({}, {}))
                 rounds[r][0][node] = self.submit(handle, "batch", method, buffers, *split(blob))
-                rounds[r][1][node] = [ids[k] for k in positions]
+                rounds[r][1][node] = ids if len(calls) == 1 else [ids[k] for k in positions]
         answers: dict[str, list] = defaultdict(list)
         for pending, ids in rounds:
             for node, (blob, buffers, refs) in self.gather(pending, ids, method).items():
                 answers[node].extend(refs_back(unpack(blob, buffers), refs))
-        out = {}
-        for node, answered in answers.items():
-            out[node] = [None] * len(answered)
-            for k, answer in zip(order[node], answered):
-                out[node][k] = answer
-        return out
+        for node, positions in order.items():  # split nodes: their answers back in item order
+            answered, answers[node] = answers[node], [None] * len(positions)
+            for k, answer in zip(positions, answered):
+                answers[node][k] = answer
+        return answers
 
-    def _calls(self, method: str, node: str, batch: list[tuple]) -> list[tuple[list[int], bytes, list]]:
+    def _calls(self, method: str, node: str, batch: list[tuple]) -> list[tuple[Sequence[int], bytes, list]]:
         """``batch`` (the items for ``node``) packed: ``[(positions in batch, blob, buffers)]``.
 
         A write to ids with copies whose payloads under ``OBJECT_STORE_BYTES`` add up to that
@@ -282,7 +282,7 @@ class Router:
         blob, buffers = pack(batch)
         small = sum(b.nbytes for b in buffers if b.nbytes < OBJECT_STORE_BYTES)
         if self.replicas < 2 or method not in _WRITES or small < OBJECT_STORE_BYTES:
-            return [(list(range(len(batch))), blob, buffers)]
+            return [(range(len(batch)), blob, buffers)]
         by_copies: dict[tuple, list[int]] = defaultdict(list)
         for k, item in enumerate(batch):
             by_copies[tuple(self._holders(node, slot_of(item[0]))[1:])].append(k)
