@@ -73,7 +73,7 @@ def main() -> None:
             cache.close()
     report.add(f"write {args.total_mb} MiB of {args.value_mb} MiB values, own tier vs Ray spilling",
                total / best["ours"][0], total / best["ray"][0], "MB/s", None)
-    report.add(f"read them back, own tier vs Ray restoring", total / best["ours"][1], total / best["ray"][1], "MB/s", None)
+    report.add("read them back, own tier vs Ray restoring", total / best["ours"][1], total / best["ray"][1], "MB/s", None)
     pieces = [os.urandom(10_000) for _ in range(args.total_mb * MB // 10_000 // 4)]
     cache = sr.Cache("bench-spill-pieces", compression=None, max_memory=64 * MB)
     write, read = appends(cache, pieces, ids=16)

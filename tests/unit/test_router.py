@@ -19,7 +19,7 @@ from shoveling_ray import NodeUnavailable, ShovelingError
 from shoveling_ray.actors import protocol as p
 from shoveling_ray.actors.node import _NodeActor
 from shoveling_ray.codec import decode, encode, encode_append
-from shoveling_ray.placement import build_chains, holders, reassign_chains, slot_of
+from shoveling_ray.placement import build_chains, reassign_chains, slot_of
 from shoveling_ray.router import MAX_ROUNDS, Router
 
 NODES = ["node-a", "node-b", "node-c"]
