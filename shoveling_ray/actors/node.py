@@ -129,7 +129,7 @@ class _NodeActor:
         self._created: list = []  # ids the batch being served created here (see _record_created)
         self._arrived: dict = {}  # the batch being served's payload references (see _forward)
         self._inline = True  # whether the batch being served has only payloads of its blob
-        self._drops: dict[str, list] = {}  # node -> ids evicted here as primary (see _evictions)
+        self._drops: dict[str, list] = {}  # node -> ids evicted here, to drop there too (see _evictions)
         # Ids taken from a node being drained (id -> that node) until the drain ends, and those
         # of them written or deleted here since: a failed drain leaves these here (give_back).
         self._received: dict[str, str] = {}
@@ -644,39 +644,50 @@ class _NodeActor:
         self.store.delete(cache_id)
 
     def _evictions(self) -> None:
-        """Take the ids the store evicted (``lru``; under the lock). A copy evicted here is no
-        copy any more: the primary's next append to it fails here and the primary repairs it
-        whole. An id evicted here as its primary leaves its other holders too: they are told
-        by :meth:`_send_drops`, before this node serves another client batch."""
+        """Take the ids the store evicted (``lru``; under the lock): with copies, an id evicted
+        by any holder leaves the cache. Evicted here as its primary, its other holders drop
+        their copies; evicted here as a copy, its primary drops it and then its other copies.
+        They are told by :meth:`_send_drops`, before this node serves another client batch."""
         evicted, self.store.evicted = self.store.evicted, []
         for cache_id in evicted:
             if cache_id in self.store:  # written again since
                 continue
-            if self.copies.pop(cache_id, None) is None:
-                for node in self._secondaries(cache_id):
-                    self._drops.setdefault(node, []).append(cache_id)
-                self.repairs.pop(cache_id, None)
+            primary = self.copies.pop(cache_id, None)
+            if primary is not None:
+                self._drops.setdefault(primary, []).append(cache_id)
+                continue
+            for node in self._secondaries(cache_id):
+                self._drops.setdefault(node, []).append(cache_id)
+            self.repairs.pop(cache_id, None)
 
     def _send_drops(self) -> None:
-        """Drop the copies of the ids this node evicted as their primary (outside the lock;
-        client batches run one at a time, so no write to those ids comes in between)."""
+        """Tell the other holders of the ids this node evicted (outside the lock; client
+        batches run one at a time, so no write to those ids comes in between)."""
         if not self._drops:
             return
         with self._lock:
             drops, self._drops = self._drops, {}
         for node, failed in self._call_peers("drop_copies", {n: (self.node_id, ids) for n, ids in drops.items()}).items():
             if isinstance(failed, NodeUnavailable):
-                log.warning("cache %s: node %s kept copies of %d ids evicted here: %s", self.cache, node,
-                            len(drops[node]), failed)
+                log.warning("cache %s: node %s kept %d ids evicted here: %s", self.cache, node, len(drops[node]), failed)
 
     @_locked
     @ray.method(concurrency_group="peer")
     def drop_copies(self, sent: tuple) -> None:
-        """At a copy: forget the copies of ids their primary evicted (``(primary, ids)``)."""
-        primary, cache_ids = sent
+        """Forget ids another holder evicted (``(holder, ids)``): the copies of ids whose
+        primary that holder is, and the ids of which it held a copy and this node is the
+        primary (their copies are told in turn, the sender's too: a write may have given it a
+        new one since it evicted the id)."""
+        sender, cache_ids = sent
         for cache_id in cache_ids:
-            if self.copies.get(cache_id) == primary:
+            primary = self.copies.get(cache_id)
+            if primary == sender:
                 self._drop_copy(cache_id)
+            elif primary is None and cache_id in self.store and sender in self._secondaries(cache_id):
+                self.store.delete(cache_id)
+                for node in self._secondaries(cache_id):  # the sender too: it may hold a newer copy
+                    self._drops.setdefault(node, []).append(cache_id)
+                self.repairs.pop(cache_id, None)
         self._publish()
 
     @_locked
