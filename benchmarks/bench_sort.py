@@ -125,7 +125,12 @@ def ray_data_sort(n: int, block: int, seed: int, strategy, expected: int) -> tup
     out = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(gen, batch_size=1)
     done = out.sort(["k1", "k2"]).materialize()
     sorted_at = time.perf_counter()
-    summaries = [r for r in done.map_batches(summarize, batch_size=None, batch_format="numpy").take_all() if r["count"]]
+    options = DataContext.get_current().execution_options
+    kept, options.preserve_order = options.preserve_order, True  # the summaries in the sorted blocks' order
+    try:
+        summaries = [r for r in done.map_batches(summarize, batch_size=None, batch_format="numpy").take_all() if r["count"]]
+    finally:
+        options.preserve_order = kept
     seconds = time.perf_counter() - t
     assert sum(int(r["count"]) for r in summaries) == n
     assert sum(int(r["checksum"]) for r in summaries) % 2**64 == expected
