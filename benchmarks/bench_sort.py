@@ -12,8 +12,9 @@ generator; generation is included everywhere) on a local 3-node cluster of one C
   boundaries); its time without that pass is printed beside it;
 - a single-process numpy floor (timed without the validation, which the others include).
 
-The contenders alternate: each round runs every one of them once, ``--repeat`` rounds. The
-first round is cold: on virtual machines that hand freed pages back to the host, memory a
+The contenders alternate: each round runs every one of them once, ``--repeat`` rounds, each
+starting once the object stores are back to what they held before the first. The first round
+is cold: on virtual machines that hand freed pages back to the host, memory a
 process has not touched lately costs 2-3 s per GB to touch again. The ratios use each
 contender's best run; the cold runs are printed beside them, and so are the bytes each
 contender writes into memory per byte sorted (its copies).
@@ -22,6 +23,7 @@ contender writes into memory per byte sorted (its copies).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import threading
 import time
@@ -84,6 +86,16 @@ def written() -> int:
     """Bytes written to the machine's disks so far (the cache's spill files, Ray's spilling)."""
     counters = psutil.disk_io_counters()
     return counters.write_bytes if counters else 0
+
+
+def settle(base: int, timeout: float = 30.0) -> None:
+    """Wait until the object stores hold at most ``base`` bytes (plus 64 MiB) again, up to
+    ``timeout`` s: the last contender's objects are freed asynchronously (Ray Data's left
+    gigabytes behind), and each contender should start from the same stores."""
+    gc.collect()
+    deadline = time.monotonic() + timeout
+    while plasma_bytes() > base + 64 * MB and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def numpy_floor(n: int, block: int, seed: int, validate: bool = False) -> float:
@@ -271,6 +283,7 @@ def main() -> None:
     max_memory = args.max_memory_mb * MB if args.max_memory_mb else None
     print(f"3 nodes, object stores {store_mb} MiB, cache max_memory {args.max_memory_mb or store_mb} MiB", flush=True)
     cache = sr.Cache("bench-sort", max_memory=max_memory)
+    base = plasma_bytes()
     for n in sizes:
         gb = n * 100 / 1e9
         blocks = len(ds.blocks_of(n, args.block))
@@ -293,6 +306,7 @@ def main() -> None:
         summaries = []
         for round_ in range(args.repeat):
             for name, run in contenders.items():
+                settle(base)
                 with Peak(object_store=name != "numpy") as peak:
                     seconds = run()
                 if name == "shuffle":
