@@ -661,8 +661,8 @@ class _NodeActor:
             self.repairs.pop(cache_id, None)
 
     def _send_drops(self) -> None:
-        """Tell the other holders of the ids this node evicted (outside the lock; client
-        batches run one at a time, so no write to those ids comes in between)."""
+        """Tell the other holders of the ids this node evicted (outside the lock). A write that
+        reached such an id elsewhere meanwhile leaves with it, on every holder."""
         if not self._drops:
             return
         with self._lock:
