@@ -647,7 +647,8 @@ class _NodeActor:
         """Take the ids the store evicted (``lru``; under the lock): with copies, an id evicted
         by any holder leaves the cache. Evicted here as its primary, its other holders drop
         their copies; evicted here as a copy, its primary drops it and then its other copies.
-        They are told by :meth:`_send_drops`, before this node serves another client batch."""
+        They are told by :meth:`_send_drops`, before this node serves another client batch or,
+        if none comes, by the background repairer (which runs in turn with client batches)."""
         evicted, self.store.evicted = self.store.evicted, []
         for cache_id in evicted:
             if cache_id in self.store:  # written again since
@@ -659,6 +660,8 @@ class _NodeActor:
             for node in self._secondaries(cache_id):
                 self._drops.setdefault(node, []).append(cache_id)
             self.repairs.pop(cache_id, None)
+        if self._drops:
+            self._start_repairs()
 
     def _send_drops(self) -> None:
         """Tell the other holders of the ids this node evicted (outside the lock). A write that
@@ -688,6 +691,8 @@ class _NodeActor:
                 for node in self._secondaries(cache_id):  # the sender too: it may hold a newer copy
                     self._drops.setdefault(node, []).append(cache_id)
                 self.repairs.pop(cache_id, None)
+        if self._drops:
+            self._start_repairs()
         self._publish()
 
     @_locked
@@ -709,7 +714,9 @@ class _NodeActor:
     def repair(self, max_bytes: int = HAND_OVER_BYTES) -> tuple[int, int]:
         """Send missing copies to their holders, up to ``max_bytes`` of values (one id may be
         larger). Runs in turn with client calls, so no write slips between a copy and the
-        writes forwarded after it. Returns ``(bytes sent, ids still missing a copy)``."""
+        writes forwarded after it, and first tells other holders what this node evicted
+        (:meth:`_send_drops`). Returns ``(bytes sent, ids still missing a copy)``."""
+        self._send_drops()
         by_node: dict[str, list] = {}
         size = 0
         with self._lock:

@@ -373,6 +373,27 @@ def test_with_lru_an_id_evicted_by_any_holder_leaves_every_holder():
     assert all(a.stats()["under_replicated"] == 0 for a in actors.values())
 
 
+def test_with_lru_a_node_that_serves_no_client_batch_still_tells_the_other_holders():
+    # Its background repairer tells them (it runs in turn with client batches); the unit
+    # test calls repair as that loop does.
+    actors = make_actors(NODES, replicas=2)
+    writer = make_router(actors, replicas=2)
+    ids = [f"q{i}" for i in range(30)]
+    writer.run("set", [(i, *encode(b"v")) for i in ids])
+    on_a = {i for i in ids if "node-a" in values_on(actors, i)}
+    actors["node-a"].configure(1, "lru", None)  # node-a evicts everything, then serves nothing
+    actors["node-a"].configure(None, "lru", None)
+    for _ in range(2):  # node-a tells, then the primaries it told tell their copies
+        repair_all(actors)
+    assert 0 < len(on_a) < len(ids)
+    for cache_id in ids:
+        held = values_on(actors, cache_id)
+        if cache_id in on_a:
+            assert held == {}, (cache_id, held)  # evicted at node-a: gone from its other holder too
+        else:
+            assert list(held.values()) == [b"v", b"v"], (cache_id, held)
+
+
 def test_zones_learned_later_move_copies_to_the_nodes_they_name():
     """A member's zone known only at a later view (its Consul agent answered late) changes
     which nodes hold the copies of ids that ``init`` put off their slot chain: the new holders
