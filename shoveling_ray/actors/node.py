@@ -656,12 +656,16 @@ class _NodeActor:
             primary = self.copies.pop(cache_id, None)
             if primary is not None:
                 self._drops.setdefault(primary, []).append(cache_id)
-                continue
-            for node in self._secondaries(cache_id):
-                self._drops.setdefault(node, []).append(cache_id)
-            self.repairs.pop(cache_id, None)
+            else:
+                self._tell_copies(cache_id)
         if self._drops:
             self._start_repairs()
+
+    def _tell_copies(self, cache_id: str) -> None:
+        """Queue the drop of an id gone from this node, its primary, at its other holders."""
+        for node in self._secondaries(cache_id):
+            self._drops.setdefault(node, []).append(cache_id)
+        self.repairs.pop(cache_id, None)
 
     def _send_drops(self) -> None:
         """Tell the other holders of the ids this node evicted (outside the lock). A write that
@@ -688,9 +692,7 @@ class _NodeActor:
                 self._drop_copy(cache_id)
             elif primary is None and cache_id in self.store and sender in self._secondaries(cache_id):
                 self.store.delete(cache_id)
-                for node in self._secondaries(cache_id):  # the sender too: it may hold a newer copy
-                    self._drops.setdefault(node, []).append(cache_id)
-                self.repairs.pop(cache_id, None)
+                self._tell_copies(cache_id)  # the sender too: it may hold a newer copy
         if self._drops:
             self._start_repairs()
         self._publish()
