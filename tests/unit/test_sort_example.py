@@ -67,3 +67,18 @@ def test_checksum_is_order_independent_and_sees_lost_duplicated_or_mixed_records
     assert ds.checksum(mixed) != reference
     chunked = ds.checksum(records, chunk=7)
     assert chunked == reference
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_partitioner_agrees_with_searchsorted(trial):
+    # Splitters drawn from the keys (so keys equal them), duplicated splitters, keys that share
+    # a splitter's top bits, and the extremes of uint64.
+    rng = np.random.default_rng(trial)
+    keys = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    splitters = np.sort(rng.choice(keys, int(rng.integers(1, 70)), replace=False))
+    if trial % 2:
+        splitters = np.sort(np.concatenate([splitters, splitters[:3]]))
+    keys = np.concatenate([keys, splitters, splitters - np.uint64(1), splitters + np.uint64(1),
+                           np.array([0, 2**64 - 1], dtype=np.uint64)])
+    expected = np.searchsorted(splitters, keys, side="right")
+    assert np.array_equal(ds.Partitioner(splitters)(keys), expected)
