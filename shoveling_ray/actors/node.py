@@ -1027,7 +1027,9 @@ class _NodeActor:
     def give_back(self, returned: tuple) -> list:
         """Undo :meth:`receive` after a drain failed: the node keeps its ids and its directory,
         except the ids written or deleted here since they came (clients found them here while
-        the drain ran): they stay as they are here. Returns those; the node drops its own."""
+        the drain ran): they stay as they are here, and with one copy their backup homes learn
+        it with the next client batch served here (as for ids a write creates). Returns those;
+        the node drops its own."""
         source, ids, records, lost = returned
         touched = []
         for cache_id, homed_there in ids:
@@ -1035,6 +1037,8 @@ class _NodeActor:
             if cache_id in self._touched:
                 self._touched.discard(cache_id)
                 touched.append(cache_id)
+                if self.replicas == 1:  # its backup home still points at the drained node:
+                    self._created.append(cache_id)  # told with the next client batch's records
                 continue
             self.store.delete(cache_id)
             if not homed_there:

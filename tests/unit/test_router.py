@@ -289,6 +289,8 @@ def test_a_failed_drain_keeps_the_writes_and_deletes_clients_made_while_it_ran()
         actors[drained].hand_over(router.chains, chains, peers)
     reader = make_router(actors)
     assert get(reader, written) == b"during"  # acknowledged while the drain ran: kept
+    backup = router.chains[slot_of(written)][1]  # told where it stayed by that client batch
+    assert actors[backup].records.get(written) == home
     assert get(reader, deleted) is None
     assert get(reader, kept) == b"before" and kept in actors[drained].store
     listed = [i for actor in actors.values() for i in actor.ids("w")]
