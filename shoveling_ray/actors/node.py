@@ -33,6 +33,7 @@ from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
 from . import protocol as p
 from .disk import SpillFiles
+from .sessions import Sessions
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ HAND_OVER_BYTES = 64 << 20
 REPAIR_BYTES_PER_SECOND = 256 << 20
 #: Share of ``max_memory`` below which the actor keeps writers' objects mapped (see _adopt).
 MAPPED_SHARE = 0.5
+#: Memory counted in ``used`` per placement record, lost id or copy kept here (a dict entry, its
+#: node id string is shared), and per id waiting for repair (its entry and set).
+RECORD_BYTES = 100
+REPAIR_BYTES = 300
 #: The Consul node meta key that names a node's failure domain.
 ZONE_META = "zone"
 
@@ -129,6 +134,10 @@ class _NodeActor:
         self._created: list = []  # ids the batch being served created here (see _record_created)
         self._arrived: dict = {}  # the batch being served's payload references (see _forward)
         self._inline = True  # whether the batch being served has only payloads of its blob
+        # What the clients' writes applied here, to apply each once (see .sessions); the
+        # batch being served's part of it (``None``: a read, or a write without a stamp).
+        self.sessions = Sessions()
+        self._applied: dict | None = None
         self._drops: dict[str, list] = {}  # node -> ids evicted here, to drop there too (see _evictions)
         # Ids taken from a node being drained (id -> that node) until the drain ends, and those
         # of them written or deleted here since: a failed drain leaves these here (give_back).
@@ -186,9 +195,13 @@ class _NodeActor:
         """The zone this node's Consul agent names in its node meta (``zone``), if any."""
         return self.zone
 
-    def batch(self, method: str, buffers: list, *blob: bytes) -> tuple:
+    def batch(self, method: str, stamp: tuple | None, buffers: list, *blob: bytes) -> tuple:
         """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`: its blob in
         pieces, its large payloads as references, see :mod:`shoveling_ray.objects`).
+
+        A write's ``stamp`` (``(session, sequence, low)``, see :mod:`.sessions`) names the
+        client call: an id that took this call here before (the client sent it again after a
+        failure) is answered as it was, not written again.
 
         ``place`` and ``delete`` call the other members' actors (``peers``, from the
         coordinator's last view). Writes taken here as the primary copy are applied on the
@@ -205,11 +218,14 @@ class _NodeActor:
             items = unpack(join(blob), arrays)
             self._moved = 0
             self._send_drops()
+            with self._lock:
+                self._applied = self.sessions.call(stamp)
             results = getattr(self, method)(items)
             if self._taken:
                 if self.replicas > 1:
-                    self._forward(method)
+                    self._forward(method, stamp)
                 self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
+            self._applied = None
             self._arrived = {}  # the writer's references: its objects are freed once the views go
             if self.store.evicted:
                 with self._lock:
@@ -226,6 +242,8 @@ class _NodeActor:
 
     def _publish(self) -> None:
         store = self.store
+        store.charge(self.sessions.nbytes + RECORD_BYTES * (len(self.records) + len(self.lost) + len(self.copies))
+                     + REPAIR_BYTES * len(self.repairs))
         self._metrics.held(store.used, store.max_memory, len(store), store.evictions,
                            sum(1 for i in self.lost if self._is_home(i)), store.disk.used, store.spills)
 
@@ -246,7 +264,7 @@ class _NodeActor:
         pending = self.repairs.get(cache_id) if self.repairs else None
         return [n for n in nodes if n not in pending] if pending else nodes
 
-    def _forward(self, method: str) -> None:
+    def _forward(self, method: str, stamp: tuple | None) -> None:
         """Apply the writes of a batch that this node took as the primary copy on the ids'
         other holders, in the order taken, and wait for them (all holders at once). Payloads
         travel as the writer sent them: references to its objects, which each holder fetches
@@ -267,7 +285,7 @@ class _NodeActor:
         for node, group in groups.items():
             blob, out = pack(group)
             packed[node] = (blob, forwardable(out, self._arrived))
-            calls[node] = (self.node_id, method)
+            calls[node] = (self.node_id, method, stamp)
         for node, failed in self._call_peers("replicate", calls, packed).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
@@ -351,9 +369,13 @@ class _NodeActor:
         """Apply writes to the ids this node may write; ``apply`` adds each write it took to
         ``_taken`` (what :meth:`_forward` sends to the copies)."""
         out = []
-        self._taken: list = []
+        self._taken = []
+        applied = self._applied
         for item in items:
             cache_id, via = item[0], item[1]
+            if applied is not None and cache_id in applied:  # sent again: it was applied here
+                out.append(applied[cache_id])
+                continue
             if cache_id in self.copies:  # the primary orders writes
                 out.append((p.REDIRECT, self.copies[cache_id]))
                 continue
@@ -378,6 +400,8 @@ class _NodeActor:
                 out.append((p.WRONG_TYPE, None))
             else:
                 out.append((p.OK, None))
+                if applied is not None:
+                    applied[cache_id] = (p.OK, None)
                 if created and self.replicas == 1:
                     self._created.append(cache_id)
                 if cache_id in self._received:
@@ -422,8 +446,12 @@ class _NodeActor:
         their home are rerouted there.
         """
         out, calls = [], {}
+        applied = self._applied
         with self._lock:
             for cache_id, via in items:
+                if applied is not None and cache_id in applied:  # sent again: deleted here
+                    out.append(applied[cache_id])
+                    continue
                 primary = self.records.pop(cache_id, None)
                 if primary is None and cache_id in self.store and cache_id not in self.copies:
                     primary = self.node_id
@@ -445,6 +473,8 @@ class _NodeActor:
                 for node in nodes:
                     calls.setdefault(node, []).append(cache_id)
                 out.append((p.OK, True))
+            if applied is not None:
+                applied.update((i, answer) for (i, _via), answer in zip(items, out) if answer[0] == p.OK)
         for node, ids in calls.items():
             try:
                 self._call_peer(self.peers, node, "drop", ids)
@@ -601,7 +631,8 @@ class _NodeActor:
         the packed items as in :meth:`_call_peer`, their payloads as the writer sent them).
         Returns the ids it could not apply (all of them when the writer's objects are gone);
         their copy here is dropped."""
-        primary, method = forwarded
+        primary, method, stamp = forwarded
+        applied = self.sessions.call(stamp)
         try:
             arrays = resolve(buffers)[0]
         except DataLost:  # the writer died before this copy fetched its objects: repaired whole
@@ -617,6 +648,8 @@ class _NodeActor:
         for item in items:
             frames = item[at]
             cache_id = item[0]
+            if applied is not None and cache_id in applied:  # forwarded again (it was sent again)
+                continue
             if method == "append" and not item[1] and cache_id not in self.store:
                 self.copies.pop(cache_id, None)  # evicted here: the tail alone would be wrong
                 failed.append(cache_id)
@@ -631,6 +664,8 @@ class _NodeActor:
                         self.store.delete(cache_id)
                     self.store.append(cache_id, frames, *item[3:])
                 self.copies[cache_id] = primary
+                if applied is not None:
+                    applied[cache_id] = (p.OK, None)
             except (CacheFull, TypeError):
                 self._drop_copy(cache_id)
                 failed.append(cache_id)
@@ -699,9 +734,12 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def take_copies(self, primary: str, buffers: list, *blob: bytes) -> list:
-        """At a new holder: whole copies from their primary (packed as in :meth:`_call_peer`).
-        Returns the ids that did not fit."""
+    def take_copies(self, sent: tuple, buffers: list, *blob: bytes) -> list:
+        """At a new holder: whole copies from their primary (``sent``: ``(primary, the writes
+        it remembers of them)``, see :mod:`.sessions`; the values packed as in
+        :meth:`_call_peer`). Returns the ids that did not fit."""
+        primary, entries = sent
+        self.sessions.adopt(entries)
         failed = []
         for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
@@ -735,7 +773,8 @@ class _NodeActor:
             packed = {node: pack(self._values(ids)) for node, ids in by_node.items()}
         for node, values in packed.items():
             try:
-                failed = set(self._call_peer(self.peers, node, "take_copies", self.node_id, values))
+                sent = (self.node_id, self.sessions.of(by_node[node]))
+                failed = set(self._call_peer(self.peers, node, "take_copies", sent, values))
             except NodeUnavailable as exc:  # gone: the next rebuild names other holders
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
                 failed = set()
@@ -958,7 +997,8 @@ class _NodeActor:
                         values = pack([(*v, h) for v, h in zip(self._values(chunk), homed)])
                         took = sent.setdefault(home, ([], records, lost))
                         took[0].extend(zip(chunk, homed))
-                        self._call_peer(peers, home, "receive", (self.node_id, records, lost), values)
+                        handed = (self.node_id, records, lost, self.sessions.of(chunk))
+                        self._call_peer(peers, home, "receive", handed, values)
                         records, lost = [], []
             except ShovelingError:
                 for home, took in sent.items():
@@ -1001,12 +1041,14 @@ class _NodeActor:
     @ray.method(concurrency_group="peer")
     def receive(self, handed: tuple, buffers: list, *blob: bytes) -> None:
         """At a new home, from a node being drained: values (with their append tokens),
-        placement records and lost ids.
+        placement records, lost ids and the writes it remembers of those values (see
+        :mod:`.sessions`).
 
         A value whose home did not change is taken only while this home's record still points
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
-        source, records, lost = handed
+        source, records, lost, entries = handed
+        self.sessions.adopt(entries)
         for cache_id, kind, meta, frames, tokens, homed_there in unpack(join(blob), resolve(buffers)[0]):
             if homed_there or self.records.get(cache_id) == source:
                 self.store.set(cache_id, kind, meta, self._adopt(frames), tokens)
