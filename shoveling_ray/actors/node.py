@@ -693,8 +693,19 @@ class _NodeActor:
                 self._drops.setdefault(primary, []).append(cache_id)
             else:
                 self._tell_copies(cache_id)
+                self._unrecord(cache_id)
         if self._drops:
             self._start_repairs()
+
+    def _unrecord(self, cache_id: str) -> None:
+        """Queue the drop of the placement records of an id evicted here as its primary: a
+        record left pointing here would send its writes here for good, and only the home
+        creates ids (see :meth:`drop_copies`)."""
+        if self.records.get(cache_id) == self.node_id:
+            del self.records[cache_id]
+        for node in self.chains[slot_of(cache_id)][:2] if self.chains is not None else ():
+            if node != self.node_id:
+                self._drops.setdefault(node, []).append(cache_id)
 
     def _tell_copies(self, cache_id: str) -> None:
         """Queue the drop of an id gone from this node, its primary, at its other holders."""
@@ -716,12 +727,14 @@ class _NodeActor:
     @_locked
     @ray.method(concurrency_group="peer")
     def drop_copies(self, sent: tuple) -> None:
-        """Forget ids another holder evicted (``(holder, ids)``): the copies of ids whose
-        primary that holder is, and the ids of which it held a copy and this node is the
+        """Forget ids another holder evicted (``(holder, ids)``): the placement records
+        pointing at it, the copies of ids whose primary that holder is, and the ids of which it held a copy and this node is the
         primary (their copies are told in turn, the sender's too: a write may have given it a
         new one since it evicted the id)."""
         sender, cache_ids = sent
         for cache_id in cache_ids:
+            if self.records.get(cache_id) == sender:  # its placement record: the id is gone
+                del self.records[cache_id]
             primary = self.copies.get(cache_id)
             if primary == sender:
                 self._drop_copy(cache_id)
@@ -847,6 +860,10 @@ class _NodeActor:
         gone_set = set(gone)
         old_chains = chains if old_chains is None else old_chains
         old_replicas = self.replicas
+        # Down to one copy: ids written while there were copies have no placement records (a
+        # write records the ids it creates with one copy only); the directory nodes get them
+        # now, so that such an id reads as lost, not as never written, once its node dies.
+        lowered = replicas == 1 and old_replicas > 1
         me = self.node_id
         announce: dict[str, list] = {}
         push: dict[str, set] = {}
@@ -894,7 +911,9 @@ class _NodeActor:
                         self.repairs.pop(cache_id, None)
                     directory = chains[slot][:2]
                     renewed = directory != old_chains[slot][:2] or any(n in gone_set for n in directory)
-                    if directory[0] != me and (primary != old_primary or full or renewed):
+                    if lowered and directory[0] == me:  # written with copies: no record yet
+                        self.records.setdefault(cache_id, me)
+                    if (directory[0] != me and (primary != old_primary or full or renewed)) or lowered:
                         for node in directory:
                             if node != me:
                                 announce.setdefault(node, []).append((cache_id, me))
