@@ -220,12 +220,14 @@ class _NodeActor:
             self._send_drops()
             with self._lock:
                 self._applied = self.sessions.call(stamp)
-            results = getattr(self, method)(items)
-            if self._taken:
-                if self.replicas > 1:
-                    self._forward(method, stamp)
-                self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
-            self._applied = None
+            try:
+                results = getattr(self, method)(items)
+            finally:  # what the batch applied reaches the copies, even if an item failed oddly
+                if self._taken:
+                    if self.replicas > 1:
+                        self._forward(method, stamp)
+                    self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
+                self._applied = None
             self._arrived = {}  # the writer's references: its objects are freed once the views go
             if self.store.evicted:
                 with self._lock:
@@ -401,7 +403,7 @@ class _NodeActor:
             else:
                 out.append((p.OK, None))
                 if applied is not None:
-                    applied[cache_id] = (p.OK, None)
+                    applied[cache_id] = p.APPLIED
                 if created and self.replicas == 1:
                     self._created.append(cache_id)
                 if cache_id in self._received:
@@ -665,7 +667,7 @@ class _NodeActor:
                     self.store.append(cache_id, frames, *item[3:])
                 self.copies[cache_id] = primary
                 if applied is not None:
-                    applied[cache_id] = (p.OK, None)
+                    applied[cache_id] = p.APPLIED
             except (CacheFull, TypeError):
                 self._drop_copy(cache_id)
                 failed.append(cache_id)

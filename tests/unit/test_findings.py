@@ -3,8 +3,17 @@ objects (no Ray cluster): what a user was promised, and what today's code did in
 
 from __future__ import annotations
 
+import errno
+import os
+
+import pytest
+
+from shoveling_ray import CacheFull
+from shoveling_ray.actors import disk as disk_module
 from shoveling_ray.actors import protocol as p
-from shoveling_ray.codec import encode, encode_append
+from shoveling_ray.actors.disk import SpillFiles
+from shoveling_ray.actors.storage import Store
+from shoveling_ray.codec import decode, encode, encode_append
 
 from .test_replicas import NODES4, lose
 from .test_router import NODES, get, make_actors, make_router, set_
@@ -48,3 +57,66 @@ def test_with_lru_an_id_init_placed_away_from_its_home_can_be_written_again_afte
     assert fresh.place([away], target)[away] in NODES and get(fresh, away) == b"again"
     gone = next(i for i, n in placed.items() if n == holder.node_id and i != away)
     assert fresh.place([gone], target)[gone] and get(fresh, gone) == b""  # init creates it again
+
+
+# -- the disk tier ----------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def spilling_store(tmp_path, max_memory, max_disk=None):
+    return Store("node1", max_memory, "spill", SpillFiles(str(tmp_path / "spill"), max_disk))
+
+
+def test_max_disk_is_a_limit_for_spilling_writes_and_for_a_lower_max_memory(tmp_path):
+    # A spill wrote down to 90% of max_memory without asking the disk tier's room, and a
+    # lower max_memory spilled everything past it (12 MiB on disk with max_disk = 1 MiB).
+    store = spilling_store(tmp_path, 16 * MiB, max_disk=1 * MiB)
+    for i in range(12):
+        store.set(f"v{i}", *encode(os.urandom(MiB - 4096), compression=None))
+    store.configure(512 << 10, "spill", 1 * MiB)
+    assert 0 < store.disk.used <= 1 * MiB
+    store = spilling_store(tmp_path / "b", 4 * MiB, max_disk=1 * MiB)
+    written = 0
+    for i in range(12):
+        try:
+            store.set(f"w{i}", *encode(os.urandom(600 << 10), compression=None))
+            written += 1
+        except CacheFull:
+            pass
+        assert store.disk.used <= 1 * MiB
+    assert written >= 6 and all(decode(*store.get(f"w{i}")) for i in range(written))
+
+
+class FullDisk:
+    """A file whose second write fails as a full disk does."""
+
+    def __init__(self, path, mode):
+        self.file = open(path, mode)  # noqa: SIM115 - closed by __exit__
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_disk_that_fills_mid_spill_leaves_no_partial_file_and_the_writer_gets_cache_full(tmp_path, monkeypatch):
+    store = spilling_store(tmp_path, 1 * MiB)
+    kept = {f"k{i}": os.urandom(200 << 10) for i in range(4)}
+    for cache_id, value in kept.items():
+        store.set(cache_id, *encode(value, compression=None))
+    monkeypatch.setattr(disk_module, "open", FullDisk, raising=False)
+    with pytest.raises(CacheFull, match="could not be written"):
+        store.set("big", *encode(os.urandom(600 << 10), compression=None))
+    assert os.listdir(tmp_path / "spill") == []  # the partial segment is gone
+    assert "big" not in store and all(decode(*store.get(i)) == v for i, v in kept.items())
+    store.configure(256 << 10, "spill", None)  # a lower limit that cannot spill: no error
+    assert all(decode(*store.get(i)) == v for i, v in kept.items())
