@@ -34,14 +34,20 @@ from ..membership.registration import ConfigFollower, Heartbeat
 from . import protocol as p
 from .disk import SpillFiles
 from .sessions import Sessions
-from .storage import Store
+from .storage import SPILL_TIMEOUT, Store
 
 log = logging.getLogger(__name__)
 
-#: Seconds a home waits for another node's actor during ``init`` or ``delete``.
-PEER_TIMEOUT = 30.0
+#: Seconds an actor waits for another node's actor (``init``, ``delete``, forwarding writes to
+#: copies, repairs). Longer than a write may wait for spilling there: a slow copy is not a dead
+#: one. A live copy that still does not answer in time is counted under-replicated and repaired.
+PEER_TIMEOUT = 2 * SPILL_TIMEOUT
 #: Bytes of values a drained node sends in one call, and a repair at most.
 HAND_OVER_BYTES = 64 << 20
+#: Seconds a drain may take before it gives up (the node then keeps serving its ids), and the
+#: rounds of repairs without progress after which it gives up sooner.
+HAND_OVER_DEADLINE = 900.0
+HAND_OVER_STALLS = 3
 #: Pace of the background copying that rebuilds missing copies after a node left.
 REPAIR_BYTES_PER_SECOND = 256 << 20
 #: Share of ``max_memory`` below which the actor keeps writers' objects mapped (see _adopt).
@@ -291,7 +297,10 @@ class _NodeActor:
         for node, failed in self._call_peers("replicate", calls, packed).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
-            elif failed:
+                if node not in self.peers:
+                    continue  # it left: the coordinator's next rebuild names other holders
+                failed = [item[0] for item in groups[node]]  # alive but late: a whole copy follows
+            if failed:
                 with self._lock:
                     for cache_id in failed:
                         self.repairs.setdefault(cache_id, set()).add(node)
@@ -790,9 +799,11 @@ class _NodeActor:
             try:
                 sent = (self.node_id, self.sessions.of(by_node[node]))
                 failed = set(self._call_peer(self.peers, node, "take_copies", sent, values))
-            except NodeUnavailable as exc:  # gone: the next rebuild names other holders
+            except NodeUnavailable as exc:
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
-                failed = set()
+                # a member that did not answer stays owed its copies; one that left is
+                # replaced by the next rebuild, which names other holders
+                failed = set(by_node[node]) if node in self.peers else set()
             with self._lock:
                 for cache_id in by_node[node]:
                     nodes = self.repairs.get(cache_id)
@@ -993,10 +1004,20 @@ class _NodeActor:
         dropped there again and nothing changes here, except for the ids clients wrote or
         deleted at a new home meanwhile (they found them there): those stay as they are there.
         """
+        deadline = time.monotonic() + HAND_OVER_DEADLINE
         if self.replicas > 1:
             self.retired = True
-            while self.repair()[1]:
-                pass
+            stalled, best = 0, None
+            while True:
+                left = self.repair()[1]
+                if not left:
+                    break
+                stalled = stalled + 1 if best is not None and left >= best else 0
+                best = left if best is None else min(best, left)
+                if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
+                    self.retired = False  # it keeps serving: nothing depends on the drain
+                    raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
+                                         "still miss a copy its holders would not take; the node keeps its data")
             with self._lock:
                 return len(self.store) - len(self.copies)
         old_table, table = [c[0] for c in old_chains], [c[0] for c in chains]
@@ -1016,6 +1037,9 @@ class _NodeActor:
                     for chunk in self._chunks(held.get(home, [])) or [[]]:
                         homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
                         values = pack([(*v, h) for v, h in zip(self._values(chunk), homed)])
+                        if time.monotonic() > deadline:
+                            raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} took "
+                                                 f"longer than {HAND_OVER_DEADLINE:.0f} s; the node keeps its data")
                         took = sent.setdefault(home, ([], records, lost))
                         took[0].extend(zip(chunk, homed))
                         handed = (self.node_id, records, lost, self.sessions.of(chunk))

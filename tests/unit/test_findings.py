@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import pytest
 
-from shoveling_ray import CacheFull
+from shoveling_ray import CacheFull, NodeUnavailable, ShovelingError
 from shoveling_ray.actors import disk as disk_module
 from shoveling_ray.actors import protocol as p
 from shoveling_ray.actors.disk import SpillFiles
 from shoveling_ray.actors.storage import Store
 from shoveling_ray.codec import decode, encode, encode_append
+from shoveling_ray.placement import holders, reassign_chains, slot_of
 
-from .test_replicas import NODES4, lose
+from .test_replicas import NODES4, lose, repair_all, values_on
 from .test_router import NODES, get, make_actors, make_router, set_
 
 
@@ -120,3 +122,68 @@ def test_a_disk_that_fills_mid_spill_leaves_no_partial_file_and_the_writer_gets_
     assert "big" not in store and all(decode(*store.get(i)) == v for i, v in kept.items())
     store.configure(256 << 10, "spill", None)  # a lower limit that cannot spill: no error
     assert all(decode(*store.get(i)) == v for i, v in kept.items())
+
+
+# -- slow copies and drains -------------------------------------------------------------------
+
+
+class Stalled:
+    """A live member's actor that does not answer in time (a long spill, a stalled process)."""
+
+    def __init__(self, actor, methods=("replicate", "take_copies")):
+        self.actor, self.methods = actor, methods
+
+    def __getattr__(self, name):
+        if name in self.methods:
+            def late(*args):
+                raise NodeUnavailable(self.actor.node_id, [], "did not answer in time")
+            return late
+        return getattr(self.actor, name)
+
+
+def test_a_copy_that_does_not_answer_in_time_is_under_replicated_and_repaired_not_dropped():
+    # The write was acknowledged without the slow copy, under_replicated stayed 0, and repair
+    # counted the timeout as done: the copy kept an old value for good.
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    set_(router, "s", b"old")
+    primary, copy = holders(router.home("s"), router.chains[slot_of("s")], 2)
+    actors[primary].peers = {**actors[primary].peers, copy: Stalled(actors[copy])}
+    set_(router, "s", b"new")
+    assert actors[primary].stats()["under_replicated"] == 1
+    actors[primary].repair()  # still stalled: still owed
+    assert actors[primary].stats()["under_replicated"] == 1
+    actors[primary].peers = {**actors[primary].peers, copy: actors[copy]}
+    repair_all(actors)
+    assert actors[primary].stats()["under_replicated"] == 0
+    assert values_on(actors, "s") == {primary: b"new", copy: b"new"}
+
+
+def test_a_drain_whose_copies_are_refused_gives_up_and_the_node_keeps_serving():
+    # hand_over looped on repair() for as long as a target refused its copies.
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    drained = "node-d"
+    ids = [f"d{i}" for i in range(40)]
+    router.run("set", [(i, *encode(b"v")) for i in ids])
+    chains = reassign_chains(router.chains, [n for n in NODES4 if n != drained], 2)
+    peers = {n: Stalled(a, ("take_copies",)) for n, a in actors.items() if n != drained}
+    actors[drained].repairs = {i: {"node-a"} for i in ids if i in actors[drained].store and i not in actors[drained].copies}
+    assert actors[drained].repairs
+    actors[drained].peers = {**peers, drained: actors[drained]}
+    outcome = []
+
+    def drain():
+        try:
+            outcome.append(actors[drained].hand_over(router.chains, chains, peers))
+        except ShovelingError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the drain hangs"
+    assert isinstance(outcome[0], ShovelingError) and "keeps its data" in str(outcome[0])
+    assert not actors[drained].retired
+    actors[drained].peers = actors
+    assert all(get(router, i) == b"v" for i in ids)
