@@ -158,6 +158,7 @@ class _NodeActor:
         self._endpoint: ReadEndpoint | None = None
         self._metrics = NodeMetrics(cache, node_id)
         self._moved = 0  # bytes stored or returned by the batch being served
+        self._serving = 0  # bytes of values being copied out to HTTP readers
         self.retired = False  # drained: every id went to another node
         self.zone: str | None = None  # the Consul node meta zone of this node's agent
         if http:
@@ -248,10 +249,14 @@ class _NodeActor:
             self._publish()
             return (*pack(results), refs)
 
+    def _bookkeeping(self) -> int:
+        """Memory held besides the stored values, counted in ``used`` (see Store.charge)."""
+        return (self.sessions.nbytes + RECORD_BYTES * (len(self.records) + len(self.lost) + len(self.copies))
+                + REPAIR_BYTES * len(self.repairs) + self._serving)
+
     def _publish(self) -> None:
         store = self.store
-        store.charge(self.sessions.nbytes + RECORD_BYTES * (len(self.records) + len(self.lost) + len(self.copies))
-                     + REPAIR_BYTES * len(self.repairs))
+        store.charge(self._bookkeeping())
         self._metrics.held(store.used, store.max_memory, len(store), store.evictions,
                            sum(1 for i in self.lost if self._is_home(i)), store.disk.used, store.spills)
 
@@ -1188,18 +1193,27 @@ class _NodeActor:
         """The HTTP endpoint's URL, or ``None`` when it is off."""
         return self._endpoint.url if self._endpoint else None
 
-    @_locked
     def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
         """For the HTTP endpoint: ``(200, bytes)``, or ``(404 | 410 | 415, None)`` (410: a lost
-        id homed here)."""
-        value = self.store.get(cache_id)
-        if value is None:
-            return (410, None) if cache_id in self.lost else (404, None)
-        kind, meta, frames = value
-        if kind != KIND_BYTES:
-            return 415, None
-        (frames,) = fetch([frames])
-        return 200, decode(kind, meta, frames)
+        id homed here). The copy it makes is counted in ``used`` while it is served, and made
+        outside the lock (client calls go on meanwhile)."""
+        with self._lock:
+            value = self.store.get(cache_id)
+            if value is None:
+                return (410, None) if cache_id in self.lost else (404, None)
+            kind, meta, frames = value
+            if kind != KIND_BYTES:
+                return 415, None
+            size = self.store.peek(cache_id).raw
+            self._serving += size
+            self.store.charge(self._bookkeeping())
+        try:
+            (frames,) = fetch([frames])
+            return 200, decode(kind, meta, frames)
+        finally:
+            with self._lock:
+                self._serving -= size
+                self.store.charge(self._bookkeeping())
 
     @_locked
     def http_ids(self, prefix: str) -> list[str]:
