@@ -534,7 +534,11 @@ class _NodeActor:
                     out.append((p.OK, self.node_id))
                     continue
                 if target == self.node_id:
-                    self.store.create_empty(cache_id)
+                    try:
+                        self.store.create_empty(cache_id)
+                    except CacheFull as exc:
+                        out.append((p.FULL, (exc.limit, exc.used, exc.needed, exc.reason)))
+                        continue
                     self._record(cache_id, target, records)
                 else:
                     primaries.setdefault(target, []).append(index)
@@ -546,24 +550,28 @@ class _NodeActor:
         for node, indices in primaries.items():
             ids = [items[i][0] for i in indices]
             try:
-                self._call_peer(self.peers, node, "create_empty", [(i, node) for i in ids])
+                full = self._call_peer(self.peers, node, "create_empty", [(i, node) for i in ids])
             except NodeUnavailable as exc:
                 for i in indices:
                     out[i] = (p.UNAVAILABLE, (node, exc.reason))
                 continue
             with self._lock:
-                for cache_id in ids:
-                    self._record(cache_id, node, records)
-        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status == p.UNAVAILABLE}
+                for i in indices:
+                    if items[i][0] in full:
+                        out[i] = (p.FULL, full[items[i][0]])
+                    else:
+                        self._record(items[i][0], node, records)
+        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status != p.OK}
         for node, pairs in copies.items():
             pairs = [pair for pair in pairs if pair[0] not in failed]
-            if node == self.node_id:
-                self.create_empty(pairs)
-                continue
             try:
-                self._call_peer(self.peers, node, "create_empty", pairs)
+                full = self.create_empty(pairs) if node == self.node_id else \
+                    self._call_peer(self.peers, node, "create_empty", pairs)
             except NodeUnavailable as exc:  # the next rebuild gives them another holder
                 log.warning("cache %s: no copy of %d new ids on node %s: %s", self.cache, len(pairs), node, exc)
+                continue
+            if full:
+                log.warning("cache %s: node %s had no room for copies of %d new ids", self.cache, node, len(full))
         self._send_records(records)
         return out
 
@@ -616,20 +624,25 @@ class _NodeActor:
 
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function
     @ray.method(concurrency_group="peer")
-    def create_empty(self, pairs: list) -> int:
+    def create_empty(self, pairs: list) -> dict:
         """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs: the
-        primary copy when that node is this one, else a copy. Returns how many were created."""
+        primary copy when that node is this one, else a copy. Returns ``{id: (limit, used,
+        needed, reason)}`` of those that did not fit under ``max_memory``."""
         if self.retired:
             raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
-        created = 0
+        full = {}
         for cache_id, primary in pairs:
-            created += self.store.create_empty(cache_id)
+            try:
+                self.store.create_empty(cache_id)
+            except CacheFull as exc:
+                full[cache_id] = (exc.limit, exc.used, exc.needed, exc.reason)
+                continue
             if primary == self.node_id:
                 self.copies.pop(cache_id, None)
             else:
                 self.copies[cache_id] = primary
         self._publish()
-        return created
+        return full
 
     @_locked
     @ray.method(concurrency_group="peer")

@@ -267,9 +267,15 @@ class Store:
         return added.nbytes
 
     def create_empty(self, cache_id: str) -> bool:
-        """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created."""
+        """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created.
+
+        Raises:
+            CacheFull: its overhead does not fit under ``max_memory`` (after spilling or
+                evicting others, as the policy says).
+        """
         if cache_id in self._entries:
             return False
+        self._make_room(cache_id, overhead(cache_id, 0), 0)
         entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
         self._account(cache_id, entry, +1)
         return True

@@ -18,7 +18,9 @@ from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
 
 from .test_replicas import NODES4, lose, repair_all, values_on
-from .test_router import NODES, get, make_actors, make_router, set_
+from shoveling_ray.actors.node import _NodeActor
+
+from .test_router import NODES, SPILL_DIR, get, make_actors, make_router, set_, view_of
 
 
 def test_ids_written_with_two_copies_read_as_lost_after_replicas_went_down_to_one():
@@ -187,3 +189,17 @@ def test_a_drain_whose_copies_are_refused_gives_up_and_the_node_keeps_serving():
     assert not actors[drained].retired
     actors[drained].peers = actors
     assert all(get(router, i) == b"v" for i in ids)
+
+
+def test_init_respects_max_memory():
+    # create_empty ignored max_memory: init could fill a node past its limit with entries.
+    actors = {n: _NodeActor("unit", n, 4000, "reject", spill_dir=SPILL_DIR.name) for n in NODES}
+    view = view_of(actors)
+    for actor in actors.values():
+        actor.rebuild(None, view["chains"], [], actors, 1)
+    router = make_router(actors)
+    with pytest.raises(CacheFull):
+        router.place([f"i{i}" for i in range(100)], {n: 1.0 for n in NODES})
+    for actor in actors.values():  # the entries fit; the records made with them are counted after
+        assert actor.store.used - actor.store.bookkeeping <= 4000
+    assert all(get(router, i) == b"" for i, n in router.placements.items())  # what was placed exists
