@@ -5,7 +5,7 @@ follow each other for ``--minutes``: in each, writers of every kind (appends wit
 token, single, batched and through ``writer()``, sets that overwrite, deletes) run on the head
 node while a seeded nemesis applies ``--faults`` faults (a node SIGKILLed, removed gracefully,
 drained then removed, a node added, ``replicas`` changed between 2 and 3, ``max_memory``
-lowered); then every id is read on every node that holds it and checked against what the
+lowered, a node actor stopped past the peer timeout); then every id is read on every node that holds it and checked against what the
 writers were told (see the checker in ``tests/nemesis.py``). It prints each round's figures
 and the totals, and exits 1 if any promise broke.
 
@@ -26,12 +26,12 @@ from ray.cluster_utils import Cluster
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import shoveling_ray as sr  # noqa: E402
-from tests.nemesis import Nemesis, check, start_writers  # noqa: E402
+from tests.nemesis import FAULTS, STALL, Nemesis, check, start_writers  # noqa: E402
 
 
 def one_round(cluster: Cluster, name: str, seed: int, args: argparse.Namespace) -> dict:
     cache = sr.Cache(name, replicas=args.replicas, consul=False)
-    nemesis = Nemesis(cluster, cache, seed, args.replicas)
+    nemesis = Nemesis(cluster, cache, seed, args.replicas, FAULTS + ((STALL,) if args.stall else ()))
     writers = start_writers(cache, args.round)
     time.sleep(2)
     for _ in range(args.faults):
@@ -59,6 +59,8 @@ def main() -> int:
     parser.add_argument("--faults", type=int, default=3, help="faults per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--no-stall", dest="stall", action="store_false",
+                        help="leave out stalling an actor past the peer timeout (its rounds take 2 minutes more)")
     args = parser.parse_args()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(args.nodes):

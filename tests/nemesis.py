@@ -27,7 +27,10 @@ A writer never sends a record again itself: a call that raised leaves its record
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 import time
 from collections import Counter
 
@@ -35,9 +38,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import shoveling_ray as sr
+from shoveling_ray.actors.node import PEER_TIMEOUT
 
 KINDS = ("append", "token", "batch", "writer", "set", "delete")
 FAULTS = ("sigkill", "graceful", "drain", "add", "replicas", "max_memory")
+#: Stops a node actor's process (SIGSTOP) for longer than the peer timeout, then lets it go on:
+#: a slow copy must not be taken for a dead one. Long: the soak runs it, the suite does not.
+STALL = "stall"
 #: Worker nodes at most: an "add" past it removes one instead.
 MAX_WORKERS = 5
 
@@ -133,17 +140,18 @@ class Nemesis:
         cache: the cache under test.
         seed: seeds the choice of faults and victims.
         replicas: the cache's replicas to start from (changed between 2 and 3 when >= 2).
+        faults: the kinds of fault to choose from.
     """
 
-    def __init__(self, cluster, cache: sr.Cache, seed: int, replicas: int) -> None:
-        self.cluster, self.cache, self.replicas = cluster, cache, replicas
+    def __init__(self, cluster, cache: sr.Cache, seed: int, replicas: int, faults: tuple = FAULTS) -> None:
+        self.cluster, self.cache, self.replicas, self.faults = cluster, cache, replicas, faults
         self.rng = random.Random(seed)
         self.done: Counter = Counter()
         self.unwarned: set[str] = set()  # nodes removed without a drain
 
     def step(self) -> str:
         """Apply one fault; returns its name."""
-        fault = self.rng.choice(FAULTS if self.replicas > 1 else [f for f in FAULTS if f != "replicas"])
+        fault = self.rng.choice([f for f in self.faults if self.replicas > 1 or f != "replicas"])
         workers = list(self.cluster.worker_nodes)
         if fault == "add" and len(workers) >= MAX_WORKERS:
             fault = "graceful"  # the cluster stays small enough for this machine
@@ -158,6 +166,11 @@ class Nemesis:
                 self.unwarned.add(victim.node_id)
             self.cluster.remove_node(victim, allow_graceful=fault != "sigkill")
             self.cluster.add_node(num_cpus=1)
+        elif fault == STALL:
+            node = self.rng.choice(sorted(self.cache.nodes()))
+            pid = ray.get(self.cache._router.members[node].__ray_call__.remote(_pid))
+            os.kill(pid, signal.SIGSTOP)
+            threading.Timer(PEER_TIMEOUT + 10, _resume, (pid,)).start()
         elif fault == "replicas":
             self.replicas = 3 if self.replicas == 2 else 2
             self.cache.configure(replicas=self.replicas) if hasattr(self.cache, "configure") else \
@@ -172,6 +185,17 @@ class Nemesis:
         self.cluster.wait_for_nodes()
         self.done[fault] += 1
         return fault
+
+
+def _pid(actor) -> int:
+    return os.getpid()
+
+
+def _resume(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass  # its node was removed meanwhile
 
 
 def start_writers(cache: sr.Cache, seconds: float, per_kind: int = 1, ids: int = 6) -> list:
