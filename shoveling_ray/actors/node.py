@@ -151,7 +151,8 @@ class _NodeActor:
         self._touched: set[str] = set()
         self._wake = threading.Event()
         self._repairer: threading.Thread | None = None
-        self._lock = threading.Lock()
+        # Reentrant: _publish takes it too, from methods that hold it and from those that do not.
+        self._lock = threading.RLock()
         self._base = {"max-memory": max_memory, "max-disk": max_disk, "eviction": policy, "http": http}
         self._kv: dict = {}
         self._threads: list = []
@@ -255,10 +256,11 @@ class _NodeActor:
                 + REPAIR_BYTES * len(self.repairs) + self._serving)
 
     def _publish(self) -> None:
-        store = self.store
-        store.charge(self._bookkeeping())
-        self._metrics.held(store.used, store.max_memory, len(store), store.evictions,
-                           sum(1 for i in self.lost if self._is_home(i)), store.disk.used, store.spills)
+        with self._lock:  # the peer group's and the HTTP threads change what it reads
+            store = self.store
+            store.charge(self._bookkeeping())
+            self._metrics.held(store.used, store.max_memory, len(store), store.evictions,
+                               sum(1 for i in self.lost if self._is_home(i)), store.disk.used, store.spills)
 
     def _adopt(self, frames: list) -> list:
         """:func:`adopt`, keeping the writer's objects mapped only while this actor holds less
@@ -770,6 +772,7 @@ class _NodeActor:
             elif primary is None and cache_id in self.store and sender in self._secondaries(cache_id):
                 self.store.delete(cache_id)
                 self._tell_copies(cache_id)  # the sender too: it may hold a newer copy
+                self._unrecord(cache_id)
         if self._drops:
             self._start_repairs()
         self._publish()
@@ -781,7 +784,6 @@ class _NodeActor:
         it remembers of them)``, see :mod:`.sessions`; the values packed as in
         :meth:`_call_peer`). Returns the ids that did not fit."""
         primary, entries = sent
-        self.sessions.adopt(entries)
         failed = []
         for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
@@ -789,6 +791,7 @@ class _NodeActor:
                 self.copies[cache_id] = primary
             except CacheFull:
                 failed.append(cache_id)
+        self.sessions.adopt(e for e in entries if e[2] not in failed)  # a refused id took nothing
         self._evictions()
         self._publish()
         return failed
@@ -813,9 +816,10 @@ class _NodeActor:
                 if size >= max_bytes:
                     break
             packed = {node: pack(self._values(ids)) for node, ids in by_node.items()}
+            remembered = {node: self.sessions.of(ids) for node, ids in by_node.items()}
         for node, values in packed.items():
             try:
-                sent = (self.node_id, self.sessions.of(by_node[node]))
+                sent = (self.node_id, remembered[node])
                 failed = set(self._call_peer(self.peers, node, "take_copies", sent, values))
             except NodeUnavailable as exc:
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
@@ -934,7 +938,10 @@ class _NodeActor:
                 after = holders(primary, chains[slot], replicas, self.zones)
                 if primary == me:
                     self.copies.pop(cache_id, None)
-                    missing = {n for n in after[1:] if n not in before or n in gone_set}
+                    # Promoted here: another surviving copy may lack what the dead primary
+                    # forwarded here only; a whole copy (with its remembered writes) mends it.
+                    promoted = primary != old_primary
+                    missing = {n for n in after[1:] if promoted or n not in before or n in gone_set}
                     missing = (self.repairs.get(cache_id, set()) | missing) & set(after)
                     if missing:
                         self.repairs[cache_id] = missing
@@ -1026,16 +1033,19 @@ class _NodeActor:
         if self.replicas > 1:
             self.retired = True
             stalled, best = 0, None
-            while True:
-                left = self.repair()[1]
-                if not left:
-                    break
-                stalled = stalled + 1 if best is not None and left >= best else 0
-                best = left if best is None else min(best, left)
-                if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
-                    self.retired = False  # it keeps serving: nothing depends on the drain
-                    raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
-                                         "still miss a copy its holders would not take; the node keeps its data")
+            try:
+                while True:
+                    left = self.repair()[1]
+                    if not left:
+                        break
+                    stalled = stalled + 1 if best is not None and left >= best else 0
+                    best = left if best is None else min(best, left)
+                    if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
+                        raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
+                                             "still miss a copy its holders would not take; the node keeps its data")
+            except BaseException:
+                self.retired = False  # it keeps serving: nothing depends on the drain
+                raise
             with self._lock:
                 return len(self.store) - len(self.copies)
         old_table, table = [c[0] for c in old_chains], [c[0] for c in chains]
