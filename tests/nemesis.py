@@ -168,10 +168,15 @@ class Nemesis:
             self.cluster.remove_node(victim, allow_graceful=fault != "sigkill")
             self.cluster.add_node(num_cpus=1)
         elif fault == STALL:
-            node = self.rng.choice(sorted(self.cache.nodes()))
-            pid = ray.get(self.cache._router.members[node].__ray_call__.remote(_pid))
-            os.kill(pid, signal.SIGSTOP)
-            threading.Timer(PEER_TIMEOUT + 10, _resume, (pid,)).start()
+            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+            node = self.rng.choice(sorted(n for n in self.cache._router.members if n in alive))
+            try:
+                pid = ray.get(self.cache._router.members[node].__ray_call__.remote(_pid), timeout=60)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                fault = "stall missed (the actor went meanwhile)"
+            else:
+                os.kill(pid, signal.SIGSTOP)
+                threading.Timer(PEER_TIMEOUT + 10, _resume, (pid,)).start()
         elif fault == "replicas":
             self.replicas = 3 if self.replicas == 2 else 2
             self.cache.configure(replicas=self.replicas) if hasattr(self.cache, "configure") else \
