@@ -437,18 +437,18 @@ class Cache:
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         """Raise for the ids a write did not apply: :class:`DataLost` if some were lost, else
         :class:`CacheFull` if some did not fit, each carrying every such id (``.ids``) and
-        how many of the call's ids were written (``.stored``); a ``TypeError`` for an append
+        how many of the call's ids were written (``.stored`` of ``.total``); a ``TypeError`` for an append
         to a value that is not bytes."""
         failed = [(cache_id, status, value, node) for (cache_id, *_), (status, value, node) in zip(items, results)
                   if status != p.OK]
         lost = [f for f in failed if f[1] == p.LOST]
         full = [f for f in failed if f[1] == p.FULL]
-        stored = len(items) - len(failed) if len(items) > 1 else None
+        counts = {"stored": len(items) - len(failed), "total": len(items)} if len(items) > 1 else {}
         if lost:
-            raise _data_lost(lost, stored)
+            raise _data_lost(lost, **counts)
         if full:
             cache_id, _status, value, node = full[0]
-            raise CacheFull(node, *value[:3], cache_id, value[3], ids=[f[0] for f in full], stored=stored)
+            raise CacheFull(node, *value[:3], cache_id, value[3], ids=[f[0] for f in full], **counts)
         for cache_id, status, _value, _node in failed:
             if status == p.WRONG_TYPE:
                 raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
@@ -832,11 +832,12 @@ class Cache:
             time.sleep(0.05)
 
 
-def _data_lost(lost: list[tuple], stored: int | None = None) -> DataLost:
+def _data_lost(lost: list[tuple], **counts: int) -> DataLost:
     """One :class:`DataLost` for the ``(id, status, node that died, node asked)`` of every lost
-    id a call met; it names the node when they all were on one."""
+    id a call met; it names the node when they all were on one. ``counts``: ``stored`` and
+    ``total`` of a write."""
     nodes = {node for _id, _status, node, _asked in lost}
-    return DataLost(lost[0][0], nodes.pop() if len(nodes) == 1 else "", ids=[f[0] for f in lost], stored=stored)
+    return DataLost(lost[0][0], nodes.pop() if len(nodes) == 1 else "", ids=[f[0] for f in lost], **counts)
 
 
 def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:

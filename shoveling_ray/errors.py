@@ -36,11 +36,12 @@ def _ids_text(ids: Sequence[str]) -> str:
     return shown + (f" (+{len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else "")
 
 
-def _stored_text(ids: Sequence[str], stored: int | None) -> str:
-    """What a many-id write stored, for messages: nothing when ``stored`` is ``None``."""
+def _stored_text(stored: int | None, total: int | None, ids: Sequence[str] = ()) -> str:
+    """What a many-id write stored, for messages (naming ``ids``, not written); nothing when
+    ``stored`` is ``None``."""
     if stored is None:
         return ""
-    return f"; {stored} of {stored + len(ids)} ids were written, not {_ids_text(ids)}"
+    return f"; {stored} of {total} ids were written" + (f", not {_ids_text(ids)}" if ids else "")
 
 
 class ShovelingError(Exception):
@@ -76,25 +77,26 @@ class CacheFull(ShovelingError):
         cache_id: the first id not written (``""`` when unknown).
         ids: every id the call did not write (``set_many`` / ``append_many``: the others were
             written; a single-id call: that id).
-        stored: how many ids of the call were written (``None`` when not a many-id call).
+        stored, total: how many of the call's ids were written, of how many (``None`` when not
+            a many-id call).
     """
 
     def __init__(self, node_id: str, limit: int, used: int, needed: int, cache_id: str = "", reason: str = "",
-                 ids: Sequence[str] = (), stored: int | None = None) -> None:
+                 ids: Sequence[str] = (), stored: int | None = None, total: int | None = None) -> None:
         self.node_id, self.limit, self.used, self.needed = node_id, limit, used, needed
         self.cache_id, self.reason = cache_id, reason
         self.ids = list(ids) or ([cache_id] if cache_id else [])
-        self.stored = stored
+        self.stored, self.total = stored, total
         what = f"writing {cache_id!r}" if cache_id else "the write"
         super().__init__(
             f"cache full on node {node_id}: {what} needs {needed} bytes, "
             f"{used} of max_memory={limit} bytes are in use" + (f" {reason}" if reason else "")
-            + _stored_text(self.ids, stored)
+            + _stored_text(stored, total, self.ids)
         )
 
     def __reduce__(self):
         return type(self), (self.node_id, self.limit, self.used, self.needed, self.cache_id, self.reason,
-                            self.ids, self.stored)
+                            self.ids, self.stored, self.total)
 
 
 class DataLost(ShovelingError):
@@ -105,14 +107,15 @@ class DataLost(ShovelingError):
         node_id: hex id of the node it was on ("" when unknown).
         ids: every lost id the call met (``get_many`` / ``set_many`` / ``append_many``: all of
             them; a single-id call: that id).
-        stored: how many ids of a many-id write were written (``None`` otherwise).
+        stored, total: how many of a many-id write's ids were written, of how many (``None``
+            otherwise).
     """
 
     def __init__(self, cache_id: str = "", node_id: str = "", detail: str = "",
-                 ids: Sequence[str] = (), stored: int | None = None) -> None:
+                 ids: Sequence[str] = (), stored: int | None = None, total: int | None = None) -> None:
         self.cache_id, self.node_id, self.detail = cache_id, node_id, detail
         self.ids = list(ids) or ([cache_id] if cache_id else [])
-        self.stored = stored
+        self.stored, self.total = stored, total
         if len(self.ids) > 1:
             what = f"{len(self.ids)} cache ids are lost ({_ids_text(self.ids)})"
         else:
@@ -120,10 +123,10 @@ class DataLost(ShovelingError):
         where = f" with node {node_id}" if node_id else ""
         again = "; set, delete or init them again to use them" if len(self.ids) > 1 else "; set, delete or init it again to use the id"
         super().__init__(f"{what}{where}" + (f": {detail}" if detail else "") + (again if cache_id else "")
-                         + _stored_text(self.ids, stored))
+                         + _stored_text(stored, total))
 
     def __reduce__(self):
-        return type(self), (self.cache_id, self.node_id, self.detail, self.ids, self.stored)
+        return type(self), (self.cache_id, self.node_id, self.detail, self.ids, self.stored, self.total)
 
 
 class NodeUnavailable(ShovelingError):
