@@ -29,7 +29,7 @@ from .actors.coordinator import running_caches
 from .cache import Cache
 from .errors import ShovelingError
 from .observe.display import COLUMNS, rows, text_table
-from .settings import check_eviction, check_max_memory, check_replicas
+from .settings import CONFIGURABLE, KV_KEYS, check_eviction, check_max_memory, check_replicas, parse_kv
 
 #: Seconds the whole connection to the Ray cluster may take.
 CONNECT_TIMEOUT = 30.0
@@ -168,17 +168,9 @@ def cmd_drain(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    settings = {}
-    if args.replicas is not None:
-        settings["replicas"] = args.replicas
-    if args.max_memory is not None:
-        settings["max_memory"] = args.max_memory
-    if args.eviction is not None:
-        settings["eviction"] = args.eviction
-    if args.max_disk is not None:
-        settings["max_disk"] = args.max_disk
+    changes = {name: getattr(args, name) for name in CONFIGURABLE if getattr(args, name) is not None}
     cache = Cache.attach(args.name)
-    cache.configure(**settings)
+    cache.configure(**changes)
     stats = cache.stats()
     current = {node: {"max_memory": s["limit"], "eviction": s["policy"], "max_disk": s["disk_limit"],
                       "replicas": s["replicas"]} for node, s in stats.items()}
@@ -207,6 +199,13 @@ def _bytes_arg(text: str) -> int:
 def _policy_arg(text: str) -> str:
     try:
         return check_eviction(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _switch_arg(text: str) -> bool:
+    try:
+        return parse_kv(KV_KEYS["http"], text.encode())  # type: ignore[return-value]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -256,12 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("drain", cmd_drain, "move every id off a node before removing it")
     p.add_argument("name", help="cache name")
     p.add_argument("node_id", help="Ray node id (hex)")
-    p = command("config", cmd_config, "show, or change for every node, a cache's settings", reads=True)
+    p = command("config", cmd_config, "show, or change for every node (Cache.configure), a cache's settings",
+                reads=True)
     p.add_argument("name", help="cache name")
     p.add_argument("--max-memory", type=_bytes_arg, help="bytes each node's actor may hold")
     p.add_argument("--eviction", type=_policy_arg, help="spill | reject | lru")
     p.add_argument("--max-disk", type=_bytes_arg, help="bytes of spill files each node may hold")
     p.add_argument("--replicas", type=_positive_arg, help="nodes holding each id (copies are added or dropped to match)")
+    p.add_argument("--http", type=_switch_arg, help="on | off: each node's read-only HTTP endpoint")
     p = command("close", cmd_close, "stop a cache and drop its data")
     p.add_argument("name", help="cache name")
     return parser

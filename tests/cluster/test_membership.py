@@ -231,7 +231,7 @@ def test_close_then_reopen_in_a_loop_always_gets_a_fresh_working_cache(cluster):
         cache.close()
 
 
-def test_a_dead_member_does_not_stop_others_from_opening_with_settings(cluster):
+def test_a_dead_member_does_not_stop_others_from_attaching_and_configuring(cluster):
     extra = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     cache = sr.Cache("prune")

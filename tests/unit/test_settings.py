@@ -107,7 +107,7 @@ def test_the_kv_keys_are_the_contracts_and_the_follower_follows_them():
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--max-memory", "-5"), ("--eviction", "fifo"), ("--replicas", "0"),
-                                             ("--replicas", "two")])
+                                             ("--replicas", "two"), ("--http", "yes")])
 def test_the_cli_refuses_what_the_settings_refuse(flag, value, capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["config", "c", flag, value])
@@ -115,5 +115,7 @@ def test_the_cli_refuses_what_the_settings_refuse(flag, value, capsys):
 
 
 def test_the_cli_takes_what_the_settings_take():
-    args = build_parser().parse_args(["config", "c", "--max-memory", "10", "--eviction", "lru", "--replicas", "2"])
-    assert (args.max_memory, args.eviction, args.replicas) == (10, "lru", 2)
+    args = build_parser().parse_args(["config", "c", "--max-memory", "10", "--eviction", "lru", "--replicas", "2",
+                                      "--http", "off"])
+    assert (args.max_memory, args.eviction, args.replicas, args.http, args.max_disk) == (10, "lru", 2, False, None)
+    assert all(hasattr(args, name) for name in settings.CONFIGURABLE)  # every setting configure changes
