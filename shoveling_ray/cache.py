@@ -25,7 +25,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import codec, settings
 from .actors import protocol as p
-from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name, find_coordinator, running_caches
+from .actors.coordinator import (DRAIN_DEADLINE, NAMESPACE, Coordinator, coordinator_name, find_coordinator,
+                                 running_caches)
 from .errors import (CacheClosed, CacheFull, CacheMiss, CacheNotFound, DataLost, NodeDrained, NodeUnavailable,
                      ShovelingError, ray_errors)
 from .membership import ray_nodes, watch
@@ -36,7 +37,7 @@ from .placement import DEFAULT_REMOTE_SCORE, check_strategy
 from .ids import check_id as _check_id
 from .ids import check_ids as _check_ids
 from .ids import check_mapping as _check_mapping
-from .router import Router
+from .router import STAMPED, Router
 from .wire import no_gc
 from .writer import BufferedWriter
 
@@ -53,12 +54,16 @@ _HEALTH_POLL = 0.25
 #: process releases its name first), and ``close()`` waits for the cache's actors to go.
 LIFECYCLE_DEADLINE = 60.0
 #: Seconds a handle waits for a node actor's answer to one call, unless ``timeout=`` says
-#: otherwise (a large batch, or writes slowed while a node spills, take a while).
+#: otherwise: longer than a write may wait at its node, for spilling (``SPILL_TIMEOUT``) and
+#: then for its copies (``PEER_TIMEOUT``), so that a slow node is not taken for a dead one.
 DEFAULT_TIMEOUT = 300.0
 #: Seconds a handle waits at least for the coordinator (``Cache()``, ``attach``, ``configure``,
-#: ``init``, ``drain``): its own work is bounded by its deadlines (two of
-#: ``JOIN_DEADLINE`` = 120 s for a drain), so a shorter ``timeout`` would give up on it early.
+#: ``init``; ``drain`` waits ``DRAIN_DEADLINE``): its own work is bounded by its deadlines
+#: (``JOIN_DEADLINE`` = 120 s), so a shorter ``timeout`` would give up on it early.
 COORDINATOR_TIMEOUT = 300.0
+#: Times a call is sent again after the members changed under it (a node died or was drained
+#: meanwhile). Writes are stamped, so each is applied once however often it is sent.
+RETRIES = 3
 NODE_ID_STRATEGIES = ("default",)
 
 
@@ -284,16 +289,16 @@ class Cache:
         with _refusals_as_value_errors():
             self._router.apply_view(self._ask(self._coordinator.configure.remote(given)))
 
-    def _ask(self, ref: ray.ObjectRef) -> Any:
-        """The coordinator's answer to ``ref``, waited for at most :data:`COORDINATOR_TIMEOUT`
-        (or this handle's longer ``timeout``).
+    def _ask(self, ref: ray.ObjectRef, at_least: float = COORDINATOR_TIMEOUT) -> Any:
+        """The coordinator's answer to ``ref``, waited for at most ``at_least`` seconds (or this
+        handle's longer ``timeout``).
 
         Raises:
             CacheClosed: the coordinator is gone.
             ShovelingError: it did not answer in time, or failed.
         """
         with ray_errors(f"cache {self._name!r}"):
-            return ray.get(ref, timeout=max(self._timeout, COORDINATOR_TIMEOUT))
+            return ray.get(ref, timeout=max(self._timeout, at_least))
 
     def _open(self, consul_config, settings: dict) -> tuple[ray.actor.ActorHandle, dict]:
         """Start or find the coordinator and join; retried while a closing one holds the name."""
@@ -413,26 +418,41 @@ class Cache:
         self._router.apply_view(self._ask(self._coordinator.join.remote(None)))
 
     def _run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
-        """``Router.run``, tried once more when a dead node or actor changed the members
-        meanwhile: its ids are then answered by their homes (lost, or recorded elsewhere)."""
-        return self._again_if_members_changed(lambda: self._router.run(method, items, cached=cached))
+        """``Router.run``, tried again when a dead node or actor changed the members meanwhile:
+        its ids are then answered by their homes (lost, or recorded elsewhere)."""
+        if method not in STAMPED:
+            return self._again_if_members_changed(lambda: self._router.run(method, items, cached=cached))
+        return self._write(lambda stamp: self._router.run(method, items, cached=cached, stamp=stamp))
+
+    def _write(self, call: Callable[[tuple], Any]) -> Any:
+        """``call(stamp)`` with one stamp for every time it is sent (see :meth:`Router.stamp`):
+        a write sent again after a node died or was drained is applied once on every node,
+        whichever of its ids the first try reached."""
+        stamp = self._router.stamp()
+        try:
+            return self._again_if_members_changed(lambda: call(stamp))
+        finally:
+            self._router.done(stamp)
 
     def _each_node(self, method: str, *args: Any) -> dict[str, Any]:
         """``Router.each_node``, asked again of the new members when a node left meanwhile."""
         return self._again_if_members_changed(lambda: self._router.each_node(method, *args))
 
     def _again_if_members_changed(self, call: Callable[[], Any]) -> Any:
-        """``call()``; after a ``NodeUnavailable``, once more if the coordinator's view moved on
-        meanwhile (it follows Ray's node deaths by itself), else the error stands."""
-        version = self._router.view["version"]
-        try:
-            return call()
-        except NodeUnavailable:
-            if self._router.view["version"] == version:
-                self._router.apply_view(self._ask(self._coordinator.view.remote()))
-                if self._router.view["version"] == version:
+        """``call()``; after a ``NodeUnavailable``, again if the coordinator's view moved on
+        meanwhile (it follows Ray's node deaths by itself), at most :data:`RETRIES` times;
+        else the error stands."""
+        for attempt in range(RETRIES + 1):
+            version = self._router.view["version"]
+            try:
+                return call()
+            except NodeUnavailable:
+                if attempt == RETRIES:
                     raise
-            return call()
+                if self._router.view["version"] == version:
+                    self._router.apply_view(self._ask(self._coordinator.view.remote()))
+                    if self._router.view["version"] == version:
+                        raise
 
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         """Raise for the ids a write did not apply: :class:`DataLost` if some were lost, else
@@ -555,13 +575,13 @@ class Cache:
 
     def delete(self, cache_id: str) -> bool:
         """Delete ``cache_id`` and its placement record. Returns whether it existed."""
-        return self._router.delete(_check_id(cache_id))
+        return self.delete_many([_check_id(cache_id)]) == 1
 
     def delete_many(self, cache_ids: Iterable[str]) -> int:
         """Delete many ids and their placement records, one actor call per node. Returns how
         many existed."""
         ids = list(dict.fromkeys(_check_ids(cache_ids)))
-        return sum(self._router.delete_many(ids)) if ids else 0
+        return sum(self._write(lambda stamp: self._router.delete_many(ids, stamp))) if ids else 0
 
     def exists(self, cache_id: str) -> bool:
         """Whether ``cache_id`` exists (ids created by ``init`` exist while empty).
@@ -626,7 +646,7 @@ class Cache:
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a str (a hex Ray node id), not {type(node_id).__name__}")
         with _refusals_as_value_errors():
-            moved, view = self._ask(self._coordinator.drain.remote(node_id))
+            moved, view = self._ask(self._coordinator.drain.remote(node_id), DRAIN_DEADLINE)
         self._router.apply_view(view)
         return moved
 
@@ -776,7 +796,9 @@ class Cache:
         return {node: url for node, url in self._each_node("endpoint").items() if url}
 
     def stats(self) -> Stats:
-        """Per node: ``used`` (memory held: payloads as stored plus per-id overhead), ``raw``
+        """Per node: ``used`` (memory held: payloads as stored plus per-id overhead, and the
+        ``bookkeeping`` counted in it: placement records, copies and repairs to make, and the
+        writes remembered so that each applies once), ``raw``
         (payload bytes before compression), ``limit``, ``ids``, ``evictions``, ``policy``, the
         disk tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` /
         ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``copies`` (ids
@@ -841,8 +863,8 @@ def _data_lost(lost: list[tuple], **counts: int) -> DataLost:
 
 
 def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:
-    if method == "batch" and args[1]:  # large payloads as objects of their own: see objects.py
-        args = (args[0], as_refs(args[1]), *args[2:])
+    if method == "batch" and args[2]:  # large payloads as objects of their own: see objects.py
+        args = (*args[:2], as_refs(args[2]), *args[3:])
     return getattr(handle, method).remote(*args)
 
 

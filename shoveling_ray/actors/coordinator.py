@@ -23,7 +23,7 @@ from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
 from ..placement import build_chains, reassign_chains
 from ..settings import CONFIGURABLE, DEFAULTS, given, refuse_changes
-from .node import NodeActor
+from .node import HAND_OVER_DEADLINE, PEER_TIMEOUT, NodeActor
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ NAMESPACE = "shoveling_ray"
 JOIN_DEADLINE = 120.0
 #: Seconds actors get to deregister from Consul before they are killed.
 SHUTDOWN_GRACE = 10.0
+#: Seconds a ``drain`` may take in all: the node's hand-over (it bounds itself), the rebuild
+#: that follows and the drained actor's polite stop. Clients wait this long for it.
+DRAIN_DEADLINE = HAND_OVER_DEADLINE + 2 * PEER_TIMEOUT + JOIN_DEADLINE + SHUTDOWN_GRACE
 #: Seconds between two looks at Ray's dead and draining nodes.
 FOLLOW_POLL = 1.0
 
@@ -310,7 +313,9 @@ class _Coordinator:
         old_chains = self.chains
         chains = reassign_chains(old_chains, rest, self._length(), self.zones)
         handle = self.members[node_id]
-        moved = ray.get(handle.hand_over.remote(old_chains, chains, rest), timeout=JOIN_DEADLINE)
+        # hand_over bounds itself (and then leaves the node serving): waiting less would let it
+        # retire the node after the coordinator gave up, while the chains still name it
+        moved = ray.get(handle.hand_over.remote(old_chains, chains, rest), timeout=HAND_OVER_DEADLINE + 2 * PEER_TIMEOUT)
         self.members, self.chains = rest, chains
         self.info.pop(node_id, None)
         self.drained.add(node_id)

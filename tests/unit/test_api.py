@@ -28,8 +28,14 @@ class Answers:
         self.statuses = statuses
         self.view = {"version": 0}
 
-    def run(self, method, items, *, cached=True):
+    def run(self, method, items, *, cached=True, stamp=None):
         return [(*self.statuses.get(item[0], (p.OK, None)), "node-a") for item in items]
+
+    def stamp(self):
+        return b"session", 1, 1
+
+    def done(self, stamp):
+        pass
 
 
 def cache_answering(statuses: dict[str, tuple]) -> sr.Cache:
@@ -93,6 +99,13 @@ def test_bad_arguments_are_refused_before_ray_is_touched(kwargs):
     if "timeout" in kwargs:
         with pytest.raises((TypeError, ValueError)):
             sr.Cache.attach("unit", **kwargs)
+
+
+def test_the_default_timeout_outlasts_a_slow_but_live_node():
+    from shoveling_ray.actors.node import PEER_TIMEOUT
+    from shoveling_ray.actors.storage import SPILL_TIMEOUT
+
+    assert DEFAULT_TIMEOUT > SPILL_TIMEOUT + PEER_TIMEOUT
 
 
 def test_the_timeout_is_settable_per_handle_and_checked():
