@@ -119,3 +119,28 @@ def test_the_cli_takes_what_the_settings_take():
                                       "--http", "off"])
     assert (args.max_memory, args.eviction, args.replicas, args.http, args.max_disk) == (10, "lru", 2, False, None)
     assert all(hasattr(args, name) for name in settings.CONFIGURABLE)  # every setting configure changes
+
+
+class Attached:
+    """What ``Cache.attach`` returns, recording what ``shoveling config`` asks of it."""
+
+    def __init__(self, name: str):
+        self.name, self.configured = name, []
+
+    def configure(self, **changes):
+        self.configured.append(changes)
+
+    def stats(self):
+        return {"n1": {"limit": 10, "policy": "lru", "disk_limit": 5, "replicas": 2}}
+
+
+def test_shoveling_config_changes_a_running_cache_through_configure(monkeypatch, capsys):
+    from shoveling_ray import cli
+
+    handles = []
+    monkeypatch.setattr(cli.Cache, "attach", lambda name: handles.append(Attached(name)) or handles[-1])
+    args = build_parser().parse_args(["config", "c", "--max-memory", "10", "--eviction", "lru", "--http", "on", "--json"])
+    args.func(args)
+    assert handles[0].name == "c"
+    assert handles[0].configured == [{"max_memory": 10, "eviction": "lru", "http": True}]
+    assert '"max_memory": 10' in capsys.readouterr().out
