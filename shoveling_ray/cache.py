@@ -45,6 +45,16 @@ if TYPE_CHECKING:
     from .membership.watch import ConsulView
 
 _MISSING: Any = object()
+
+
+class _Unchanged:
+    """``configure``'s default: the setting keeps its value."""
+
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+_UNCHANGED: Any = _Unchanged()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 #: Placements a pickled handle carries along (enough for a shuffle's partitions).
 _PICKLED_PLACEMENTS = 20_000
@@ -255,11 +265,11 @@ class Cache:
     def configure(
         self,
         *,
-        max_memory: int | None = _MISSING,
-        eviction: str = _MISSING,
-        max_disk: int | None = _MISSING,
-        replicas: int = _MISSING,
-        http: bool = _MISSING,
+        max_memory: int | None = _UNCHANGED,
+        eviction: str = _UNCHANGED,
+        max_disk: int | None = _UNCHANGED,
+        replicas: int = _UNCHANGED,
+        http: bool = _UNCHANGED,
     ) -> None:
         """Change settings of the running cache, for every handle and node; the one way to.
 
@@ -281,7 +291,7 @@ class Cache:
         """
         wanted = {"max_memory": max_memory, "eviction": eviction, "max_disk": max_disk, "replicas": replicas,
                   "http": http}
-        given = settings.given(**{k: v for k, v in wanted.items() if v is not _MISSING})
+        given = settings.given(**{k: v for k, v in wanted.items() if v is not _UNCHANGED})
         if not given:
             return
         if self._closed:

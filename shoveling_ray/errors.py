@@ -121,7 +121,8 @@ class DataLost(ShovelingError):
         else:
             what = f"cache id {cache_id!r} is lost" if cache_id else "data is lost"
         where = f" with node {node_id}" if node_id else ""
-        again = "; set, delete or init them again to use them" if len(self.ids) > 1 else "; set, delete or init it again to use the id"
+        again = ("; set, delete or init them again to use them" if len(self.ids) > 1
+                 else "; set, delete or init it again to use the id")
         super().__init__(f"{what}{where}" + (f": {detail}" if detail else "") + (again if cache_id else "")
                          + _stored_text(stored, total))
 
