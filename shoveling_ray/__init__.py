@@ -2,7 +2,9 @@
 
 One cache actor is pinned to every Ray node; :class:`Cache` routes ``set`` / ``get`` /
 ``append`` to the node that owns each id, creates many empty ids spread over the cluster with
-``init``, and tells tasks where to run with ``scheduling_strategy``.
+``init``, and tells tasks where to run with ``scheduling_strategy``. :class:`Shuffle` runs
+map / reduce shuffles on a cache; :class:`BufferedWriter` (``cache.writer()``) batches many
+small appends.
 """
 
 from .cache import Cache
@@ -10,24 +12,35 @@ from .errors import (
     CacheClosed,
     CacheFull,
     CacheMiss,
+    CacheNotFound,
     ConsulError,
     DataLost,
+    NodeDrained,
     NodeUnavailable,
     ShovelingError,
 )
+from .observe.display import Stats
 from .placement import STRATEGIES
+from .shuffle import Shuffle
+from .writer import BufferedWriter
 
+#: The package version (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 __all__ = [
+    "BufferedWriter",
     "Cache",
     "CacheClosed",
     "CacheFull",
     "CacheMiss",
+    "CacheNotFound",
     "ConsulError",
     "DataLost",
+    "NodeDrained",
     "NodeUnavailable",
-    "ShovelingError",
     "STRATEGIES",
+    "ShovelingError",
+    "Shuffle",
+    "Stats",
     "__version__",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import os
 import re
 import time
@@ -22,26 +23,39 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from . import codec
+from . import codec, settings
 from .actors import protocol as p
-from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
-from .actors.disk import check_max_disk
+from .actors.coordinator import (DRAIN_DEADLINE, NAMESPACE, Coordinator, coordinator_name, find_coordinator,
+                                 running_caches)
 from .actors.sessions import RESEND_WINDOW
-from .actors.storage import check_max_memory, check_policy
-from .errors import CacheClosed, CacheFull, CacheMiss, DataLost, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
+from .errors import (CacheClosed, CacheFull, CacheMiss, CacheNotFound, DataLost, NodeDrained, NodeUnavailable,
+                     ShovelingError, ray_errors)
 from .membership import ray_nodes, watch
 from .membership.consul import DEFAULT_SERVICE, resolve
 from .objects import as_refs, fetch
 from .observe.display import Stats, html_table
 from .placement import DEFAULT_REMOTE_SCORE, check_strategy
+from .ids import check_id as _check_id
+from .ids import check_ids as _check_ids
+from .ids import check_mapping as _check_mapping
 from .router import STAMPED, Router
 from .wire import no_gc
+from .writer import BufferedWriter
 
 if TYPE_CHECKING:
     from .membership.watch import ConsulView
-    from .writer import BufferedWriter
 
 _MISSING: Any = object()
+
+
+class _Unchanged:
+    """``configure``'s default: the setting keeps its value."""
+
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+_UNCHANGED: Any = _Unchanged()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 #: Placements a pickled handle carries along (enough for a shuffle's partitions).
 _PICKLED_PLACEMENTS = 20_000
@@ -50,42 +64,34 @@ _HEALTH_POLL = 0.25
 #: Seconds ``Cache()`` keeps trying to reach a coordinator (one being closed by another
 #: process releases its name first), and ``close()`` waits for the cache's actors to go.
 LIFECYCLE_DEADLINE = 60.0
+#: Seconds a handle waits for a node actor's answer to one call, unless ``timeout=`` says
+#: otherwise: longer than a write may wait at its node, for spilling (``SPILL_TIMEOUT``) and
+#: then for its copies (``PEER_TIMEOUT``), so that a slow node is not taken for a dead one.
+DEFAULT_TIMEOUT = 300.0
+#: Seconds a handle waits at least for the coordinator (``Cache()``, ``attach``, ``configure``,
+#: ``init``; ``drain`` waits ``DRAIN_DEADLINE``): its own work is bounded by its deadlines
+#: (``JOIN_DEADLINE`` = 120 s), so a shorter ``timeout`` would give up on it early.
+COORDINATOR_TIMEOUT = 300.0
 #: Times a call is sent again after the members changed under it (a node died or was drained
 #: meanwhile). Writes are stamped, so each is applied once however often it is sent.
 RETRIES = 3
 NODE_ID_STRATEGIES = ("default",)
 
 
-def _check_id(cache_id: Any) -> str:
-    if not isinstance(cache_id, str):
-        raise TypeError(f"cache ids must be str, not {type(cache_id).__name__}")
-    if not cache_id:
-        raise ValueError("cache ids must not be empty")
-    return cache_id
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"cache name must be 1-128 characters of letters, digits, '_', '.', '-', got {name!r}"
+        )
+    return name
 
 
-def _check_ids(cache_ids: Any, what: str = "ids") -> list[str]:
-    if isinstance(cache_ids, (str, bytes)) or not isinstance(cache_ids, Iterable):
-        raise TypeError(f"{what} must be an iterable of str ids, not {type(cache_ids).__name__}")
-    ids = list(cache_ids)
-    for cache_id in ids:
-        _check_id(cache_id)
-    return ids
-
-
-def _check_mapping(mapping: Any) -> Mapping:
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"expected a mapping of id -> value, not {type(mapping).__name__}")
-    _check_ids(mapping.keys())
-    return mapping
-
-
-def _check_replicas(replicas: Any) -> int:
-    if isinstance(replicas, bool) or not isinstance(replicas, int):
-        raise TypeError(f"replicas must be an int, not {type(replicas).__name__}")
-    if replicas < 1:
-        raise ValueError(f"replicas must be at least 1, got {replicas}")
-    return replicas
+def _check_timeout(timeout: Any) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout}")
+    return float(timeout)
 
 
 def _this_node() -> str:
@@ -118,34 +124,38 @@ class Cache:
     """A distributed in-memory cache with one actor on every Ray node.
 
     ``Cache(name)`` attaches to the cache of that name, starting it (one actor per alive node,
-    no CPU reserved) if it does not run yet. Any process of the job that opens the same name,
-    or receives a pickled handle, sees the same ids, placements and data. The actors are
-    detached: the cache lives until :meth:`close` or the end of the Ray cluster, not until the
-    process that started it exits.
+    no CPU reserved) if it does not run yet; :meth:`attach` only attaches. Any process of the
+    job that opens the same name, or receives a pickled handle, sees the same ids, placements
+    and data. The actors are detached: the cache lives until :meth:`close` (or the end of a
+    ``with`` block) or the end of the Ray cluster, not until the process that started it exits.
+
+    Settings (``max_memory``, ``eviction``, ``max_disk``, ``replicas``, ``http``,
+    ``spill_dir``): a new cache takes those given and the defaults for the others; for a
+    running cache each one given must equal its running value (``None``, the default, accepts
+    any): :meth:`configure` is the one way to change them, so that opening a cache never
+    reconfigures it for its other users.
 
     Example::
 
         import shoveling_ray as sr
-        cache = sr.Cache("parts")
-        placed = cache.init([f"p{i}" for i in range(64)])      # {id: node_id}
-        cache.append("p0", b"record")
-        task.options(scheduling_strategy=cache.scheduling_strategy("p0")).remote(cache, "p0")
+        with sr.Cache("parts") as cache:                        # closed at the end of the block
+            placed = cache.init([f"p{i}" for i in range(64)])  # {id: node_id}
+            cache.append("p0", b"record")
+            task.options(scheduling_strategy=cache.scheduling_strategy("p0")).remote(cache, "p0")
 
     Args:
         name: cache name: letters, digits, ``_``, ``.``, ``-``; at most 128 characters.
-        max_memory: bytes each node's actor may hold. ``None`` keeps the running cache's
-            setting (for a new cache: each node's object store capacity). Given explicitly, it
-            is applied to every node of a running cache too.
+        max_memory: bytes each node's actor may hold (a new cache's default: each node's
+            object store capacity).
         eviction: ``"spill"`` (least recently used values go to disk on their node and come
             back on read; :class:`CacheFull` only when ``max_disk`` is reached too),
-            ``"reject"`` (raise :class:`CacheFull`) or ``"lru"`` (evict); ``None`` keeps the
-            running cache's setting (for a new cache: ``"spill"``).
-        max_disk: bytes of spill files each node may hold. ``None`` keeps the running cache's
-            setting (for a new cache: whatever leaves 10% of the disk free).
+            ``"reject"`` (raise :class:`CacheFull`) or ``"lru"`` (evict); a new cache's
+            default: ``"spill"``.
+        max_disk: bytes of spill files each node may hold (a new cache's default: whatever
+            leaves 10% of the disk free).
         spill_dir: directory for spill files on every node (each node's actor uses
-            ``<spill_dir>/<name>/<node_id>``); ``None``: the Ray session's directory of the
-            node. Taken when the cache starts; a different one for a running cache is a
-            ``ValueError``.
+            ``<spill_dir>/<name>/<node_id>``); a new cache's default: the Ray session's
+            directory of the node. Fixed while the cache runs.
         compression: ``"auto"`` (lz4 when the data shrinks), ``"lz4"`` or ``None``; a
             property of this client's writes, readers decode any.
         consul: ``None`` (auto: use Consul when ``CONSUL_HTTP_ADDR`` is set or an agent
@@ -155,17 +165,20 @@ class Cache:
         consul_token: ACL token; defaults to ``CONSUL_HTTP_TOKEN``.
         consul_service: the Consul service the actors register as.
         http: ``True`` serves each node's data read-only over HTTP on the node's address (see
-            :meth:`endpoints`); ``False`` stops it; ``None`` keeps the running cache's setting
-            (a new cache: off).
-        replicas: how many nodes hold each id (``None`` keeps the running cache's setting; a
-            new cache: 1). With ``k >= 2`` every write returns once every live copy applied
-            it, reads prefer a copy on the reader's node, and a node that dies loses no
-            acknowledged write: its copies are rebuilt on the survivors in the background
-            (``stats()`` counts ``under_replicated`` ids meanwhile). Given for a running cache,
-            copies are added or dropped to match.
+            :meth:`endpoints`); a new cache's default: off.
+        replicas: how many nodes hold each id (a new cache's default: 1). With ``k >= 2``
+            every write returns once every live copy applied it, reads prefer a copy on the
+            reader's node, and a node that dies loses no acknowledged write: its copies are
+            rebuilt on the survivors in the background (``stats()`` counts
+            ``under_replicated`` ids meanwhile).
+        timeout: seconds this handle waits for a node actor's answer to one call before
+            :class:`NodeUnavailable` names the node (default :data:`DEFAULT_TIMEOUT`, 300 s;
+            settable later as ``cache.timeout``). Calls to the cache's coordinator (opening,
+            ``init``, ``configure``, ``drain``) wait at least :data:`COORDINATOR_TIMEOUT`.
 
     Raises:
-        TypeError / ValueError: a bad argument, before Ray is touched.
+        TypeError / ValueError: a bad argument, before Ray is touched; a setting that differs
+            from the running cache's (``ValueError`` naming both values).
         ConsulError: Consul was required and its agent does not answer.
         ShovelingError: the cache could not be started.
     """
@@ -184,34 +197,119 @@ class Cache:
         consul_service: str = DEFAULT_SERVICE,
         http: bool | None = None,
         replicas: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(
-                f"cache name must be 1-128 characters of letters, digits, '_', '.', '-', got {name!r}"
-            )
-        settings = {}
-        if max_memory is not None:
-            settings["max_memory"] = check_max_memory(max_memory)
-        if eviction is not None:
-            settings["policy"] = check_policy(eviction)
-        if max_disk is not None:
-            settings["max_disk"] = check_max_disk(max_disk)
-        if spill_dir is not None:
-            settings["spill_dir"] = os.path.abspath(os.fspath(spill_dir))
-        if http is not None:
-            if not isinstance(http, bool):
-                raise TypeError(f"http must be True, False or None, not {type(http).__name__}")
-            settings["http"] = http
-        if replicas is not None:
-            settings["replicas"] = _check_replicas(replicas)
+        _check_name(name)
+        wanted = {"max_memory": max_memory, "eviction": eviction, "max_disk": max_disk, "spill_dir": spill_dir,
+                  "http": http, "replicas": replicas}
+        given = settings.given(**{k: v for k, v in wanted.items() if v is not None})
         codec.check_compression(compression)
+        self._timeout = _check_timeout(timeout)
         consul_config = resolve(consul, consul_token, consul_service)
         _connect_ray()
         self._name = name
         self._compression = compression
         self._closed = False
-        self._coordinator, view = self._open(consul_config, settings)
+        self._coordinator, view = self._open(consul_config, given)
         self._router = Router(name, view, self._handle, _submit, self._gather, local=_this_node(), nearest=self._nearest)
+
+    @classmethod
+    def attach(cls, name: str, *, compression: str | None = "auto", timeout: float = DEFAULT_TIMEOUT) -> Cache:
+        """A handle to the running cache ``name``; never starts or reconfigures a cache.
+
+        Example::
+
+            cache = sr.Cache.attach("parts")      # CacheNotFound if nobody started it
+
+        Args:
+            name: the cache's name.
+            compression, timeout: this handle's, as for :class:`Cache`.
+
+        Raises:
+            TypeError / ValueError: a bad argument, before Ray is touched.
+            CacheNotFound: no cache of that name runs (also a ``ValueError``); the message
+                names the running caches.
+        """
+        _check_name(name)
+        codec.check_compression(compression)
+        timeout = _check_timeout(timeout)
+        _connect_ray()
+        coordinator = find_coordinator(name)
+        if coordinator is None:
+            raise CacheNotFound(name, running_caches())
+        cache = cls.__new__(cls)
+        cache._name, cache._compression, cache._timeout, cache._closed = name, compression, timeout, False
+        try:
+            view = cache._ask(coordinator.join.remote(None))
+        except CacheClosed:  # closed by another process since it was found
+            raise CacheNotFound(name, running_caches()) from None
+        cache._coordinator = coordinator
+        cache._router = Router(name, view, cache._handle, _submit, cache._gather, local=_this_node(),
+                               nearest=cache._nearest)
+        return cache
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @property
+    def timeout(self) -> float:
+        """Seconds this handle waits for a node actor's answer to one call (see :class:`Cache`)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, timeout: float) -> None:
+        self._timeout = _check_timeout(timeout)
+
+    def configure(
+        self,
+        *,
+        max_memory: int | None = _UNCHANGED,
+        eviction: str = _UNCHANGED,
+        max_disk: int | None = _UNCHANGED,
+        replicas: int = _UNCHANGED,
+        http: bool = _UNCHANGED,
+    ) -> None:
+        """Change settings of the running cache, for every handle and node; the one way to.
+
+        Only the settings given change (see :class:`Cache` for their meaning);
+        ``max_memory=None`` / ``max_disk=None`` go back to a new cache's defaults. Returns once
+        every node took them: a lower ``max_memory`` spills or evicts at once, a new
+        ``replicas`` has had its copies added or dropped (``stats()`` counts
+        ``under_replicated`` ids still being copied). Keys set in Consul KV still override
+        ``max_memory`` / ``eviction`` / ``max_disk`` / ``http`` on their nodes.
+        ``spill_dir`` is fixed while the cache runs.
+
+        Example::
+
+            sr.Cache.attach("parts").configure(max_memory=8 << 30, replicas=2)
+
+        Raises:
+            TypeError / ValueError: a bad value, before anything is sent.
+            CacheClosed: the cache was closed.
+        """
+        wanted = {"max_memory": max_memory, "eviction": eviction, "max_disk": max_disk, "replicas": replicas,
+                  "http": http}
+        given = settings.given(**{k: v for k, v in wanted.items() if v is not _UNCHANGED})
+        if not given:
+            return
+        if self._closed:
+            raise CacheClosed(f"cache {self._name!r} was closed")
+        with _refusals_as_value_errors():
+            self._router.apply_view(self._ask(self._coordinator.configure.remote(given)))
+
+    def _ask(self, ref: ray.ObjectRef, at_least: float = COORDINATOR_TIMEOUT) -> Any:
+        """The coordinator's answer to ``ref``, waited for at most ``at_least`` seconds (or this
+        handle's longer ``timeout``).
+
+        Raises:
+            CacheClosed: the coordinator is gone.
+            ShovelingError: it did not answer in time, or failed.
+        """
+        with ray_errors(f"cache {self._name!r}"):
+            return ray.get(ref, timeout=max(self._timeout, at_least))
 
     def _open(self, consul_config, settings: dict) -> tuple[ray.actor.ActorHandle, dict]:
         """Start or find the coordinator and join; retried while a closing one holds the name."""
@@ -219,8 +317,8 @@ class Cache:
         while True:
             coordinator = self._start_coordinator(consul_config)
             try:
-                with _refusals_as_value_errors(), ray_errors(f"cache {self._name!r}"):
-                    return coordinator, ray.get(coordinator.join.remote(settings))
+                with _refusals_as_value_errors():
+                    return coordinator, self._ask(coordinator.join.remote(settings))
             except CacheClosed:
                 if time.monotonic() > deadline:
                     raise
@@ -246,7 +344,8 @@ class Cache:
     def __reduce__(self):
         router = self._router
         placements = dict(list(router.placements.items())[:_PICKLED_PLACEMENTS])
-        return _restore, (self._name, self._compression, self._coordinator, router.view, placements, self._closed)
+        return _restore, (self._name, self._compression, self._coordinator, router.view, placements, self._closed,
+                          self._timeout)
 
     def __repr__(self) -> str:
         return f"Cache({self._name!r}, nodes={len(self._router.members)})"
@@ -295,34 +394,39 @@ class Cache:
         return handle
 
     def _gather(self, pending: dict[str, ray.ObjectRef], ids: dict[str, list[str]], method: str) -> dict[str, Any]:
-        """Wait for one call per node; with Consul, give up on a node whose check turns
-        critical. A dead or drained actor refreshes the member list before ``NodeUnavailable``
-        is raised."""
+        """Wait for one call per node, all by one deadline (``timeout`` seconds from now); with
+        Consul, give up on a node whose check turns critical. A dead or drained actor refreshes
+        the member list before ``NodeUnavailable`` is raised."""
         out = {}
+        deadline = time.monotonic() + self._timeout
         for node, ref in pending.items():
             try:
                 with ray_errors(f"cache {self._name!r}: {method} on node {node}", node=node, ids=ids[node]):
-                    out[node] = self._wait(ref, node, ids[node])
+                    out[node] = self._wait(ref, node, ids[node], deadline)
             except NodeUnavailable as exc:
                 if isinstance(exc, NodeDrained) or isinstance(exc.__cause__, ray.exceptions.RayActorError):
                     self._refresh()
                 raise
         return out
 
-    def _wait(self, ref: ray.ObjectRef, node: str, ids: list[str]) -> Any:
-        if self._consul is None:
-            return ray.get(ref)
+    def _wait(self, ref: ray.ObjectRef, node: str, ids: list[str], deadline: float) -> Any:
+        """``ref``'s value; ``NodeUnavailable`` at ``deadline`` or, with Consul, as soon as the
+        node's check is critical."""
+        poll = math.inf if self._consul is None else _HEALTH_POLL
         while True:
+            left = deadline - time.monotonic()
             try:
-                return ray.get(ref, timeout=_HEALTH_POLL)
+                return ray.get(ref, timeout=max(min(left, poll), 0))
             except ray.exceptions.GetTimeoutError:
+                if left <= poll:
+                    raise NodeUnavailable(node, ids, f"its cache actor did not answer within {self._timeout:g} s "
+                                                     "(the handle's timeout)") from None
                 self._check_healthy(node, ids)
 
     def _refresh(self) -> None:
         if self._closed:
             raise CacheClosed(f"cache {self._name!r} was closed")
-        with ray_errors(f"cache {self._name!r}"):
-            self._router.apply_view(ray.get(self._coordinator.join.remote(None)))
+        self._router.apply_view(self._ask(self._coordinator.join.remote(None)))
 
     def _run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
         """``Router.run``, tried again when a dead node or actor changed the members meanwhile:
@@ -358,17 +462,26 @@ class Cache:
                 if attempt == RETRIES or (until is not None and time.monotonic() > until):
                     raise
                 if self._router.view["version"] == version:
-                    with ray_errors(f"cache {self._name!r}"):
-                        self._router.apply_view(ray.get(self._coordinator.view.remote()))
+                    self._router.apply_view(self._ask(self._coordinator.view.remote()))
                     if self._router.view["version"] == version:
                         raise
 
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
-        for (cache_id, *_), (status, value, node) in zip(items, results):
-            if status == p.LOST:
-                raise DataLost(cache_id, value)
-            if status == p.FULL:
-                raise CacheFull(node, *value[:3], cache_id, value[3])
+        """Raise for the ids a write did not apply: :class:`DataLost` if some were lost, else
+        :class:`CacheFull` if some did not fit, each carrying every such id (``.ids``) and
+        how many of the call's ids were written (``.stored`` of ``.total``); a ``TypeError`` for an append
+        to a value that is not bytes."""
+        failed = [(cache_id, status, value, node) for (cache_id, *_), (status, value, node) in zip(items, results)
+                  if status != p.OK]
+        lost = [f for f in failed if f[1] == p.LOST]
+        full = [f for f in failed if f[1] == p.FULL]
+        counts = {"stored": len(items) - len(failed), "total": len(items)} if len(items) > 1 else {}
+        if lost:
+            raise _data_lost(lost, **counts)
+        if full:
+            cache_id, _status, value, node = full[0]
+            raise CacheFull(node, *value[:3], cache_id, value[3], ids=[f[0] for f in full], **counts)
+        for cache_id, status, _value, _node in failed:
             if status == p.WRONG_TYPE:
                 raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
 
@@ -387,8 +500,13 @@ class Cache:
     def set_many(self, mapping: Mapping[str, Any]) -> None:
         """Store many values, one actor call per node. See :meth:`set`.
 
-        All values are encoded before anything is sent. If some values do not fit, the
-        others are still stored and the first :class:`CacheFull` is raised.
+        All values are encoded before anything is sent.
+
+        Raises:
+            CacheFull: some values did not fit (their old values stay); the others were
+                stored. ``.ids`` lists every id not stored, ``.stored`` how many were.
+            DataLost: some ids were lost with their node (see :meth:`lost_ids`) and keep
+                their loss; the others were stored. ``.ids`` lists every lost id.
         """
         _check_mapping(mapping)
         with no_gc():
@@ -416,6 +534,12 @@ class Cache:
                 died, or a shuffle rebuilding partitions) appends once. ``set``, ``delete`` and
                 ``init`` of a new id start its tokens afresh. Each token an id keeps costs about
                 100 bytes of its node's memory.
+
+        Raises:
+            CacheFull / DataLost: as for :meth:`set_many`: the other ids took their appends;
+                ``.ids`` lists every id that did not.
+            TypeError: a value is not bytes-like (nothing is sent), or a stored value is not
+                bytes (that id is unchanged).
         """
         _check_mapping(mapping)
         if token is not None and not isinstance(token, str):
@@ -441,9 +565,13 @@ class Cache:
 
         Raises:
             CacheMiss: an id is absent and no default was given (names the first such id).
+            DataLost: ids were lost with their node, default or not; ``.ids`` lists all of them.
         """
         ids = list(dict.fromkeys(_check_ids(cache_ids)))
         results = self._run("get", [(i,) for i in ids])
+        lost = [(i, r[0], r[1], r[2]) for i, r in zip(ids, results) if r[0] == p.LOST]
+        if lost:
+            raise _data_lost(lost)  # a default does not hide a loss
         found = [r[1] for r in results if r[0] == p.OK]
         frames = iter(fetch([value[2] for value in found]))
         out = {}
@@ -451,8 +579,6 @@ class Cache:
             for cache_id, (status, value, _node) in zip(ids, results):
                 if status == p.OK:
                     out[cache_id] = codec.decode(value[0], value[1], next(frames))
-                elif status == p.LOST:
-                    raise DataLost(cache_id, value)  # a default does not hide a loss
                 elif default is _MISSING:
                     raise CacheMiss(cache_id, self._name)
                 else:
@@ -470,8 +596,14 @@ class Cache:
         return sum(self._write(lambda stamp: self._router.delete_many(ids, stamp))) if ids else 0
 
     def exists(self, cache_id: str) -> bool:
-        """Whether ``cache_id`` exists (ids created by ``init`` exist while empty)."""
-        (status, _value, _node), = self._run("exists", [(_check_id(cache_id),)])
+        """Whether ``cache_id`` exists (ids created by ``init`` exist while empty).
+
+        Raises:
+            DataLost: the id was lost with its node (as :meth:`get` and :meth:`size` do).
+        """
+        (status, value, _node), = self._run("exists", [(_check_id(cache_id),)])
+        if status == p.LOST:
+            raise DataLost(cache_id, value)
         return status == p.OK
 
     def size(self, cache_id: str) -> int:
@@ -479,6 +611,7 @@ class Cache:
 
         Raises:
             CacheMiss: the id does not exist.
+            DataLost: the id was lost with its node.
         """
         (status, value, _node), = self._run("size", [(_check_id(cache_id),)])
         if status == p.LOST:
@@ -524,8 +657,8 @@ class Cache:
         """
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a str (a hex Ray node id), not {type(node_id).__name__}")
-        with _refusals_as_value_errors(), ray_errors(f"cache {self._name!r}: draining node {node_id}"):
-            moved, view = ray.get(self._coordinator.drain.remote(node_id))
+        with _refusals_as_value_errors():
+            moved, view = self._ask(self._coordinator.drain.remote(node_id), DRAIN_DEADLINE)
         self._router.apply_view(view)
         return moved
 
@@ -541,8 +674,6 @@ class Cache:
         Args:
             max_bytes: bytes buffered before a flush (one ``append_many``, one call per node).
         """
-        from .writer import BufferedWriter  # writer.py imports this module
-
         return BufferedWriter(self, max_bytes)
 
     # -- placement -------------------------------------------------------------------------
@@ -630,7 +761,7 @@ class Cache:
         rtt = view.distance(node_id, holder) if view is not None else None
         return DEFAULT_REMOTE_SCORE if rtt is None else rtt
 
-    def _node_cache_score(self, node_id: str, cache_id: str) -> float:
+    def node_cache_score(self, node_id: str, cache_id: str) -> float:
         """Distance between ``node_id`` and the data of ``cache_id``; lower is nearer.
 
         0.0 on a node that holds a copy of the data (for an id that does not exist yet: the
@@ -643,6 +774,9 @@ class Cache:
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a hex str, not {type(node_id).__name__}")
         return min(self._distance(node_id, holder) for holder in self._holders(_check_id(cache_id)))
+
+    #: The seed design's name of :meth:`node_cache_score`: the same function.
+    _node_cache_score = node_cache_score
 
     def scheduling_strategy(self, cache_id: str) -> NodeAffinitySchedulingStrategy:
         """A soft node-affinity strategy for a task or actor that works on ``cache_id``.
@@ -695,30 +829,49 @@ class Cache:
         except ShovelingError as exc:
             return f"<b>{html.escape(title)}</b>: {html.escape(str(exc))}"
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the cache: every node actor and the data they hold.
 
-        Waits (at most ``LIFECYCLE_DEADLINE`` seconds) until the cache's name is free, so a
-        ``Cache(name)`` right after starts a new cache. Other handles to the same cache raise
-        :class:`CacheClosed` afterwards. Closing twice is harmless.
+        Waits until the cache's name is free, so a ``Cache(name)`` right after starts a new
+        cache. Other handles to the same cache raise :class:`CacheClosed` afterwards. Closing
+        twice is harmless. Leaving a ``with Cache(...)`` block calls it.
+
+        Args:
+            timeout: seconds to wait for that (default :data:`LIFECYCLE_DEADLINE`, 60 s).
+
+        Raises:
+            ShovelingError: the name was not free within ``timeout`` (the actors were asked to
+                stop and killed; Ray may still be removing them).
         """
+        timeout = LIFECYCLE_DEADLINE if timeout is None else _check_timeout(timeout)
         if self._closed:
             return
         self._closed = True
-        deadline = time.monotonic() + LIFECYCLE_DEADLINE
+        deadline = time.monotonic() + timeout
         try:
-            ray.get(self._coordinator.shutdown.remote(), timeout=LIFECYCLE_DEADLINE)
+            ray.get(self._coordinator.shutdown.remote(), timeout=timeout)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
             pass  # already gone, or stuck: it is killed below either way
         ray.kill(self._coordinator)
         if self._router.view["consul"] is not None:
             watch.close(self._consul_key)
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(coordinator_name(self._name), namespace=NAMESPACE)
-            except ValueError:
-                return  # the name is free
+        mine = self._coordinator._actor_id
+        while True:
+            holder = find_coordinator(self._name)
+            if holder is None or holder._actor_id != mine:
+                return  # the name is free (or already another cache's: this one is gone)
+            if time.monotonic() > deadline:
+                raise ShovelingError(f"cache {self._name!r}: close() did not finish within {timeout:g} s: "
+                                     "its coordinator still holds the name")
             time.sleep(0.05)
+
+
+def _data_lost(lost: list[tuple], **counts: int) -> DataLost:
+    """One :class:`DataLost` for the ``(id, status, node that died, node asked)`` of every lost
+    id a call met; it names the node when they all were on one. ``counts``: ``stored`` and
+    ``total`` of a write."""
+    nodes = {node for _id, _status, node, _asked in lost}
+    return DataLost(lost[0][0], nodes.pop() if len(nodes) == 1 else "", ids=[f[0] for f in lost], **counts)
 
 
 def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:
@@ -727,9 +880,9 @@ def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.Objec
     return getattr(handle, method).remote(*args)
 
 
-def _restore(name, compression, coordinator, view, placements, closed) -> Cache:
+def _restore(name, compression, coordinator, view, placements, closed, timeout) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
-    cache._closed = closed
+    cache._closed, cache._timeout = closed, timeout
     cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements, _this_node(), cache._nearest)
     return cache

@@ -25,17 +25,16 @@ from typing import Any
 import numpy as np
 import ray
 
-from .actors.coordinator import NAMESPACE, coordinator_name
-from .actors.storage import check_max_memory, check_policy
+from .actors.coordinator import running_caches
 from .cache import Cache
 from .errors import ShovelingError
 from .observe.display import COLUMNS, rows, text_table
+from .settings import CONFIGURABLE, KV_KEYS, check_eviction, check_max_memory, check_replicas, parse_kv
 
 #: Seconds the whole connection to the Ray cluster may take.
 CONNECT_TIMEOUT = 30.0
 #: Seconds a TCP probe of an explicit ``host:port`` address may take.
 PROBE_TIMEOUT = 5.0
-_COORDINATOR_SUFFIX = "/coordinator"
 
 
 class CliError(Exception):
@@ -80,28 +79,6 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         raise CliError(f"cannot connect to a Ray cluster at {address}: {reason}")
 
 
-def running_caches() -> list[str]:
-    """Names of the caches running in the connected cluster."""
-    return sorted(
-        actor["name"][: -len(_COORDINATOR_SUFFIX)]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["namespace"] == NAMESPACE and actor["name"].endswith(_COORDINATOR_SUFFIX)
-    )
-
-
-def open_cache(name: str, **settings: Any) -> Cache:
-    """Attach to the running cache ``name``; never starts one.
-
-    Raises:
-        CliError: no cache of that name runs.
-    """
-    try:
-        ray.get_actor(coordinator_name(name), namespace=NAMESPACE)
-    except ValueError:
-        raise CliError(f"no running cache named {name!r} (`shoveling caches` lists them)") from None
-    return Cache(name, **settings)
-
-
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=_json_default))
 
@@ -124,7 +101,7 @@ def cmd_caches(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    cache = open_cache(args.name)
+    cache = Cache.attach(args.name)
     stats, endpoints = cache.stats(), cache.endpoints()
     if args.json:
         _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints})
@@ -138,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    ids = open_cache(args.name).ids(args.prefix)
+    ids = Cache.attach(args.name).ids(args.prefix)
     if args.json:
         _print_json(ids)
     elif ids:
@@ -146,7 +123,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> None:
-    value = open_cache(args.name).get(args.id)
+    value = Cache.attach(args.name).get(args.id)
     if isinstance(value, np.ndarray):
         if args.output is None:
             raise CliError(f"{args.id!r} holds a numpy array: save it with -o FILE (written as .npy)")
@@ -177,30 +154,24 @@ def cmd_put(args: argparse.Namespace) -> None:
                 data = source.read()
         except OSError as exc:
             raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
-    open_cache(args.name).set(args.id, data)
+    Cache.attach(args.name).set(args.id, data)
 
 
 def cmd_rm(args: argparse.Namespace) -> None:
-    if not open_cache(args.name).delete(args.id):
+    if not Cache.attach(args.name).delete(args.id):
         raise CliError(f"cache id {args.id!r} does not exist in cache {args.name!r}")
 
 
 def cmd_drain(args: argparse.Namespace) -> None:
-    moved = open_cache(args.name).drain(args.node_id)
+    moved = Cache.attach(args.name).drain(args.node_id)
     print(f"node {args.node_id} drained: {moved} ids moved to other nodes; it can be removed")
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    settings = {}
-    if args.replicas is not None:
-        settings["replicas"] = args.replicas
-    if args.max_memory is not None:
-        settings["max_memory"] = args.max_memory
-    if args.eviction is not None:
-        settings["eviction"] = args.eviction
-    if args.max_disk is not None:
-        settings["max_disk"] = args.max_disk
-    stats = open_cache(args.name, **settings).stats()
+    changes = {name: getattr(args, name) for name in CONFIGURABLE if getattr(args, name) is not None}
+    cache = Cache.attach(args.name)
+    cache.configure(**changes)
+    stats = cache.stats()
     current = {node: {"max_memory": s["limit"], "eviction": s["policy"], "max_disk": s["disk_limit"],
                       "replicas": s["replicas"]} for node, s in stats.items()}
     if args.json:
@@ -212,7 +183,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_close(args: argparse.Namespace) -> None:
-    open_cache(args.name).close()
+    Cache.attach(args.name).close()
 
 
 # -- the parser ----------------------------------------------------------------------------
@@ -227,15 +198,23 @@ def _bytes_arg(text: str) -> int:
 
 def _policy_arg(text: str) -> str:
     try:
-        return check_policy(text)
+        return check_eviction(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _switch_arg(text: str) -> bool:
+    try:
+        return parse_kv(KV_KEYS["http"], text.encode())  # type: ignore[return-value]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _positive_arg(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
+    try:
+        return check_replicas(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,12 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("drain", cmd_drain, "move every id off a node before removing it")
     p.add_argument("name", help="cache name")
     p.add_argument("node_id", help="Ray node id (hex)")
-    p = command("config", cmd_config, "show, or change for every node, a cache's settings", reads=True)
+    p = command("config", cmd_config, "show, or change for every node (Cache.configure), a cache's settings",
+                reads=True)
     p.add_argument("name", help="cache name")
     p.add_argument("--max-memory", type=_bytes_arg, help="bytes each node's actor may hold")
     p.add_argument("--eviction", type=_policy_arg, help="spill | reject | lru")
     p.add_argument("--max-disk", type=_bytes_arg, help="bytes of spill files each node may hold")
     p.add_argument("--replicas", type=_positive_arg, help="nodes holding each id (copies are added or dropped to match)")
+    p.add_argument("--http", type=_switch_arg, help="on | off: each node's read-only HTTP endpoint")
     p = command("close", cmd_close, "stop a cache and drop its data")
     p.add_argument("name", help="cache name")
     return parser

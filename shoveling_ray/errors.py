@@ -11,7 +11,8 @@ at the boundary with ``raise ... from exc``; none reaches a user raw::
      ├── NodeUnavailable    a node's cache actor does not answer
      │   └── NodeDrained    ... because it was drained (calls are retried on the new homes)
      ├── ConsulError        Consul was required but did not answer, or refused a request
-     └── CacheClosed        the cache was closed
+     ├── CacheClosed        the cache was closed
+     └── CacheNotFound      (also a ValueError) ``Cache.attach`` found no cache of that name
 
 Bad arguments (wrong id type, unknown strategy, unsupported value) are plain ``TypeError`` /
 ``ValueError``, raised before anything is sent.
@@ -23,7 +24,24 @@ waits on Ray (the client, the shuffle, the node actors, the object-store path) g
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+
+#: Ids a message names before it says how many more there are.
+SHOWN_IDS = 5
+
+
+def _ids_text(ids: Sequence[str]) -> str:
+    """``'a', 'b', 'c'`` and ``(+N more)`` past :data:`SHOWN_IDS`."""
+    shown = ", ".join(repr(i) for i in ids[:SHOWN_IDS])
+    return shown + (f" (+{len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else "")
+
+
+def _stored_text(stored: int | None, total: int | None, ids: Sequence[str] = ()) -> str:
+    """What a many-id write stored, for messages (naming ``ids``, not written); nothing when
+    ``stored`` is ``None``."""
+    if stored is None:
+        return ""
+    return f"; {stored} of {total} ids were written" + (f", not {_ids_text(ids)}" if ids else "")
 
 
 class ShovelingError(Exception):
@@ -51,43 +69,65 @@ class CacheFull(ShovelingError):
     tier is full too (or spilling took too long); under ``lru``, a value exceeds the limit.
 
     Attributes:
-        node_id: hex id of the Ray node whose limit was hit.
+        node_id: hex id of the Ray node whose limit was hit (the first one, when several were).
         limit: that node's ``max_memory`` in bytes.
         used: bytes held on that node when the write was refused.
         needed: bytes the refused write would have added.
         reason: why spilling did not help (``""`` without it).
+        cache_id: the first id not written (``""`` when unknown).
+        ids: every id the call did not write (``set_many`` / ``append_many``: the others were
+            written; a single-id call: that id).
+        stored, total: how many of the call's ids were written, of how many (``None`` when not
+            a many-id call).
     """
 
-    def __init__(self, node_id: str, limit: int, used: int, needed: int, cache_id: str = "", reason: str = "") -> None:
+    def __init__(self, node_id: str, limit: int, used: int, needed: int, cache_id: str = "", reason: str = "",
+                 ids: Sequence[str] = (), stored: int | None = None, total: int | None = None) -> None:
         self.node_id, self.limit, self.used, self.needed = node_id, limit, used, needed
         self.cache_id, self.reason = cache_id, reason
+        self.ids = list(ids) or ([cache_id] if cache_id else [])
+        self.stored, self.total = stored, total
         what = f"writing {cache_id!r}" if cache_id else "the write"
         super().__init__(
             f"cache full on node {node_id}: {what} needs {needed} bytes, "
             f"{used} of max_memory={limit} bytes are in use" + (f" {reason}" if reason else "")
+            + _stored_text(stored, total, self.ids)
         )
 
     def __reduce__(self):
-        return type(self), (self.node_id, self.limit, self.used, self.needed, self.cache_id, self.reason)
+        return type(self), (self.node_id, self.limit, self.used, self.needed, self.cache_id, self.reason,
+                            self.ids, self.stored, self.total)
 
 
 class DataLost(ShovelingError):
     """The node that held the data is gone and no copy is left.
 
     Attributes:
-        cache_id: the lost id ("" when the loss was found below the id level).
+        cache_id: the (first) lost id ("" when the loss was found below the id level).
         node_id: hex id of the node it was on ("" when unknown).
+        ids: every lost id the call met (``get_many`` / ``set_many`` / ``append_many``: all of
+            them; a single-id call: that id).
+        stored, total: how many of a many-id write's ids were written, of how many (``None``
+            otherwise).
     """
 
-    def __init__(self, cache_id: str = "", node_id: str = "", detail: str = "") -> None:
+    def __init__(self, cache_id: str = "", node_id: str = "", detail: str = "",
+                 ids: Sequence[str] = (), stored: int | None = None, total: int | None = None) -> None:
         self.cache_id, self.node_id, self.detail = cache_id, node_id, detail
-        what = f"cache id {cache_id!r} is lost" if cache_id else "data is lost"
+        self.ids = list(ids) or ([cache_id] if cache_id else [])
+        self.stored, self.total = stored, total
+        if len(self.ids) > 1:
+            what = f"{len(self.ids)} cache ids are lost ({_ids_text(self.ids)})"
+        else:
+            what = f"cache id {cache_id!r} is lost" if cache_id else "data is lost"
         where = f" with node {node_id}" if node_id else ""
-        super().__init__(f"{what}{where}" + (f": {detail}" if detail else "") +
-                         ("; set, delete or init it again to use the id" if cache_id else ""))
+        again = ("; set, delete or init them again to use them" if len(self.ids) > 1
+                 else "; set, delete or init it again to use the id")
+        super().__init__(f"{what}{where}" + (f": {detail}" if detail else "") + (again if cache_id else "")
+                         + _stored_text(stored, total))
 
     def __reduce__(self):
-        return type(self), (self.cache_id, self.node_id, self.detail)
+        return type(self), (self.cache_id, self.node_id, self.detail, self.ids, self.stored, self.total)
 
 
 class NodeUnavailable(ShovelingError):
@@ -101,9 +141,7 @@ class NodeUnavailable(ShovelingError):
     def __init__(self, node_id: str, cache_ids: list[str] | tuple[str, ...] = (), reason: str = "") -> None:
         self.node_id = node_id
         self.cache_ids = list(cache_ids)
-        shown = ", ".join(repr(i) for i in self.cache_ids[:5])
-        more = f" (+{len(self.cache_ids) - 5} more)" if len(self.cache_ids) > 5 else ""
-        ids = f" for ids {shown}{more}" if self.cache_ids else ""
+        ids = f" for ids {_ids_text(self.cache_ids)}" if self.cache_ids else ""
         tail = f": {reason}" if reason else ""
         super().__init__(f"node {node_id} is unavailable{ids}{tail}")
         self.reason = reason
@@ -123,6 +161,23 @@ class ConsulError(ShovelingError):
 
 class CacheClosed(ShovelingError):
     """The cache was closed; open it again with ``Cache(name)``."""
+
+
+class CacheNotFound(ShovelingError, ValueError):
+    """``Cache.attach(name)`` found no running cache of that name. Also a ``ValueError``.
+
+    Attributes:
+        name: the name asked for.
+        running: the names of the caches that run, sorted.
+    """
+
+    def __init__(self, name: str, running: Sequence[str] = ()) -> None:
+        self.name, self.running = name, list(running)
+        others = f"running caches: {', '.join(self.running)}" if self.running else "no cache is running"
+        super().__init__(f"no running cache named {name!r} ({others})")
+
+    def __reduce__(self):
+        return type(self), (self.name, self.running)
 
 
 @contextlib.contextmanager

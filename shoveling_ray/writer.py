@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .cache import _check_id
+from .ids import check_id
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -48,7 +48,7 @@ class BufferedWriter:
             TypeError: ``data`` is not bytes-like, or the id is not a str (nothing buffered).
             ValueError: empty id.
         """
-        _check_id(cache_id)
+        check_id(cache_id)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"append takes bytes-like data (bytes, bytearray, memoryview), not {type(data).__name__}")
         chunk = bytes(data)  # the caller may reuse its buffer

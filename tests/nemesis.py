@@ -179,12 +179,10 @@ class Nemesis:
                 threading.Timer(PEER_TIMEOUT + 10, _resume, (pid,)).start()
         elif fault == "replicas":
             self.replicas = 3 if self.replicas == 2 else 2
-            self.cache.configure(replicas=self.replicas) if hasattr(self.cache, "configure") else \
-                sr.Cache(self.cache.name, replicas=self.replicas)
+            self.cache.configure(replicas=self.replicas)
         elif fault == "max_memory":
             limit = self.rng.choice([256 << 10, 1 << 20])
-            self.cache.configure(max_memory=limit) if hasattr(self.cache, "configure") else \
-                sr.Cache(self.cache.name, max_memory=limit)
+            self.cache.configure(max_memory=limit)
         else:
             fault = "add"
             self.cluster.add_node(num_cpus=1)

@@ -22,6 +22,7 @@ from ..errors import ShovelingError
 from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
 from ..placement import build_chains, reassign_chains
+from ..settings import CONFIGURABLE, DEFAULTS, given, refuse_changes
 from .node import HAND_OVER_DEADLINE, PEER_TIMEOUT, NodeActor
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ NAMESPACE = "shoveling_ray"
 JOIN_DEADLINE = 120.0
 #: Seconds actors get to deregister from Consul before they are killed.
 SHUTDOWN_GRACE = 10.0
+#: Seconds a ``drain`` may take in all: the node's hand-over (it bounds itself), the rebuild
+#: that follows and the drained actor's polite stop. Clients wait this long for it.
+DRAIN_DEADLINE = HAND_OVER_DEADLINE + 2 * PEER_TIMEOUT + JOIN_DEADLINE + SHUTDOWN_GRACE
 #: Seconds between two looks at Ray's dead and draining nodes.
 FOLLOW_POLL = 1.0
 
@@ -46,6 +50,24 @@ def coordinator_name(cache: str) -> str:
     return f"{cache}/coordinator"
 
 
+def running_caches() -> list[str]:
+    """Names of the caches running in the connected Ray cluster, sorted."""
+    suffix = coordinator_name("")
+    return sorted(
+        actor["name"][: -len(suffix)]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == NAMESPACE and actor["name"].endswith(suffix)
+    )
+
+
+def find_coordinator(cache: str) -> ray.actor.ActorHandle | None:
+    """The running coordinator of ``cache``, or ``None`` when no cache of that name runs."""
+    try:
+        return ray.get_actor(coordinator_name(cache), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
 class _Coordinator:
     """Membership and settings of one cache.
 
@@ -53,20 +75,14 @@ class _Coordinator:
         cache: the cache name.
         consul: Consul settings for the actors, or ``None`` for Ray alone.
 
-    The settings start at a new cache's defaults and change with :meth:`join`'s ``settings``:
-    ``max_memory`` (per node; ``None`` = each node's object store capacity), ``policy``,
-    ``max_disk``, ``spill_dir``, ``http`` and ``replicas``.
+    ``settings`` (named as in :mod:`shoveling_ray.settings`) start at a new cache's defaults,
+    take what the first :meth:`join` gives, and change only with :meth:`configure`.
     """
 
     def __init__(self, cache: str, consul: ConsulConfig | None) -> None:
         self.cache = cache
         self.consul = consul
-        self.max_memory: int | None = None
-        self.policy = "spill"
-        self.max_disk: int | None = None
-        self.spill_dir: str | None = None
-        self.http = False
-        self.replicas = 1
+        self.settings = dict(DEFAULTS)
         self.drained: set[str] = set()  # nodes that get no actor again
         self.members: dict[str, ray.actor.ActorHandle] = {}
         self.info: dict[str, NodeInfo] = {}
@@ -106,33 +122,69 @@ class _Coordinator:
             except Exception as exc:  # noqa: BLE001 - the follower must outlive any one failure
                 log.warning("cache %s: could not follow Ray's nodes: %s", self.cache, exc)
 
+    @property
+    def replicas(self) -> int:
+        return self.settings["replicas"]
+
     def _limit(self, node: NodeInfo) -> int:
-        return self.max_memory if self.max_memory is not None else node.object_store_memory
+        max_memory = self.settings["max_memory"]
+        return max_memory if max_memory is not None else node.object_store_memory
 
     def join(self, settings: dict | None = None) -> dict:
         """Bring the member list up to date with Ray's alive nodes and return the view.
 
-        Dead members leave first (their places in the slot chains go to the survivors), new
-        alive nodes get an actor (and fill chains shorter than they should be), ``replicas``
-        changes the chains' length, and every member takes the new view and mends copies and
-        directory (``_NodeActor.rebuild``) before this returns. Only then are ``settings``
-        (``max_memory`` / ``policy`` / ``max_disk``) given explicitly by a client applied to
-        every member (``http`` turns the members' endpoints on or off). ``spill_dir`` is taken
-        by a new cache only.
-        All the waiting shares one deadline (:data:`JOIN_DEADLINE`), and the actors are asked
-        in parallel.
+        A new cache takes ``settings`` (setting name -> value, see
+        :mod:`shoveling_ray.settings`; the others keep their defaults) before its actors start.
+        A running cache only checks them: each must equal the running value
+        (:meth:`configure` changes them). Then see :meth:`_update`.
 
         Raises:
             ShovelingError: no alive node has a cache actor.
-            ValueError: ``spill_dir`` differs from the running cache's.
+            TypeError / ValueError: a bad setting, or one that differs from the running
+                cache's (the message names both values).
         """
+        wanted = given(**(settings or {}))
+        if self.chains is None:
+            self.settings.update(wanted)
+        else:
+            refuse_changes(self.cache, self.settings, wanted)
+        return self._update(time.monotonic() + JOIN_DEADLINE)
+
+    def configure(self, settings: dict) -> dict:
+        """Change settings of the running cache on every member; returns the view.
+
+        ``replicas`` changes the chains' length (copies are added or dropped, see
+        :meth:`_update`); ``max_memory`` / ``eviction`` / ``max_disk`` are applied to every
+        member (keys set in Consul KV still override them on their nodes); ``http`` turns the
+        members' endpoints on or off. All the waiting shares one deadline
+        (:data:`JOIN_DEADLINE`).
+
+        Raises:
+            TypeError / ValueError: an unknown or bad setting, or ``spill_dir``.
+            ShovelingError: no alive node has a cache actor.
+        """
+        wanted = given(**settings)
+        fixed = sorted(set(wanted) - set(CONFIGURABLE))
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot change while cache {self.cache!r} runs: close it first")
         deadline = time.monotonic() + JOIN_DEADLINE
-        settings = settings or {}
-        if "spill_dir" in settings and settings["spill_dir"] != self.spill_dir:
-            if self.members:
-                raise ValueError(f"cache {self.cache!r} already spills under {self.spill_dir or 'the Ray session directory'}; "
-                                 "close it to change spill_dir")
-            self.spill_dir = settings["spill_dir"]
+        replicas = wanted.pop("replicas", None)
+        self.settings.update(wanted)  # before _update: actors it starts take them too
+        view = self._update(deadline, replicas)
+        if {"max_memory", "eviction", "max_disk"} & wanted.keys():
+            calls = [h.configure.remote(self._limit(self.info[m]), self.settings["eviction"], self.settings["max_disk"])
+                     for m, h in self.members.items()]
+            _wait_all(calls, deadline)
+        if "http" in wanted:
+            _wait_all([h.serve_http.remote(wanted["http"]) for h in self.members.values()], deadline)
+        return view
+
+    def _update(self, deadline: float, replicas: int | None = None) -> dict:
+        """Dead members leave first (their places in the slot chains go to the survivors), new
+        alive nodes get an actor (and fill chains shorter than they should be), ``replicas``
+        (when given) changes the chains' length, and every member takes the new view and
+        mends copies and directory (``_NodeActor.rebuild``) before this returns the view. The
+        actors are asked in parallel, all by ``deadline``."""
         nodes = {n.node_id: n for n in ray_nodes()}
         dead = [m for m in self.members if not nodes.get(m, NodeInfo(m, False, 0, 0)).alive]
         for node_id in dead:
@@ -145,6 +197,8 @@ class _Coordinator:
             log.warning("cache %s: the actor on node %s died; its data is lost", self.cache, node_id)
             del self.members[node_id]
         old_chains, old_replicas = self.chains, self.replicas
+        if replicas is not None:
+            self.settings["replicas"] = replicas
         started = {n.node_id: self._start(n) for n in nodes.values()
                    if n.alive and n.node_id not in self.members and n.node_id not in self.drained}
         for node_id, ok in self._answering(started, deadline).items():
@@ -156,7 +210,6 @@ class _Coordinator:
         self.info = {m: nodes[m] for m in self.members}
         if not self.members:
             raise ShovelingError(f"cache {self.cache}: no alive Ray node could start a cache actor")
-        self.replicas = settings.get("replicas", self.replicas)
         old_zones = dict(self.zones)
         self._learn_zones(deadline)
         if self.chains is None:
@@ -167,11 +220,6 @@ class _Coordinator:
                 or old_replicas != self.replicas or old_zones != self.zones):
             self.version += 1
             self._rebuild(old_chains, sorted(set(dead) | set(replaced)), deadline)
-        if {"max_memory", "policy", "max_disk"} & settings.keys():
-            self._configure(settings, deadline)
-        if "http" in settings:
-            self.http = settings["http"]
-            _wait_all([h.serve_http.remote(self.http) for h in self.members.values()], deadline)
         return self.view()
 
     def _learn_zones(self, deadline: float) -> None:
@@ -230,15 +278,8 @@ class _Coordinator:
             namespace=NAMESPACE,
             lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-        ).remote(self.cache, node.node_id, self._limit(node), self.policy, self.max_disk, self.spill_dir,
-                 self.consul, self.http)
-
-    def _configure(self, settings: dict, deadline: float) -> None:
-        self.max_memory = settings.get("max_memory", self.max_memory)
-        self.policy = settings.get("policy", self.policy)
-        self.max_disk = settings.get("max_disk", self.max_disk)
-        calls = [h.configure.remote(self._limit(self.info[m]), self.policy, self.max_disk) for m, h in self.members.items()]
-        _wait_all(calls, deadline)
+        ).remote(self.cache, node.node_id, self._limit(node), self.settings["eviction"], self.settings["max_disk"],
+                 self.settings["spill_dir"], self.consul, self.settings["http"])
 
     def view(self) -> dict:
         """What a client needs to route: members with their actors and resources, the table."""

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..codec import OUT_OF_BAND_BYTES
+from ..settings import check_max_disk
 
 #: Without an explicit ``max_disk``, spilling stops where less than this share of the disk
 #: would stay free.
@@ -33,27 +34,6 @@ class Spilled(NamedTuple):
     segment: int
     offset: int
     size: int
-
-
-def check_limit(name: str, value: object) -> int | None:
-    """Return ``value`` if it is ``None`` or a non-negative int: a byte limit called ``name``.
-
-    Raises:
-        TypeError: not an int (bools are refused too).
-        ValueError: negative.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int number of bytes or None, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return value
-
-
-def check_max_disk(max_disk: object) -> int | None:
-    """``max_disk`` if valid (see :func:`check_limit`)."""
-    return check_limit("max_disk", max_disk)
 
 
 class SpillFiles:

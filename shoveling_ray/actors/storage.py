@@ -38,11 +38,11 @@ from collections.abc import Callable, Iterator
 
 from ..codec import CODEC_RAW, KIND_BYTES, Stored, is_stored, payload_size, raw_size, stored_size
 from ..errors import CacheFull
-from .disk import Spilled, SpillFiles, check_limit
+from ..settings import check_eviction as check_policy
+from ..settings import check_max_memory
+from .disk import Spilled, SpillFiles
 
 log = logging.getLogger(__name__)
-
-POLICIES = ("spill", "reject", "lru")
 
 #: Memory an id takes besides its frames and the characters of its name: the entry, its frame
 #: list, its places in the store's dicts and the id's string object (measured with
@@ -64,22 +64,6 @@ SEGMENT_BYTES = 64 << 20
 OWN_FILE_BYTES = 1 << 20
 #: Seconds a write may wait for spilling to make room before it gets ``CacheFull``.
 SPILL_TIMEOUT = 60.0
-
-
-def check_policy(policy: object) -> str:
-    """Return ``policy`` if valid.
-
-    Raises:
-        ValueError: not ``"spill"``, ``"reject"`` or ``"lru"``.
-    """
-    if policy not in POLICIES:
-        raise ValueError(f"eviction must be 'spill', 'reject' or 'lru', not {policy!r}")
-    return policy  # type: ignore[return-value]
-
-
-def check_max_memory(max_memory: object) -> int | None:
-    """``max_memory`` if valid (see :func:`~.disk.check_limit`)."""
-    return check_limit("max_memory", max_memory)
 
 
 def overhead(cache_id: str, frames: int) -> int:

@@ -20,8 +20,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..actors.storage import POLICIES
 from ..errors import ConsulError
+from ..settings import KV_KEYS
+from ..settings import parse_kv as parse_config_value
 from .consul import CHECK_TTL, REQUEST_TIMEOUT, ConsulAgent, service_id
 
 log = logging.getLogger(__name__)
@@ -29,33 +30,12 @@ log = logging.getLogger(__name__)
 #: Seconds a blocking KV query waits on the server before returning unchanged.
 KV_WAIT_SECONDS = 5
 MAX_BACKOFF = 5.0
-CONFIG_KEYS = ("max-memory", "max-disk", "eviction", "http")
-_SWITCH = {"on": True, "off": False}
+#: The configuration keys followed, as the node actor takes them (Consul KV spelling).
+CONFIG_KEYS = tuple(KV_KEYS.values())
 #: Seconds between two heartbeats: five a TTL, so one lost request never fails the check.
 BEAT_INTERVAL = CHECK_TTL / 5
 #: Seconds ``Heartbeat.stop`` waits for a beat in flight (one request's timeout, and a margin).
 STOP_TIMEOUT = REQUEST_TIMEOUT + 1.0
-
-
-def parse_config_value(key: str, raw: bytes) -> int | str | bool:
-    """Parse one configuration value from KV.
-
-    Raises:
-        ValueError: ``max-memory`` / ``max-disk`` is not a non-negative integer, ``eviction`` is not a known
-            policy, or ``http`` is not ``on`` / ``off``.
-    """
-    text = raw.decode("utf-8", "replace").strip()
-    if key == "http":
-        if text not in _SWITCH:
-            raise ValueError(f"http must be 'on' or 'off', got {text!r}")
-        return _SWITCH[text]
-    if key in ("max-memory", "max-disk"):
-        if not text.isdigit():
-            raise ValueError(f"{key} must be a non-negative integer number of bytes, got {text!r}")
-        return int(text)
-    if text not in POLICIES:
-        raise ValueError(f"eviction must be one of {', '.join(POLICIES)}, got {text!r}")
-    return text
 
 
 class Heartbeat(threading.Thread):

@@ -1,4 +1,4 @@
-"""Distances between nodes, for ``node_id`` and ``_node_cache_score``.
+"""Distances between nodes, for ``node_id`` and ``node_cache_score``.
 
 With Consul, the distance of two nodes is the round-trip time that Consul's network
 coordinates estimate, computed exactly as Consul does (``lib/rtt.go``, ``consul rtt``): the

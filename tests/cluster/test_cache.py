@@ -457,12 +457,15 @@ def test_lru_policy(cluster):
         c.close()
 
 
-def test_settings_given_again_apply_to_the_running_cache(cluster):
+def test_configure_applies_settings_to_every_node_and_opening_never_does(cluster):
     c = sr.Cache("limit-change", max_memory=1000, eviction="reject", compression=None)
     try:
         with pytest.raises(sr.CacheFull):
             c.set("a", b"x" * 2000)
-        sr.Cache("limit-change", max_memory=5000)
+        with pytest.raises(ValueError, match="configure"):
+            sr.Cache("limit-change", max_memory=5000)
+        assert all(s["limit"] == 1000 for s in c.stats().values())
+        sr.Cache.attach("limit-change").configure(max_memory=5000)
         c.set("a", b"x" * 2000)
         assert all(s["limit"] == 5000 for s in c.stats().values())
     finally:
@@ -611,7 +614,7 @@ def held_refs(cache, node, cache_id):
     from shoveling_ray.wire import pack
 
     blob, buffers = pack([(cache_id, protocol.AT_HOME)])
-    _blob, _buffers, refs = ray.get(cache._router.members[node].batch.remote("get", buffers, blob))
+    _blob, _buffers, refs = ray.get(cache._router.members[node].batch.remote("get", None, buffers, blob))
     return refs
 
 

@@ -65,10 +65,11 @@ def test_endpoints_are_listed_only_when_on(cluster):
     off = sr.Cache("no-web")
     try:
         assert off.endpoints() == {}
-        on = sr.Cache("no-web", http=True)
+        off.configure(http=True)
+        on = sr.Cache.attach("no-web")
         assert set(on.endpoints()) == set(off.nodes())
         assert all(url.startswith("http://") for url in on.endpoints().values())
-        sr.Cache("no-web", http=False)
+        on.configure(http=False)
         assert off.endpoints() == {}
     finally:
         off.close()

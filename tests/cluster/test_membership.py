@@ -231,7 +231,7 @@ def test_close_then_reopen_in_a_loop_always_gets_a_fresh_working_cache(cluster):
         cache.close()
 
 
-def test_a_dead_member_does_not_stop_others_from_opening_with_settings(cluster):
+def test_a_dead_member_does_not_stop_others_from_attaching_and_configuring(cluster):
     extra = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     cache = sr.Cache("prune")
@@ -239,7 +239,8 @@ def test_a_dead_member_does_not_stop_others_from_opening_with_settings(cluster):
     kept = next(i for i in (f"kept{k}" for k in range(1000)) if cache.node_id(i) != extra.node_id)
     cache.set(kept, b"v")
     cluster.remove_node(extra, allow_graceful=False)  # SIGKILL: Ray notices after a while
-    reopened = sr.Cache("prune", max_memory=5 * (1 << 20))  # prunes, then configures
+    reopened = sr.Cache.attach("prune")
+    reopened.configure(max_memory=5 * (1 << 20))  # prunes, then configures
     wait_for(lambda: (reopened._refresh(), extra.node_id not in reopened.nodes())[1], timeout=90,
              what="the dead member to leave")
     assert all(s["limit"] == 5 * (1 << 20) for s in reopened.stats().values())

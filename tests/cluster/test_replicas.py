@@ -148,6 +148,11 @@ def test_one_copy_ids_are_intact_or_data_lost_never_wrong(cluster):
     for cache_id in lost:
         with pytest.raises(sr.DataLost):
             cache.get(cache_id)
+        with pytest.raises(sr.DataLost):
+            cache.exists(cache_id)
+    with pytest.raises(sr.DataLost) as info:
+        cache.get_many(IDS, None)  # a default does not hide a loss; every lost id is named
+    assert sorted(info.value.ids) == sorted(lost)
     values = cache.get_many(intact)
     # for intact ids, every acknowledged record exactly once, in order
     trimmed = [{"acked": [s for s in r["acked"] if IDS[s % len(IDS)] in values]} for r in results]
@@ -211,7 +216,7 @@ def test_raising_replicas_on_a_running_cache_adds_copies_and_a_drain_keeps_them(
     cache = sr.Cache("rep-up")
     cache.set_many({f"u{i}": f"v{i}".encode() for i in range(200)})
     assert all(len(cache.node_ids(f"u{i}")) == 1 for i in range(0, 200, 20))
-    cache = sr.Cache("rep-up", replicas=3)
+    cache.configure(replicas=3)
     wait_for(lambda: sum(s["under_replicated"] for s in cache.stats().values()) == 0, 120, what="new copies")
     assert all(len(cache.node_ids(f"u{i}")) == 3 for i in range(200))
     big = os.urandom(4 << 20)  # in the object store: copies fetch the primary's object and own theirs
@@ -233,5 +238,5 @@ def test_raising_replicas_on_a_running_cache_adds_copies_and_a_drain_keeps_them(
     cluster.remove_node(workers.get(primary) or next(iter(workers.values())))
     assert cache.get("big") == big + big[:1000]
     with pytest.raises(ValueError, match="replicas"):
-        sr.Cache("rep-up", replicas=0)
+        cache.configure(replicas=0)
     cache.close()

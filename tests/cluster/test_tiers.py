@@ -75,7 +75,7 @@ def test_spill_dir_is_taken_when_the_cache_starts(cluster, tmp_path):
     cache = sr.Cache("tiers-dir", spill_dir=tmp_path / "a")
     try:
         assert sr.Cache("tiers-dir", spill_dir=tmp_path / "a").nodes() == cache.nodes()  # the same: fine
-        with pytest.raises(ValueError, match="already spills under"):
+        with pytest.raises(ValueError, match="close it to change spill_dir"):
             sr.Cache("tiers-dir", spill_dir=tmp_path / "b")
         with pytest.raises(TypeError, match="max_disk"):
             sr.Cache("tiers-dir", max_disk="10GB")
