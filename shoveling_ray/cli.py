@@ -28,8 +28,9 @@ import ray
 from .actors.coordinator import NAMESPACE, coordinator_name
 from .actors.storage import check_max_memory, check_policy
 from .cache import Cache
+from .data.manifest import summaries
 from .errors import ShovelingError
-from .observe.display import COLUMNS, rows, text_table
+from .observe.display import COLUMNS, human_bytes, rows, text_table
 
 #: Seconds the whole connection to the Ray cluster may take.
 CONNECT_TIMEOUT = 30.0
@@ -125,9 +126,9 @@ def cmd_caches(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> None:
     cache = open_cache(args.name)
-    stats, endpoints = cache.stats(), cache.endpoints()
+    stats, endpoints, datasets = cache.stats(), cache.endpoints(), summaries(cache)
     if args.json:
-        _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints})
+        _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints, "datasets": datasets})
         return
     nodes, ids = len(stats), sum(s["ids"] - s["copies"] for s in stats.values())
     replicas = next(iter(stats.values()))["replicas"]
@@ -135,10 +136,26 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(text_table(COLUMNS, rows(stats)))
     for node, url in sorted(endpoints.items()):
         print(f"http {node}: {url}")
+    if datasets:
+        print(f"datasets: {len(datasets)}")
+        print(_datasets_table(datasets))
+
+
+def _datasets_table(datasets: dict[str, dict]) -> str:
+    return text_table(("dataset", "rows", "bytes", "blocks"), [
+        (name, f"{d['rows']:,}", human_bytes(d["bytes"]), str(d["blocks"])) for name, d in sorted(datasets.items())])
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    ids = open_cache(args.name).ids(args.prefix)
+    cache = open_cache(args.name)
+    if args.datasets:
+        datasets = summaries(cache)
+        if args.json:
+            _print_json(datasets)
+        elif datasets:
+            print(_datasets_table(datasets))
+        return
+    ids = cache.ids(args.prefix)
     if args.json:
         _print_json(ids)
     elif ids:
@@ -256,12 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("caches", cmd_caches, "list the running caches", reads=True)
-    p = command("status", cmd_status, "per node: ids, used / limit, disk, evictions, policy, Consul health; HTTP endpoints",
+    p = command("status", cmd_status, "per node: ids, used / limit, disk, evictions, policy, Consul health; HTTP endpoints; datasets",
                 reads=True)
     p.add_argument("name", help="cache name")
-    p = command("ls", cmd_ls, "list a cache's ids", reads=True)
+    p = command("ls", cmd_ls, "list a cache's ids (or its datasets)", reads=True)
     p.add_argument("name", help="cache name")
     p.add_argument("--prefix", default="", help="only ids starting with this")
+    p.add_argument("--datasets", action="store_true", help="list the datasets (shoveling_ray.data) instead: rows, bytes, blocks")
     p = command("get", cmd_get, "write a value: bytes as they are, numpy as .npy (-o needed), others as JSON", reads=True)
     p.add_argument("name", help="cache name")
     p.add_argument("id", help="cache id")

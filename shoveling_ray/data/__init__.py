@@ -15,13 +15,31 @@
 - ``sink``: :class:`CacheDatasink`, the write and its commit protocol.
 - ``source``: reading, and the calls around it.
 
-Needs ``ray[data]`` (pyarrow); ``import shoveling_ray`` does not import this package until
-``shoveling_ray.data`` is used.
+Needs ``ray[data]`` (pyarrow), imported when one of its calls is first used: ``manifest``
+alone (what the ``shoveling`` command shows) does without, and ``import shoveling_ray`` does
+not import this package until ``shoveling_ray.data`` is used.
 """
 
+import importlib
+
 from .manifest import BlockInfo, DatasetInfo
-from .sink import CacheDatasink
-from .source import cache_dataset, dataset_info, delete_dataset, list_datasets, read_dataset, write_dataset
+
+_NEEDS_RAY_DATA = {
+    "CacheDatasink": ".sink",
+    "cache_dataset": ".source",
+    "dataset_info": ".source",
+    "delete_dataset": ".source",
+    "list_datasets": ".source",
+    "read_dataset": ".source",
+    "write_dataset": ".source",
+}
+
+
+def __getattr__(name: str):
+    if name in _NEEDS_RAY_DATA:
+        return getattr(importlib.import_module(_NEEDS_RAY_DATA[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BlockInfo",

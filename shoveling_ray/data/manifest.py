@@ -11,8 +11,9 @@ The manifest is a msgpack-able dict (the cache stores it as it stores any such v
     {"format": 1, "schema": <Arrow IPC schema bytes>, "rows": n, "bytes": n,
      "blocks": [[block id, rows, bytes, writer node id], ...]}   # in row order
 
-Plain data in, plain data out (pyarrow for the schema only, no Ray): tested without a cluster.
-It does not store or read blocks (``sink``, ``source``).
+Plain data in, plain data out (no Ray, no pyarrow: the schema stays bytes here), tested
+without a cluster; :func:`summaries` asks a cache for its manifests, which is all the
+``shoveling`` command needs. It does not store or read blocks (``sink``, ``source``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..observe.display import human_bytes
+
+if TYPE_CHECKING:
+    from ..cache import Cache
 
 #: Prefix of every id a dataset uses; ``ls`` and ``list_datasets`` find manifests by it.
 PREFIX = "dataset:"
@@ -97,6 +101,21 @@ def check_manifest(value: Any, name: str) -> dict:
     ):
         raise ValueError(f"{manifest_id(name)!r} does not hold a dataset manifest: {name!r} is not a dataset")
     return value
+
+
+def summaries(cache: Cache) -> dict[str, dict]:
+    """``{name: {"rows", "bytes", "blocks"}}`` of the datasets in ``cache`` (one ``get_many``
+    for the manifests); an id under the prefix that holds no manifest is left out."""
+    ids = [manifest_id(name) for name in dataset_names(cache.ids(PREFIX))]
+    out = {}
+    for cache_id, value in cache.get_many(ids, None).items():
+        name = cache_id[len(PREFIX):]
+        try:
+            manifest = check_manifest(value, name)
+        except ValueError:
+            continue
+        out[name] = {"rows": manifest["rows"], "bytes": manifest["bytes"], "blocks": len(manifest["blocks"])}
+    return out
 
 
 @dataclass(frozen=True)

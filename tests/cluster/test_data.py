@@ -238,6 +238,24 @@ class _NotTablesSink(sr.data.CacheDatasink):
         return super().write(([1, 2, 3] for _ in blocks), ctx)
 
 
+def _shoveling(cluster, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    run = subprocess.run([sys.executable, "-m", "shoveling_ray", "--address", cluster.address, *args], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_the_command_shows_datasets(cluster, cache, written):
+    info, _ = written
+    listed = json.loads(_shoveling(cluster, "ls", "data-tests", "--datasets", "--json"))
+    assert listed["features"] == {"rows": ROWS, "bytes": info.bytes, "blocks": BLOCKS}
+    assert json.loads(_shoveling(cluster, "status", "data-tests", "--json"))["datasets"] == listed
+    text = _shoveling(cluster, "status", "data-tests")
+    assert f"datasets: {len(listed)}" in text
+    assert any(line.split()[:3] == ["features", f"{ROWS:,}", f"{info.bytes / MB:.1f}"] for line in text.splitlines())
+
+
 def test_one_copy_loses_a_block_with_its_node_two_copies_survive(cluster, cache, written):
     info, expected = written
     twice = sr.Cache("data-tests-2", replicas=2)
