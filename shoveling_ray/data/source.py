@@ -2,8 +2,8 @@
 :func:`write_dataset`, :func:`cache_dataset`, :func:`dataset_info`, :func:`list_datasets`,
 :func:`delete_dataset`.
 
-``read_dataset`` runs one task per block on a node that holds it. The task maps the block's
-Arrow stream from the object store (no copy) and returns the table, so Ray keeps it in that
+``read_dataset`` runs one task per node holding blocks, there. The task maps each block's
+Arrow stream from the object store (no copy) and returns the tables, so Ray keeps them in that
 node's object store; the dataset is built from those references, with the row counts and
 schemas the tasks report (no further task per block, as ``ray.data.from_arrow_refs`` would
 run). The dataset's own ``DataContext`` sends every map task on it to where its input block
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import warnings
 
-import pyarrow as pa
 import ray
 from ray.data import Dataset
 from ray.data.block import BlockExecStats, BlockMetadataWithSchema
@@ -31,11 +30,13 @@ from .sink import CacheDatasink, block_ids, check_cache, check_dataset, read_man
 MAX_READ_ATTEMPTS = 3
 
 
-@ray.remote(num_returns=2)
-def _read_block(cache: Cache, block_id: str) -> tuple[pa.Table, BlockMetadataWithSchema]:
-    """The table of one block (buffers mapped from the object store) and its metadata."""
-    table = b.from_ipc(cache.get(block_id))
-    return table, BlockMetadataWithSchema.from_block(table, block_exec_stats=BlockExecStats.builder().build())
+@ray.remote
+def _read_blocks(cache: Cache, block_ids: list[str]) -> tuple:
+    """The tables of blocks held on this task's node (buffers mapped from the object store,
+    one ``get_many``), then their metadata: ``2 * len(block_ids)`` returns."""
+    tables = [b.from_ipc(data) for data in cache.get_many(block_ids).values()]
+    stats = BlockExecStats.builder().build()
+    return (*tables, *(BlockMetadataWithSchema.from_block(t, block_exec_stats=stats) for t in tables))
 
 
 def write_dataset(ds: Dataset, cache: Cache, name: str) -> m.DatasetInfo:
@@ -94,15 +95,19 @@ def _read(cache: Cache, name: str, manifest: dict) -> Dataset:
     if not manifest["blocks"]:
         return ray.data.from_arrow(b.schema_from_bytes(manifest["schema"]).empty_table())
     members = set(cache.nodes())
-    handle = ray.put(cache)
-    tables, metadata = [], []
-    for block_id, _rows, _bytes, writer in manifest["blocks"]:
+    by_node: dict[str, list[int]] = {}
+    for index, (block_id, _rows, _bytes, writer) in enumerate(manifest["blocks"]):
         # the writer's node holds the block unless it left; then ask where the copies are
-        node = writer if writer in members else cache.node_id(block_id)
-        table, meta = _read_block.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote(
-            handle, block_id)
-        tables.append(table)
-        metadata.append(meta)
+        by_node.setdefault(writer if writer in members else cache.node_id(block_id), []).append(index)
+    tables: list = [None] * len(manifest["blocks"])
+    metadata: list = [None] * len(manifest["blocks"])
+    for node, indices in by_node.items():
+        # one task per node: a task costs more than reading a block where it lies
+        refs = _read_blocks.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+                                    num_returns=2 * len(indices)).remote(
+            cache, [manifest["blocks"][i][0] for i in indices])
+        for k, index in enumerate(indices):
+            tables[index], metadata[index] = refs[k], refs[len(indices) + k]
     with ray_errors(f"reading dataset {name!r}"):
         metadata = ray.get(metadata)
     context = ray.data.DataContext.get_current().copy()
