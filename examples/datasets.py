@@ -20,9 +20,9 @@ import time
 import numpy as np
 import ray
 import ray.data
-from ray.cluster_utils import Cluster
 
 import shoveling_ray as sr
+from demo import connect  # this directory's demo: a local three-node cluster
 
 CACHE, DATASET = "datasets-example", "features"
 DIM = 16
@@ -73,15 +73,7 @@ def main() -> None:
     parser.add_argument("--second-job", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    cluster = None
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+    cluster = connect(args.address)
     ray.data.DataContext.get_current().enable_progress_bars = False
     if args.second_job:
         second_job()
