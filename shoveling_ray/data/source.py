@@ -52,13 +52,21 @@ def write_dataset(ds: Dataset, cache: Cache, name: str) -> m.DatasetInfo:
     Raises:
         TypeError / ValueError: ``ds`` is not a Dataset, a bad cache or name, or ``name``'s
             manifest id holds something else (nothing written).
-        TypeError: a block is not a table (Arrow or pandas); nothing stays written.
-        ShovelingError (or the error a write task raised): the write failed; the blocks it
-            stored are deleted and the previous version of ``name``, if any, stays.
+        ShovelingError: the write failed (a task of the pipeline raised, say, or a block is
+            not a table: the message carries the task's error); the blocks it stored are
+            deleted and the previous version of ``name``, if any, stays.
     """
     check_dataset(ds)
     sink = CacheDatasink(cache, name)
-    ds.write_datasink(sink)
+    try:
+        read_manifest(cache, name)  # a ValueError now if the id holds something else
+    except CacheMiss:
+        pass
+    try:
+        ds.write_datasink(sink)
+    except ray.exceptions.RayError as exc:
+        # Ray Data wraps a task's error in its own (the original's type does not survive)
+        raise ShovelingError(f"writing dataset {name!r} failed, nothing was written: {exc}") from exc
     return dataset_info(cache, name)
 
 
@@ -110,11 +118,12 @@ def _read(cache: Cache, name: str, manifest: dict) -> Dataset:
             tables[index], metadata[index] = refs[k], refs[len(indices) + k]
     with ray_errors(f"reading dataset {name!r}"):
         metadata = ray.get(metadata)
-    context = ray.data.DataContext.get_current().copy()
     with warnings.catch_warnings():
         # Deprecated ("Ray Data manages scheduling internally"), and still what sends a map
-        # task to the node of its input block instead of spreading it.
-        warnings.simplefilter("ignore")
+        # task to the node of its input block instead of spreading it. (Copying a context
+        # warns about Ray's own deprecated settings too.)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current().copy()
         context.large_args_threshold = 0
     stats = DatasetStats(metadata={"FromCache": metadata}, parent=None)
     return MaterializedDataset(LogicalPlan(FromArrow(tables, metadata), context), context, stats)

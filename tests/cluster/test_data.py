@@ -159,7 +159,7 @@ def _fails_half_way(batch: dict) -> dict:
 
 
 def test_a_failed_write_leaves_no_dataset_and_no_block(cache):
-    with pytest.raises(Exception, match="preprocessing failed half way"):
+    with pytest.raises(sr.ShovelingError, match="preprocessing failed half way"):
         sr.data.write_dataset(ray_data.range(ROWS, override_num_blocks=BLOCKS).map_batches(_fails_half_way), cache,
                               "half")
     assert "half" not in sr.data.list_datasets(cache)
@@ -171,7 +171,7 @@ def test_a_failed_write_leaves_no_dataset_and_no_block(cache):
 def test_a_failed_replacement_keeps_the_previous_version_and_a_complete_one_replaces_it(cache):
     sr.data.write_dataset(ray_data.range(100, override_num_blocks=2), cache, "versions")
     old_blocks = [b.id for b in sr.data.dataset_info(cache, "versions").blocks]
-    with pytest.raises(Exception, match="preprocessing failed half way"):
+    with pytest.raises(sr.ShovelingError, match="preprocessing failed half way"):
         sr.data.write_dataset(ray_data.range(ROWS, override_num_blocks=BLOCKS).map_batches(_fails_half_way), cache,
                               "versions")
     assert sr.data.read_dataset(cache, "versions").count() == 100
@@ -226,13 +226,14 @@ def test_bad_input_is_refused_and_changes_nothing(cache, written):
 
 
 def test_blocks_that_are_not_tables_are_refused_and_nothing_stays(cache):
-    with pytest.raises(Exception, match="must be tables"):
+    with pytest.raises(ray.exceptions.RayError, match="must be tables"):
         ray_data.range(10, override_num_blocks=2).write_datasink(_NotTablesSink(cache, "not-tables"))
     assert cache.ids("dataset:not-tables") == []
 
 
 class _NotTablesSink(sr.data.CacheDatasink):
-    """A sink whose input blocks arrive as lists (a Dataset of non-table blocks)."""
+    """A sink whose input blocks arrive as lists: Ray Data's public API makes only Arrow and
+    pandas blocks, so a Dataset of other blocks is simulated here."""
 
     def write(self, blocks, ctx):
         return super().write(([1, 2, 3] for _ in blocks), ctx)
