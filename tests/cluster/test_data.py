@@ -187,6 +187,21 @@ def test_a_failed_replacement_keeps_the_previous_version_and_a_complete_one_repl
     assert sr.data.delete_dataset(cache, "versions") is False
 
 
+def test_pandas_blocks_and_an_empty_dataset_round_trip(cache):
+    import pandas as pd
+
+    frame = pd.DataFrame({"name": ["a", "b", "c"], "score": [1.5, 2.5, None]})
+    info = sr.data.write_dataset(ray_data.from_pandas(frame), cache, "from-pandas")
+    assert info.rows == 3
+    back = sr.data.read_dataset(cache, "from-pandas").to_pandas()
+    assert back["name"].tolist() == ["a", "b", "c"] and back["score"].isna().tolist() == [False, False, True]
+    empty = sr.data.write_dataset(ray_data.range(100).filter(lambda r: r["id"] < 0), cache, "empty")
+    assert (empty.rows, empty.blocks) == (0, [])
+    assert sr.data.read_dataset(cache, "empty").count() == 0
+    for name in ("from-pandas", "empty"):
+        sr.data.delete_dataset(cache, name)
+
+
 def test_cache_dataset_runs_the_pipeline_once(cache):
     def counted(batch: dict) -> dict:
         sr.Cache("data-tests").append("counted", b"x" * len(batch["id"]))
