@@ -15,6 +15,13 @@
 - ``sink``: :class:`CacheDatasink`, the write and its commit protocol.
 - ``source``: reading, and the calls around it.
 
+Limits: the manifest is an id like any other, so with one copy a dataset whose manifest's
+node died raises ``DataLost`` naming the manifest. Blocks under 100 KB are returned to the
+driver inline by Ray (not kept on their node), so downstream locality holds for larger blocks.
+A write task still running after Ray Data gave up on a failed write may store its block after
+the clean-up: ``delete_dataset`` removes every block under the name, whatever write left it.
+Two writers of one name at once: the last manifest written wins.
+
 Needs ``ray[data]`` (pyarrow), imported when one of its calls is first used: ``manifest``
 alone (what the ``shoveling`` command shows) does without, and ``import shoveling_ray`` does
 not import this package until ``shoveling_ray.data`` is used.
