@@ -33,6 +33,20 @@ def reducer(cache: sr.Cache, partition: str) -> tuple[str, int]:
     return ray.get_runtime_context().get_node_id(), data.count(b";")
 
 
+def connect(address: str | None) -> Cluster | None:
+    """Connect to the Ray cluster at ``address``, or start a local one of three one-CPU nodes
+    and return it (the caller shuts it down)."""
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return None
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", help="an existing Ray cluster (default: start 3 local nodes)")
@@ -41,15 +55,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000, help="records per mapper")
     args = parser.parse_args()
 
-    cluster = None
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+    cluster = connect(args.address)
 
     timings = {}
     t = time.perf_counter()

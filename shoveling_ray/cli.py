@@ -27,8 +27,9 @@ import ray
 
 from .actors.coordinator import running_caches
 from .cache import Cache
+from .data.manifest import summaries
 from .errors import ShovelingError
-from .observe.display import COLUMNS, rows, text_table
+from .observe.display import COLUMNS, human_bytes, rows, text_table
 from .settings import CONFIGURABLE, KV_KEYS, check_eviction, check_max_memory, check_replicas, parse_kv
 
 #: Seconds the whole connection to the Ray cluster may take.
@@ -102,9 +103,9 @@ def cmd_caches(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> None:
     cache = Cache.attach(args.name)
-    stats, endpoints = cache.stats(), cache.endpoints()
+    stats, endpoints, datasets = cache.stats(), cache.endpoints(), summaries(cache)
     if args.json:
-        _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints})
+        _print_json({"cache": args.name, "nodes": dict(stats), "endpoints": endpoints, "datasets": datasets})
         return
     nodes, ids = len(stats), sum(s["ids"] - s["copies"] for s in stats.values())
     replicas = next(iter(stats.values()))["replicas"]
@@ -112,10 +113,26 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(text_table(COLUMNS, rows(stats)))
     for node, url in sorted(endpoints.items()):
         print(f"http {node}: {url}")
+    if datasets:
+        print(f"datasets: {len(datasets)}")
+        print(_datasets_table(datasets))
+
+
+def _datasets_table(datasets: dict[str, dict]) -> str:
+    return text_table(("dataset", "rows", "bytes", "blocks"), [
+        (name, f"{d['rows']:,}", human_bytes(d["bytes"]), str(d["blocks"])) for name, d in sorted(datasets.items())])
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    ids = Cache.attach(args.name).ids(args.prefix)
+    cache = Cache.attach(args.name)
+    if args.datasets:
+        datasets = summaries(cache)
+        if args.json:
+            _print_json(datasets)
+        elif datasets:
+            print(_datasets_table(datasets))
+        return
+    ids = cache.ids(args.prefix)
     if args.json:
         _print_json(ids)
     elif ids:
@@ -235,12 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("caches", cmd_caches, "list the running caches", reads=True)
-    p = command("status", cmd_status, "per node: ids, used / limit, disk, evictions, policy, Consul health; HTTP endpoints",
+    p = command("status", cmd_status, "per node: ids, used / limit, disk, evictions, policy, Consul health; HTTP endpoints; datasets",
                 reads=True)
     p.add_argument("name", help="cache name")
-    p = command("ls", cmd_ls, "list a cache's ids", reads=True)
+    p = command("ls", cmd_ls, "list a cache's ids (or its datasets)", reads=True)
     p.add_argument("name", help="cache name")
     p.add_argument("--prefix", default="", help="only ids starting with this")
+    p.add_argument("--datasets", action="store_true", help="list the datasets (shoveling_ray.data) instead: rows, bytes, blocks")
     p = command("get", cmd_get, "write a value: bytes as they are, numpy as .npy (-o needed), others as JSON", reads=True)
     p.add_argument("name", help="cache name")
     p.add_argument("id", help="cache id")

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.ray
         ("bench_compression_memory.py", ["--size-mb", "2", "--values", "5", "--repeat", "1"]),
         ("bench_sort.py", ["--records", "40000", "--block", "10000"]),
         ("bench_http.py", ["--calls", "20", "--repeat", "1"]),
+        ("bench_data.py", ["--rows", "20000", "--blocks", "6", "--repeat", "1", "--object-store-mb", "256"]),
     ],
 )
 def test_benchmark_runs_at_a_tiny_size(script, args, tmp_path):

@@ -1,0 +1,153 @@
+"""Datasets in the cache (``shoveling_ray.data``) against Ray Data's own ways, on 3 local nodes.
+
+The dataset: ``--rows`` rows (an int64 id, a float32 vector of 16, an int32 tag: 76 bytes a
+row) made by a pipeline of two ``map_batches``. Baselines, measured in the same run:
+
+- an epoch (``iter_batches`` over every row, on the driver) from ``read_dataset`` against the
+  first epoch over ``ds.materialize()`` of the same pipeline (Ray's object store: the limit),
+  and against running the pipeline again;
+- ``write_dataset`` against ``ds.materialize()`` (both run the pipeline);
+- a second job's (another driver process) first epoch against the writing job's;
+- rows a ``map_batches`` after ``read_dataset`` processed on a node holding their block.
+
+    python benchmarks/bench_data.py                 # 8 M rows, ~600 MB
+    python benchmarks/bench_data.py --rows 200000   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import ray
+import ray.data
+
+import shoveling_ray as sr
+from common import MB, Report, start, stop
+
+CACHE, NAME = "bench-data", "features"
+SECOND_JOB = """
+import json, sys, time
+import ray, ray.data, shoveling_ray as sr
+sys.path.insert(0, sys.argv[3])
+from bench_data import epoch
+ray.init(address=sys.argv[1], log_to_driver=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+started = time.perf_counter()
+rows = epoch(sr.data.read_dataset(sr.Cache("bench-data"), "features"), int(sys.argv[2]))
+print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows}))
+"""
+
+
+def features(batch: dict) -> dict:
+    ids = batch["id"]
+    rng = np.random.default_rng(int(ids[0]))
+    return {"id": ids, "vec": rng.random((len(ids), 16), dtype=np.float32)}
+
+
+def tagged(batch: dict) -> dict:
+    batch["tag"] = (batch["id"] % 1000).astype(np.int32)
+    batch["vec"] = batch["vec"] * np.float32(2.0)
+    return batch
+
+
+def pipeline(rows: int, blocks: int) -> ray.data.Dataset:
+    return ray.data.range(rows, override_num_blocks=blocks).map_batches(features).map_batches(tagged)
+
+
+def epoch(ds: ray.data.Dataset, batch_size: int) -> int:
+    """Iterate every row on the driver; returns how many there were."""
+    rows = 0
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        rows += len(batch["id"])
+    return rows
+
+
+def where(batch: dict) -> dict:
+    return {"id": batch["id"], "node": np.array([ray.get_runtime_context().get_node_id()] * len(batch["id"]))}
+
+
+def timed_once(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def median_of(repeat: int, fn) -> float:
+    return float(np.median([timed_once(fn)[0] for _ in range(repeat)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8_000_000)
+    parser.add_argument("--blocks", type=int, default=48, help="blocks of the pipeline's source")
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--repeat", type=int, default=3, help="epochs measured per case (the median is shown)")
+    parser.add_argument("--object-store-mb", type=int, default=2048, help="per node")
+    args = parser.parse_args()
+
+    cluster = start(nodes=3, object_store_mb=args.object_store_mb)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    cache = sr.Cache(CACHE)
+    report = Report("data")
+    epoch(pipeline(1000, 3).materialize(), 100)  # Ray Data's workers and imports, for every case alike
+    size = args.rows * 76 / MB
+    print(f"{args.rows:,} rows ({size:.0f} MB) in {args.blocks} source blocks, 3 nodes\n")
+    check = lambda rows: rows == args.rows or sys.exit(f"an epoch saw {rows} rows, not {args.rows}")  # noqa: E731
+
+    ours_write, info = timed_once(lambda: sr.data.write_dataset(pipeline(args.rows, args.blocks), cache, NAME))
+    materialize, over_materialized = [], []
+    for _ in range(args.repeat):
+        # a fresh materialize() each time: a second epoch over it would find the blocks that
+        # the first one pulled to the driver's node there already
+        seconds, materialized = timed_once(lambda: pipeline(args.rows, args.blocks).materialize())
+        materialize.append(seconds)
+        over_materialized.append(timed_once(lambda: check(epoch(materialized, args.batch_size)))[0])
+        materialized = None  # its blocks are freed before the next run
+    theirs_write, over_materialized = float(np.median(materialize)), float(np.median(over_materialized))
+
+    def ours_epoch():
+        check(epoch(sr.data.read_dataset(cache, NAME), args.batch_size))
+
+    ours = median_of(args.repeat, ours_epoch)
+    rerun = median_of(args.repeat, lambda: check(epoch(pipeline(args.rows, args.blocks), args.batch_size)))
+
+    bench_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.path.dirname(bench_dir), os.environ.get(
+        "PYTHONPATH")) if p)}
+    jobs = [json.loads(subprocess.run([sys.executable, "-c", SECOND_JOB, cluster.address, str(args.batch_size),
+                                       bench_dir], check=True, capture_output=True, text=True, env=env)
+                       .stdout.strip().splitlines()[-1]) for _ in range(args.repeat)]
+    for job in jobs:
+        check(job["rows"])
+    second = float(np.median([job["seconds"] for job in jobs]))
+
+    seen = sr.data.read_dataset(cache, NAME).map_batches(where).to_pandas()
+    # by id, the node holding its block: from another read, since fetching a block to the
+    # driver leaves a copy on the driver's node, where the scheduler would then send its task
+    holder = np.empty(args.rows, dtype=object)
+    for ref, block in zip(sr.data.read_dataset(cache, NAME).to_arrow_refs(), info.blocks):
+        holder[ray.get(ref)["id"].to_numpy()] = block.nodes[0]
+    local = 100 * float(np.mean(seen["node"].to_numpy() == holder[seen["id"].to_numpy()]))
+
+    report.add("epoch: read_dataset vs first epoch over materialize()", ours, over_materialized, "s", 0.9,
+               higher_is_better=False)
+    report.add("epoch: read_dataset vs running the pipeline again", ours, rerun, "s", None, higher_is_better=False)
+    report.add("write_dataset vs materialize()", ours_write, theirs_write, "s", 0.8, higher_is_better=False)
+    report.add("epoch: a second job vs the writing job (both read_dataset)", second, ours, "s", 0.9,
+               higher_is_better=False)
+    report.add("rows mapped after read_dataset on their block's node", local, 100.0, "%", 0.9)
+    print(f"\nblocks: {len(info.blocks)}, rows per node: {sorted(info.nodes().values())}")
+    print(f"saved {report.save()}")
+    sr.data.delete_dataset(cache, NAME)
+    cache.close()
+    stop(cluster)
+
+
+if __name__ == "__main__":
+    main()

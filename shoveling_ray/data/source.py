@@ -1,0 +1,197 @@
+"""Reading a dataset from the cache, and the calls around it: :func:`read_dataset`,
+:func:`write_dataset`, :func:`cache_dataset`, :func:`dataset_info`, :func:`list_datasets`,
+:func:`delete_dataset`.
+
+``read_dataset`` runs one task per node holding blocks, there. The task maps each block's
+Arrow stream from the object store (no copy) and returns the tables, so Ray keeps them in that
+node's object store; the dataset is built from those references, with the row counts and
+schemas the tasks report (no further task per block, as ``ray.data.from_arrow_refs`` would
+run). The dataset's own ``DataContext`` sends every map task on it to where its input block
+is (Ray's locality-aware scheduling; Ray Data spreads tasks with small inputs otherwise), so
+the tasks that consume a block downstream run on its node.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import ray
+from ray.data import Dataset
+from ray.data.block import BlockExecStats, BlockMetadataWithSchema
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..cache import Cache
+from ..errors import CacheMiss, DataLost, ShovelingError, ray_errors
+from . import blocks as b
+from . import manifest as m
+from .sink import CacheDatasink, block_ids, check_cache, check_dataset, read_manifest
+
+#: Times ``read_dataset`` starts again when a replacement deleted blocks it was reading.
+MAX_READ_ATTEMPTS = 3
+
+
+@ray.remote
+def _read_blocks(cache: Cache, block_ids: list[str]) -> tuple:
+    """The tables of blocks held on this task's node (buffers mapped from the object store,
+    one ``get_many``), then their metadata: ``2 * len(block_ids)`` returns."""
+    tables = [b.from_ipc(data) for data in cache.get_many(block_ids).values()]
+    stats = BlockExecStats.builder().build()
+    return (*tables, *(BlockMetadataWithSchema.from_block(t, block_exec_stats=stats) for t in tables))
+
+
+def write_dataset(ds: Dataset, cache: Cache, name: str) -> m.DatasetInfo:
+    """Store ``ds`` in ``cache`` as dataset ``name``, replacing any dataset of that name once
+    the new one is complete; the same as ``ds.write_datasink(CacheDatasink(cache, name))``.
+
+    Each block is stored on the node of the write task that produced it, as an Arrow IPC
+    stream; the dataset becomes visible when its manifest is written, after every block.
+
+    Returns:
+        The :class:`~shoveling_ray.data.manifest.DatasetInfo` of the dataset written.
+
+    Raises:
+        TypeError / ValueError: ``ds`` is not a Dataset, a bad cache or name, or ``name``'s
+            manifest id holds something else (nothing written).
+        ShovelingError: the write failed (a task of the pipeline raised, say, or a block is
+            not a table: the message carries the task's error); the blocks it stored are
+            deleted and the previous version of ``name``, if any, stays.
+    """
+    check_dataset(ds)
+    sink = CacheDatasink(cache, name)
+    try:
+        read_manifest(cache, name)  # a ValueError now if the id holds something else
+    except CacheMiss:
+        pass
+    try:
+        ds.write_datasink(sink)
+    except ray.exceptions.RayError as exc:
+        # Ray Data wraps a task's error in its own (the original's type does not survive)
+        raise ShovelingError(f"writing dataset {name!r} failed, nothing was written: {exc}") from exc
+    return dataset_info(cache, name)
+
+
+def read_dataset(cache: Cache, name: str) -> Dataset:
+    """Dataset ``name`` as a ``ray.data.Dataset``: its blocks in the object stores of the nodes
+    that hold them, in the row order and with the schema written.
+
+    Raises:
+        TypeError / ValueError: a bad cache or name; ``name`` is not a dataset.
+        CacheMiss: no dataset ``name`` (also while one is being written for the first time).
+        DataLost: a block's every copy is gone with its node (names the block); never a shorter
+            dataset.
+    """
+    check_cache(cache)
+    m.check_name(name)
+    for attempt in range(MAX_READ_ATTEMPTS):
+        manifest = read_manifest(cache, name)
+        try:
+            return _read(cache, name, manifest)
+        except CacheMiss as exc:
+            # A replacement completed meanwhile and deleted this version's blocks: read the
+            # new one; a block missing from a manifest that did not change is lost.
+            if attempt + 1 == MAX_READ_ATTEMPTS or read_manifest(cache, name) == manifest:
+                raise DataLost(exc.cache_id, "", f"dataset {name!r} lists it, the cache does not hold it") from None
+    raise AssertionError("unreachable")
+
+
+def _read(cache: Cache, name: str, manifest: dict) -> Dataset:
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators.from_operators import FromArrow
+    from ray.data._internal.stats import DatasetStats
+    from ray.data.dataset import MaterializedDataset
+
+    if not manifest["blocks"]:
+        return ray.data.from_arrow(b.schema_from_bytes(manifest["schema"]).empty_table())
+    members = set(cache.nodes())
+    by_node: dict[str, list[int]] = {}
+    for index, (block_id, _rows, _bytes, writer) in enumerate(manifest["blocks"]):
+        # the writer's node holds the block unless it left; then ask where the copies are
+        by_node.setdefault(writer if writer in members else cache.node_id(block_id), []).append(index)
+    tables: list = [None] * len(manifest["blocks"])
+    metadata: list = [None] * len(manifest["blocks"])
+    for node, indices in by_node.items():
+        # one task per node: a task costs more than reading a block where it lies
+        refs = _read_blocks.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+                                    num_returns=2 * len(indices)).remote(
+            cache, [manifest["blocks"][i][0] for i in indices])
+        for k, index in enumerate(indices):
+            tables[index], metadata[index] = refs[k], refs[len(indices) + k]
+    with ray_errors(f"reading dataset {name!r}"):
+        metadata = ray.get(metadata)
+    with warnings.catch_warnings():
+        # Deprecated ("Ray Data manages scheduling internally"), and still what sends a map
+        # task to the node of its input block instead of spreading it. (Copying a context
+        # warns about Ray's own deprecated settings too.)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current().copy()
+        context.large_args_threshold = 0
+    stats = DatasetStats(metadata={"FromCache": metadata}, parent=None)
+    return MaterializedDataset(LogicalPlan(FromArrow(tables, metadata), context), context, stats)
+
+
+def cache_dataset(ds: Dataset, cache: Cache, name: str) -> Dataset:
+    """Dataset ``name`` read from ``cache``; written from ``ds`` first if absent.
+
+    ``ds`` runs only on the first call: later calls (later epochs, other jobs) read the cached
+    blocks where they are. Raises what :func:`write_dataset` and :func:`read_dataset` raise.
+    """
+    check_dataset(ds)
+    try:
+        return read_dataset(cache, name)
+    except CacheMiss:
+        write_dataset(ds, cache, name)
+        return read_dataset(cache, name)
+
+
+def dataset_info(cache: Cache, name: str) -> m.DatasetInfo:
+    """What dataset ``name`` holds: schema, rows, bytes and its blocks with the nodes that hold
+    each (asked of the cache: one call per block).
+
+    Raises:
+        TypeError / ValueError: a bad cache or name; ``name`` is not a dataset.
+        CacheMiss: no dataset ``name``.
+    """
+    check_cache(cache)
+    manifest = read_manifest(cache, m.check_name(name))
+    return m.DatasetInfo(
+        name=name,
+        schema=b.schema_from_bytes(manifest["schema"]),
+        rows=manifest["rows"],
+        bytes=manifest["bytes"],
+        blocks=[m.BlockInfo(i, rows, size, _holders(cache, i)) for i, rows, size, _writer in manifest["blocks"]],
+    )
+
+
+def _holders(cache: Cache, block_id: str) -> list[str]:
+    try:
+        return cache.node_ids(block_id)
+    except ShovelingError:  # its node does not answer: none known to hold it
+        return []
+
+
+def list_datasets(cache: Cache) -> list[str]:
+    """Names of the datasets in ``cache``, sorted."""
+    return m.dataset_names(check_cache(cache).ids(m.PREFIX))
+
+
+def delete_dataset(cache: Cache, name: str) -> bool:
+    """Delete dataset ``name``: its manifest first (readers see ``CacheMiss`` from then on),
+    then every block under its name (also those a failed write left behind). Returns whether
+    it existed.
+
+    Raises:
+        TypeError / ValueError: a bad cache or name; ``name`` is not a dataset (nothing deleted).
+    """
+    check_cache(cache)
+    try:
+        read_manifest(cache, m.check_name(name))
+    except CacheMiss:
+        existed = False
+    else:
+        existed = cache.delete(m.manifest_id(name))
+    ids = block_ids(cache, name)
+    if ids:
+        cache.delete_many(ids)
+    return existed
+
+
