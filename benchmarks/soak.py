@@ -26,6 +26,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 import shoveling_ray as sr
+from common import parse_args
 
 
 def check(cache: sr.Cache, acked: dict[str, list[bytes]], counts: dict, replicas: int) -> None:
@@ -57,7 +58,7 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=20, help="seconds between node events")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replicas", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser, {"minutes": 0.2, "nodes": 2, "ids": 10, "every": 5})
     rng = random.Random(args.seed)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
