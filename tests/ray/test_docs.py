@@ -1,6 +1,6 @@
 """The docs run as written.
 
-Every ```python block of README.md and docs/*.md runs, blocks in order, one process per file
+Every ```python block of README.md, CONTRIBUTING.md and docs/*.md runs, blocks in order, one process per file
 (later blocks see what earlier ones defined), on a local Ray started once per file. A block
 that cannot run there says so on its first line, ``# doc-test: skip (why)``, and is reported
 as a skipped test under its file and line. Every command the docs show (in ```bash blocks and
@@ -26,16 +26,26 @@ from tests.ray.test_benchmarks_smoke import SCRIPTS as SMOKE_TESTED_BENCHMARKS
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = re.compile(r"#\s*doc-test:\s*skip\s*\((?P<why>.+)\)\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
 INLINE = re.compile(r"`([^`\n]+)`")
 
 # One Ray per file, small and quiet; the blocks share one namespace, as a reader's session does.
+# Ray's start is tried twice: on a machine busy with other clusters its raylet was seen to miss
+# Ray's fixed 30 s registration wait, which says nothing about the docs.
 RUNNER = """
 import json, sys
 import ray
-ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False, log_to_driver=False)
+for attempt in (1, 2):
+    try:
+        ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False,
+                 log_to_driver=False)
+        break
+    except Exception:
+        ray.shutdown()
+        if attempt == 2:
+            raise
 namespace = {"__name__": "__main__"}
 for name, source in json.load(sys.stdin):
     print("== " + name, flush=True)
