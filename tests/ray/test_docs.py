@@ -184,3 +184,26 @@ def test_every_benchmark_the_docs_name_has_a_smoke_tested_small_size():
              if tokens[0] in ("python", "python3") and len(tokens) > 1 and tokens[1].startswith("benchmarks/")}
     named.discard("report.py")  # turns results into a table and the chart; measures nothing
     assert named and named <= set(SMOKE_TESTED_BENCHMARKS)
+
+
+def anchors_of(path: Path) -> set[str]:
+    """The anchors GitHub gives a markdown file's headings."""
+    prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    titles = re.findall(r"^#+\s+(.+?)\s*$", prose, re.M)
+    return {re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-") for title in titles}
+
+
+def test_relative_links_lead_somewhere():
+    checked = 0
+    for doc in [*DOCS, ROOT / "CHANGELOG.md"]:
+        prose = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"^[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            assert file.exists(), f"{doc.name}: link to {target}: no such file"
+            if anchor:
+                assert anchor in anchors_of(file), f"{doc.name}: link to {target}: no such heading"
+            checked += 1
+    assert checked >= 20
