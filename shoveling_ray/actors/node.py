@@ -33,18 +33,29 @@ from ..membership.consul import ConsulAgent, ConsulConfig
 from ..membership.registration import ConfigFollower, Heartbeat
 from . import protocol as p
 from .disk import SpillFiles
-from .storage import Store
+from .sessions import Sessions
+from .storage import SPILL_TIMEOUT, Store
 
 log = logging.getLogger(__name__)
 
-#: Seconds a home waits for another node's actor during ``init`` or ``delete``.
-PEER_TIMEOUT = 30.0
+#: Seconds an actor waits for another node's actor (``init``, ``delete``, forwarding writes to
+#: copies, repairs). Longer than a write may wait for spilling there: a slow copy is not a dead
+#: one. A live copy that still does not answer in time is counted under-replicated and repaired.
+PEER_TIMEOUT = 2 * SPILL_TIMEOUT
 #: Bytes of values a drained node sends in one call, and a repair at most.
 HAND_OVER_BYTES = 64 << 20
+#: Seconds a drain may take before it gives up (the node then keeps serving its ids), and the
+#: rounds of repairs without progress after which it gives up sooner.
+HAND_OVER_DEADLINE = 900.0
+HAND_OVER_STALLS = 3
 #: Pace of the background copying that rebuilds missing copies after a node left.
 REPAIR_BYTES_PER_SECOND = 256 << 20
 #: Share of ``max_memory`` below which the actor keeps writers' objects mapped (see _adopt).
 MAPPED_SHARE = 0.5
+#: Memory counted in ``used`` per placement record, lost id or copy kept here (a dict entry, its
+#: node id string is shared), and per id waiting for repair (its entry and set).
+RECORD_BYTES = 100
+REPAIR_BYTES = 300
 #: The Consul node meta key that names a node's failure domain.
 ZONE_META = "zone"
 
@@ -129,6 +140,10 @@ class _NodeActor:
         self._created: list = []  # ids the batch being served created here (see _record_created)
         self._arrived: dict = {}  # the batch being served's payload references (see _forward)
         self._inline = True  # whether the batch being served has only payloads of its blob
+        # What the clients' writes applied here, to apply each once (see .sessions); the
+        # batch being served's part of it (``None``: a read, or a write without a stamp).
+        self.sessions = Sessions()
+        self._applied: dict | None = None
         self._drops: dict[str, list] = {}  # node -> ids evicted here, to drop there too (see _evictions)
         # Ids taken from a node being drained (id -> that node) until the drain ends, and those
         # of them written or deleted here since: a failed drain leaves these here (give_back).
@@ -143,6 +158,7 @@ class _NodeActor:
         self._endpoint: ReadEndpoint | None = None
         self._metrics = NodeMetrics(cache, node_id)
         self._moved = 0  # bytes stored or returned by the batch being served
+        self._serving = 0  # bytes of values being copied out to HTTP readers
         self.retired = False  # drained: every id went to another node
         self.zone: str | None = None  # the Consul node meta zone of this node's agent
         if http:
@@ -186,9 +202,13 @@ class _NodeActor:
         """The zone this node's Consul agent names in its node meta (``zone``), if any."""
         return self.zone
 
-    def batch(self, method: str, buffers: list, *blob: bytes) -> tuple:
+    def batch(self, method: str, stamp: tuple | None, buffers: list, *blob: bytes) -> tuple:
         """Run an item method on a packed batch (see :mod:`shoveling_ray.wire`: its blob in
         pieces, its large payloads as references, see :mod:`shoveling_ray.objects`).
+
+        A write's ``stamp`` (``(session, sequence, low)``, see :mod:`.sessions`) names the
+        client call: an id that took this call here before (the client sent it again after a
+        failure) is answered as it was, not written again.
 
         ``place`` and ``delete`` call the other members' actors (``peers``, from the
         coordinator's last view). Writes taken here as the primary copy are applied on the
@@ -205,11 +225,16 @@ class _NodeActor:
             items = unpack(join(blob), arrays)
             self._moved = 0
             self._send_drops()
-            results = getattr(self, method)(items)
-            if self._taken:
-                if self.replicas > 1:
-                    self._forward(method)
-                self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
+            with self._lock:
+                self._applied = self.sessions.call(stamp)
+            try:
+                results = getattr(self, method)(items)
+            finally:  # what the batch applied reaches the copies, even if an item failed oddly
+                if self._taken:
+                    if self.replicas > 1:
+                        self._forward(method, stamp)
+                    self._taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
+                self._applied = None
             self._arrived = {}  # the writer's references: its objects are freed once the views go
             if self.store.evicted:
                 with self._lock:
@@ -224,8 +249,14 @@ class _NodeActor:
             self._publish()
             return (*pack(results), refs)
 
+    def _bookkeeping(self) -> int:
+        """Memory held besides the stored values, counted in ``used`` (see Store.charge)."""
+        return (self.sessions.nbytes + RECORD_BYTES * (len(self.records) + len(self.lost) + len(self.copies))
+                + REPAIR_BYTES * len(self.repairs) + self._serving)
+
     def _publish(self) -> None:
         store = self.store
+        store.charge(self._bookkeeping())
         self._metrics.held(store.used, store.max_memory, len(store), store.evictions,
                            sum(1 for i in self.lost if self._is_home(i)), store.disk.used, store.spills)
 
@@ -246,7 +277,7 @@ class _NodeActor:
         pending = self.repairs.get(cache_id) if self.repairs else None
         return [n for n in nodes if n not in pending] if pending else nodes
 
-    def _forward(self, method: str) -> None:
+    def _forward(self, method: str, stamp: tuple | None) -> None:
         """Apply the writes of a batch that this node took as the primary copy on the ids'
         other holders, in the order taken, and wait for them (all holders at once). Payloads
         travel as the writer sent them: references to its objects, which each holder fetches
@@ -267,11 +298,14 @@ class _NodeActor:
         for node, group in groups.items():
             blob, out = pack(group)
             packed[node] = (blob, forwardable(out, self._arrived))
-            calls[node] = (self.node_id, method)
+            calls[node] = (self.node_id, method, stamp)
         for node, failed in self._call_peers("replicate", calls, packed).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
-            elif failed:
+                if node not in self.peers:
+                    continue  # it left: the coordinator's next rebuild names other holders
+                failed = [item[0] for item in groups[node]]  # alive but late: a whole copy follows
+            if failed:
                 with self._lock:
                     for cache_id in failed:
                         self.repairs.setdefault(cache_id, set()).add(node)
@@ -351,9 +385,13 @@ class _NodeActor:
         """Apply writes to the ids this node may write; ``apply`` adds each write it took to
         ``_taken`` (what :meth:`_forward` sends to the copies)."""
         out = []
-        self._taken: list = []
+        self._taken = []
+        applied = self._applied
         for item in items:
             cache_id, via = item[0], item[1]
+            if applied is not None and cache_id in applied:  # sent again: it was applied here
+                out.append(applied[cache_id])
+                continue
             if cache_id in self.copies:  # the primary orders writes
                 out.append((p.REDIRECT, self.copies[cache_id]))
                 continue
@@ -378,6 +416,8 @@ class _NodeActor:
                 out.append((p.WRONG_TYPE, None))
             else:
                 out.append((p.OK, None))
+                if applied is not None:
+                    applied[cache_id] = p.APPLIED
                 if created and self.replicas == 1:
                     self._created.append(cache_id)
                 if cache_id in self._received:
@@ -422,8 +462,12 @@ class _NodeActor:
         their home are rerouted there.
         """
         out, calls = [], {}
+        applied = self._applied
         with self._lock:
             for cache_id, via in items:
+                if applied is not None and cache_id in applied:  # sent again: deleted here
+                    out.append(applied[cache_id])
+                    continue
                 primary = self.records.pop(cache_id, None)
                 if primary is None and cache_id in self.store and cache_id not in self.copies:
                     primary = self.node_id
@@ -445,6 +489,8 @@ class _NodeActor:
                 for node in nodes:
                     calls.setdefault(node, []).append(cache_id)
                 out.append((p.OK, True))
+            if applied is not None:
+                applied.update((i, answer) for (i, _via), answer in zip(items, out) if answer[0] == p.OK)
         for node, ids in calls.items():
             try:
                 self._call_peer(self.peers, node, "drop", ids)
@@ -488,7 +534,11 @@ class _NodeActor:
                     out.append((p.OK, self.node_id))
                     continue
                 if target == self.node_id:
-                    self.store.create_empty(cache_id)
+                    try:
+                        self.store.create_empty(cache_id)
+                    except CacheFull as exc:
+                        out.append((p.FULL, (exc.limit, exc.used, exc.needed, exc.reason)))
+                        continue
                     self._record(cache_id, target, records)
                 else:
                     primaries.setdefault(target, []).append(index)
@@ -500,24 +550,28 @@ class _NodeActor:
         for node, indices in primaries.items():
             ids = [items[i][0] for i in indices]
             try:
-                self._call_peer(self.peers, node, "create_empty", [(i, node) for i in ids])
+                full = self._call_peer(self.peers, node, "create_empty", [(i, node) for i in ids])
             except NodeUnavailable as exc:
                 for i in indices:
                     out[i] = (p.UNAVAILABLE, (node, exc.reason))
                 continue
             with self._lock:
-                for cache_id in ids:
-                    self._record(cache_id, node, records)
-        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status == p.UNAVAILABLE}
+                for i in indices:
+                    if items[i][0] in full:
+                        out[i] = (p.FULL, full[items[i][0]])
+                    else:
+                        self._record(items[i][0], node, records)
+        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status != p.OK}
         for node, pairs in copies.items():
             pairs = [pair for pair in pairs if pair[0] not in failed]
-            if node == self.node_id:
-                self.create_empty(pairs)
-                continue
             try:
-                self._call_peer(self.peers, node, "create_empty", pairs)
+                full = self.create_empty(pairs) if node == self.node_id else \
+                    self._call_peer(self.peers, node, "create_empty", pairs)
             except NodeUnavailable as exc:  # the next rebuild gives them another holder
                 log.warning("cache %s: no copy of %d new ids on node %s: %s", self.cache, len(pairs), node, exc)
+                continue
+            if full:
+                log.warning("cache %s: node %s had no room for copies of %d new ids", self.cache, node, len(full))
         self._send_records(records)
         return out
 
@@ -570,20 +624,25 @@ class _NodeActor:
 
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function
     @ray.method(concurrency_group="peer")
-    def create_empty(self, pairs: list) -> int:
+    def create_empty(self, pairs: list) -> dict:
         """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs: the
-        primary copy when that node is this one, else a copy. Returns how many were created."""
+        primary copy when that node is this one, else a copy. Returns ``{id: (limit, used,
+        needed, reason)}`` of those that did not fit under ``max_memory``."""
         if self.retired:
             raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
-        created = 0
+        full = {}
         for cache_id, primary in pairs:
-            created += self.store.create_empty(cache_id)
+            try:
+                self.store.create_empty(cache_id)
+            except CacheFull as exc:
+                full[cache_id] = (exc.limit, exc.used, exc.needed, exc.reason)
+                continue
             if primary == self.node_id:
                 self.copies.pop(cache_id, None)
             else:
                 self.copies[cache_id] = primary
         self._publish()
-        return created
+        return full
 
     @_locked
     @ray.method(concurrency_group="peer")
@@ -601,7 +660,8 @@ class _NodeActor:
         the packed items as in :meth:`_call_peer`, their payloads as the writer sent them).
         Returns the ids it could not apply (all of them when the writer's objects are gone);
         their copy here is dropped."""
-        primary, method = forwarded
+        primary, method, stamp = forwarded
+        applied = self.sessions.call(stamp)
         try:
             arrays = resolve(buffers)[0]
         except DataLost:  # the writer died before this copy fetched its objects: repaired whole
@@ -617,6 +677,8 @@ class _NodeActor:
         for item in items:
             frames = item[at]
             cache_id = item[0]
+            if applied is not None and cache_id in applied:  # forwarded again (it was sent again)
+                continue
             if method == "append" and not item[1] and cache_id not in self.store:
                 self.copies.pop(cache_id, None)  # evicted here: the tail alone would be wrong
                 failed.append(cache_id)
@@ -631,6 +693,8 @@ class _NodeActor:
                         self.store.delete(cache_id)
                     self.store.append(cache_id, frames, *item[3:])
                 self.copies[cache_id] = primary
+                if applied is not None:
+                    applied[cache_id] = p.APPLIED
             except (CacheFull, TypeError):
                 self._drop_copy(cache_id)
                 failed.append(cache_id)
@@ -658,8 +722,19 @@ class _NodeActor:
                 self._drops.setdefault(primary, []).append(cache_id)
             else:
                 self._tell_copies(cache_id)
+                self._unrecord(cache_id)
         if self._drops:
             self._start_repairs()
+
+    def _unrecord(self, cache_id: str) -> None:
+        """Queue the drop of the placement records of an id evicted here as its primary: a
+        record left pointing here would send its writes here for good, and only the home
+        creates ids (see :meth:`drop_copies`)."""
+        if self.records.get(cache_id) == self.node_id:
+            del self.records[cache_id]
+        for node in self.chains[slot_of(cache_id)][:2] if self.chains is not None else ():
+            if node != self.node_id:
+                self._drops.setdefault(node, []).append(cache_id)
 
     def _tell_copies(self, cache_id: str) -> None:
         """Queue the drop of an id gone from this node, its primary, at its other holders."""
@@ -681,12 +756,14 @@ class _NodeActor:
     @_locked
     @ray.method(concurrency_group="peer")
     def drop_copies(self, sent: tuple) -> None:
-        """Forget ids another holder evicted (``(holder, ids)``): the copies of ids whose
-        primary that holder is, and the ids of which it held a copy and this node is the
+        """Forget ids another holder evicted (``(holder, ids)``): the placement records
+        pointing at it, the copies of ids whose primary that holder is, and the ids of which it held a copy and this node is the
         primary (their copies are told in turn, the sender's too: a write may have given it a
         new one since it evicted the id)."""
         sender, cache_ids = sent
         for cache_id in cache_ids:
+            if self.records.get(cache_id) == sender:  # its placement record: the id is gone
+                del self.records[cache_id]
             primary = self.copies.get(cache_id)
             if primary == sender:
                 self._drop_copy(cache_id)
@@ -699,9 +776,12 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def take_copies(self, primary: str, buffers: list, *blob: bytes) -> list:
-        """At a new holder: whole copies from their primary (packed as in :meth:`_call_peer`).
-        Returns the ids that did not fit."""
+    def take_copies(self, sent: tuple, buffers: list, *blob: bytes) -> list:
+        """At a new holder: whole copies from their primary (``sent``: ``(primary, the writes
+        it remembers of them)``, see :mod:`.sessions`; the values packed as in
+        :meth:`_call_peer`). Returns the ids that did not fit."""
+        primary, entries = sent
+        self.sessions.adopt(entries)
         failed = []
         for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
@@ -735,10 +815,13 @@ class _NodeActor:
             packed = {node: pack(self._values(ids)) for node, ids in by_node.items()}
         for node, values in packed.items():
             try:
-                failed = set(self._call_peer(self.peers, node, "take_copies", self.node_id, values))
-            except NodeUnavailable as exc:  # gone: the next rebuild names other holders
+                sent = (self.node_id, self.sessions.of(by_node[node]))
+                failed = set(self._call_peer(self.peers, node, "take_copies", sent, values))
+            except NodeUnavailable as exc:
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
-                failed = set()
+                # a member that did not answer stays owed its copies; one that left is
+                # replaced by the next rebuild, which names other holders
+                failed = set(by_node[node]) if node in self.peers else set()
             with self._lock:
                 for cache_id in by_node[node]:
                     nodes = self.repairs.get(cache_id)
@@ -808,6 +891,10 @@ class _NodeActor:
         gone_set = set(gone)
         old_chains = chains if old_chains is None else old_chains
         old_replicas = self.replicas
+        # Down to one copy: ids written while there were copies have no placement records (a
+        # write records the ids it creates with one copy only); the directory nodes get them
+        # now, so that such an id reads as lost, not as never written, once its node dies.
+        lowered = replicas == 1 and old_replicas > 1
         me = self.node_id
         announce: dict[str, list] = {}
         push: dict[str, set] = {}
@@ -855,7 +942,9 @@ class _NodeActor:
                         self.repairs.pop(cache_id, None)
                     directory = chains[slot][:2]
                     renewed = directory != old_chains[slot][:2] or any(n in gone_set for n in directory)
-                    if directory[0] != me and (primary != old_primary or full or renewed):
+                    if lowered and directory[0] == me:  # written with copies: no record yet
+                        self.records.setdefault(cache_id, me)
+                    if (directory[0] != me and (primary != old_primary or full or renewed)) or lowered:
                         for node in directory:
                             if node != me:
                                 announce.setdefault(node, []).append((cache_id, me))
@@ -933,10 +1022,20 @@ class _NodeActor:
         dropped there again and nothing changes here, except for the ids clients wrote or
         deleted at a new home meanwhile (they found them there): those stay as they are there.
         """
+        deadline = time.monotonic() + HAND_OVER_DEADLINE
         if self.replicas > 1:
             self.retired = True
-            while self.repair()[1]:
-                pass
+            stalled, best = 0, None
+            while True:
+                left = self.repair()[1]
+                if not left:
+                    break
+                stalled = stalled + 1 if best is not None and left >= best else 0
+                best = left if best is None else min(best, left)
+                if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
+                    self.retired = False  # it keeps serving: nothing depends on the drain
+                    raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
+                                         "still miss a copy its holders would not take; the node keeps its data")
             with self._lock:
                 return len(self.store) - len(self.copies)
         old_table, table = [c[0] for c in old_chains], [c[0] for c in chains]
@@ -956,9 +1055,13 @@ class _NodeActor:
                     for chunk in self._chunks(held.get(home, [])) or [[]]:
                         homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
                         values = pack([(*v, h) for v, h in zip(self._values(chunk), homed)])
+                        if time.monotonic() > deadline:
+                            raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} took "
+                                                 f"longer than {HAND_OVER_DEADLINE:.0f} s; the node keeps its data")
                         took = sent.setdefault(home, ([], records, lost))
                         took[0].extend(zip(chunk, homed))
-                        self._call_peer(peers, home, "receive", (self.node_id, records, lost), values)
+                        handed = (self.node_id, records, lost, self.sessions.of(chunk))
+                        self._call_peer(peers, home, "receive", handed, values)
                         records, lost = [], []
             except ShovelingError:
                 for home, took in sent.items():
@@ -1001,12 +1104,14 @@ class _NodeActor:
     @ray.method(concurrency_group="peer")
     def receive(self, handed: tuple, buffers: list, *blob: bytes) -> None:
         """At a new home, from a node being drained: values (with their append tokens),
-        placement records and lost ids.
+        placement records, lost ids and the writes it remembers of those values (see
+        :mod:`.sessions`).
 
         A value whose home did not change is taken only while this home's record still points
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
-        source, records, lost = handed
+        source, records, lost, entries = handed
+        self.sessions.adopt(entries)
         for cache_id, kind, meta, frames, tokens, homed_there in unpack(join(blob), resolve(buffers)[0]):
             if homed_there or self.records.get(cache_id) == source:
                 self.store.set(cache_id, kind, meta, self._adopt(frames), tokens)
@@ -1101,18 +1206,27 @@ class _NodeActor:
         """The HTTP endpoint's URL, or ``None`` when it is off."""
         return self._endpoint.url if self._endpoint else None
 
-    @_locked
     def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
         """For the HTTP endpoint: ``(200, bytes)``, or ``(404 | 410 | 415, None)`` (410: a lost
-        id homed here)."""
-        value = self.store.get(cache_id)
-        if value is None:
-            return (410, None) if cache_id in self.lost else (404, None)
-        kind, meta, frames = value
-        if kind != KIND_BYTES:
-            return 415, None
-        (frames,) = fetch([frames])
-        return 200, decode(kind, meta, frames)
+        id homed here). The copy it makes is counted in ``used`` while it is served, and made
+        outside the lock (client calls go on meanwhile)."""
+        with self._lock:
+            value = self.store.get(cache_id)
+            if value is None:
+                return (410, None) if cache_id in self.lost else (404, None)
+            kind, meta, frames = value
+            if kind != KIND_BYTES:
+                return 415, None
+            size = self.store.peek(cache_id).raw
+            self._serving += size
+            self.store.charge(self._bookkeeping())
+        try:
+            (frames,) = fetch([frames])
+            return 200, decode(kind, meta, frames)
+        finally:
+            with self._lock:
+                self._serving -= size
+                self.store.charge(self._bookkeeping())
 
     @_locked
     def http_ids(self, prefix: str) -> list[str]:

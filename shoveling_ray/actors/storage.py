@@ -31,6 +31,7 @@ Python object per piece.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ from collections.abc import Callable, Iterator
 from ..codec import CODEC_RAW, KIND_BYTES, Stored, is_stored, payload_size, raw_size, stored_size
 from ..errors import CacheFull
 from .disk import Spilled, SpillFiles, check_limit
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("spill", "reject", "lru")
 
@@ -154,6 +157,7 @@ class Store:
         # Ids with payload bytes in memory, least recently used first: what may be spilled.
         self._resident: OrderedDict[str, None] = OrderedDict()
         self.used = 0
+        self.bookkeeping = 0  # of ``used``: the owner's memory besides the entries (see charge)
         self.payload = 0  # payload bytes in memory: what spilling can free
         self.raw = 0
         self.evictions = self.spills = self.restores = 0
@@ -263,12 +267,25 @@ class Store:
         return added.nbytes
 
     def create_empty(self, cache_id: str) -> bool:
-        """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created."""
+        """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created.
+
+        Raises:
+            CacheFull: its overhead does not fit under ``max_memory`` (after spilling or
+                evicting others, as the policy says).
+        """
         if cache_id in self._entries:
             return False
+        self._make_room(cache_id, overhead(cache_id, 0), 0)
         entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
         self._account(cache_id, entry, +1)
         return True
+
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` of the owner's memory besides the entries (placement records,
+        what the sessions remember, ...) in ``used``, in place of what was counted before.
+        It is not evicted or spilled, but writes find that much less room."""
+        self.used += nbytes - self.bookkeeping
+        self.bookkeeping = nbytes
 
     def delete(self, cache_id: str) -> bool:
         """Remove ``cache_id`` (and its spilled bytes). Returns whether it existed."""
@@ -293,7 +310,7 @@ class Store:
             if self.policy == "lru":
                 self._evict_until(self.max_memory)
             elif self.policy == "spill" and self.disk is not None:
-                self._spill_until(int(SPILL_TO * self.max_memory), deadline=None)
+                self._settle()
 
     def stats(self) -> dict:
         """``used`` / ``raw`` / ``limit`` / ``ids`` / ``evictions`` / ``policy`` and the disk
@@ -302,6 +319,7 @@ class Store:
         disk = self.disk
         return {
             "used": self.used,
+            "bookkeeping": self.bookkeeping,
             "raw": self.raw,
             "limit": self.max_memory,
             "ids": len(self._entries),
@@ -319,7 +337,7 @@ class Store:
         """Drop every entry and remove the spill files."""
         self._entries.clear()
         self._resident.clear()
-        self.used = self.payload = self.raw = 0
+        self.used = self.payload = self.raw = self.bookkeeping = 0
         if self.disk is not None:
             self.disk.close()
 
@@ -363,6 +381,9 @@ class Store:
             try:
                 self._spill_until(min(int(SPILL_TO * limit), limit - grows), keep=cache_id,
                                   deadline=started + SPILL_TIMEOUT)
+            except OSError as exc:  # the disk is full after all (another process filled it)
+                raise CacheFull(self.node_id, limit, self.used, grows, cache_id,
+                                f"and the disk tier could not be written: {exc}") from exc
             finally:
                 self.spill_wait += time.monotonic() - started
             return  # what still does not fit is the new value's own part: _settle spills it
@@ -372,10 +393,16 @@ class Store:
         self._evict_until(limit - grows, keep=cache_id)
 
     def _settle(self) -> None:
-        """After a spilling write: spill whatever still passes the limit, the new value too."""
+        """After a spilling write, or a lower limit: spill what still passes the limit, the new
+        value too. The write is done either way: a disk that refuses leaves it in memory,
+        above the limit, until later writes make room (they get ``CacheFull`` meanwhile)."""
         limit = self.max_memory
         if limit is not None and self.used > limit and self.policy == "spill" and self.disk is not None:
-            self._spill_until(limit, deadline=None)
+            try:
+                self._spill_until(limit, deadline=None)
+            except OSError as exc:
+                log.warning("node %s: spilling failed, %d bytes held over max_memory: %s",
+                            self.node_id, self.used - limit, exc)
 
     def _spill_until(self, target: int, keep: str | None = None, deadline: float | None = None) -> None:
         """Spill least recently used values until ``used <= target``, a file at a time.
@@ -386,10 +413,12 @@ class Store:
         """
         while self.used > target:
             victims, size = [], 0
+            room = self.disk.room()  # max_disk is a limit: never spill past it
             for cache_id in self._resident:
-                if cache_id != keep:
+                nbytes = self._entries[cache_id].nbytes
+                if cache_id != keep and size + nbytes <= room:
                     victims.append(cache_id)
-                    size += self._entries[cache_id].nbytes
+                    size += nbytes
                     if self.used - size <= target or size >= SEGMENT_BYTES:
                         break
             if not victims:
