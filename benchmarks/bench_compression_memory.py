@@ -18,7 +18,7 @@ import psutil
 import ray
 
 import shoveling_ray as sr
-from common import MB, Report, plasma_bytes, start, stop, timed
+from common import MB, Report, parse_args, plasma_bytes, start, stop, timed
 
 
 def actor_rss(cache: sr.Cache) -> int:
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=64)
     parser.add_argument("--values", type=int, default=100, help="values of 1-4 MB for the memory check")
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, {"size_mb": 2, "values": 5, "repeat": 1})
     size = args.size_mb * MB
 
     cluster = start(nodes=2, object_store_mb=max(1024, 8 * args.size_mb + 5 * args.values))

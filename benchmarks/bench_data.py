@@ -28,7 +28,7 @@ import ray
 import ray.data
 
 import shoveling_ray as sr
-from common import MB, Report, start, stop
+from common import MB, Report, parse_args, start, stop
 
 CACHE, NAME = "bench-data", "features"
 SECOND_JOB = """
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--repeat", type=int, default=3, help="epochs measured per case (the median is shown)")
     parser.add_argument("--object-store-mb", type=int, default=2048, help="per node")
-    args = parser.parse_args()
+    args = parse_args(parser, {"rows": 20_000, "blocks": 6, "repeat": 1, "object_store_mb": 256})
 
     cluster = start(nodes=3, object_store_mb=args.object_store_mb)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -16,14 +16,14 @@ import urllib.parse
 import ray
 
 import shoveling_ray as sr
-from common import Report, start, stop, timed
+from common import Report, parse_args, start, stop, timed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, {"calls": 20, "repeat": 1})
 
     cluster = start(nodes=2, object_store_mb=512)
     cache = sr.Cache("bench-http", http=True)

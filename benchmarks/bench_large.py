@@ -17,7 +17,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import shoveling_ray as sr
-from common import MB, Report, start, stop, timed
+from common import MB, Report, parse_args, start, stop, timed
 
 
 def value(kind: str, size: int, seed: int):
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16,64,256", help="MB, comma separated")
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, {"sizes": "2", "repeat": 1})
     sizes = [int(float(s) * MB) for s in args.sizes.split(",")]
 
     cluster = start(nodes=2, object_store_mb=max(1024, 6 * max(sizes) // MB))

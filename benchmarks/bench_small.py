@@ -15,7 +15,7 @@ import time
 import ray
 
 import shoveling_ray as sr
-from common import Report, start, stop, timed
+from common import Report, parse_args, start, stop, timed
 from redis_server import RedisServer
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=10_000)
     parser.add_argument("--appends", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, {"ids": 200, "appends": 2000, "repeat": 1})
 
     server = RedisServer()
     r = server.client

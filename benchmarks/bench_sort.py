@@ -36,7 +36,7 @@ import ray
 
 import shoveling_ray as sr
 from shoveling_ray.codec import OBJECT_STORE_BYTES
-from common import MB, Report, plasma_bytes, start, stop
+from common import MB, Report, parse_args, plasma_bytes, start, stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import distributed_sort as ds  # noqa: E402
@@ -273,7 +273,7 @@ def main() -> None:
     parser.add_argument("--skip-ray-core", action="store_true", help="no hand-rolled Ray core shuffle")
     parser.add_argument("--skip-api", action="store_true", help="no sort written on the public API")
     parser.add_argument("--partitions", type=int, help="default: 2 per node, up to one per block (64 at most)")
-    args = parser.parse_args()
+    args = parse_args(parser, {"records": "40000", "block": 10000, "repeat": 1})
     sizes = [int(float(s)) for s in args.records.split(",")]
     from ray.data.context import ShuffleStrategy
 

@@ -23,7 +23,7 @@ import os
 import time
 
 import shoveling_ray as sr
-from common import MB, Report, start, stop
+from common import MB, Report, parse_args, start, stop
 
 
 def write_read(cache: sr.Cache, values: dict) -> tuple[float, float]:
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--total-mb", type=int, default=1024)
     parser.add_argument("--value-mb", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args(parser, {"total_mb": 80, "repeat": 1})
     cluster = start(nodes=1, object_store_mb=150)
     report = Report("spill")
     values = {f"v{i}": os.urandom(args.value_mb * MB) for i in range(args.total_mb // args.value_mb)}

@@ -5,9 +5,11 @@ tests and assert nothing about time."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,34 @@ def plasma_bytes() -> int:
 
 RESULTS = Path(os.environ.get("SHOVELING_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 MB = 1 << 20
+
+
+def parse_args(parser: argparse.ArgumentParser, small: dict) -> argparse.Namespace:
+    """The command line's arguments, with a ``--small`` option added to ``parser``.
+
+    ``--small`` replaces the defaults with ``small``'s values (arguments given on the command
+    line still win): a run of seconds that shows the script works end to end, as
+    tests/ray/test_benchmarks_smoke.py runs it. Its figures mean nothing, so its results go to
+    a temporary directory unless ``SHOVELING_BENCH_RESULTS`` names one, never over the
+    recorded ones in ``results/``.
+
+    Args:
+        parser: the benchmark's parser, with its own options.
+        small: option destinations (``size_mb``) and their small values.
+
+    Returns:
+        The parsed arguments.
+    """
+    global RESULTS
+    sizes = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in small.items())
+    parser.add_argument("--small", action="store_true", help=f"a tiny smoke run ({sizes}); results not kept")
+    args = parser.parse_args()
+    if args.small:
+        parser.set_defaults(**small)
+        args = parser.parse_args()
+        if "SHOVELING_BENCH_RESULTS" not in os.environ:
+            RESULTS = Path(tempfile.mkdtemp(prefix="shoveling-bench-"))
+    return args
 
 
 def start(nodes: int = 2, object_store_mb: int = 2048) -> Cluster:

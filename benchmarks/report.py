@@ -1,5 +1,6 @@
-"""Turn ``results/*.json`` into ``RESULTS.md`` (a markdown table of ratios) and
-``results/ratios.png`` (a bar chart of each ratio against its target)."""
+"""Turn ``results/*.json`` into a markdown table of ratios (printed, for the tables of
+docs/performance.md, which say when, where and on which commit each figure was measured) and
+``results/ratios.png`` (a bar chart of each ratio against its target, shown in the README)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,6 @@ def chart(rows, path) -> None:
 
 def main() -> None:
     rows = load()
-    (RESULTS.parent / "RESULTS.md").write_text(markdown(rows))
     chart(rows, RESULTS / "ratios.png")
     print(markdown(rows))
 

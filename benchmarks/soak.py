@@ -26,6 +26,7 @@ from ray.cluster_utils import Cluster
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import shoveling_ray as sr  # noqa: E402
+from common import parse_args  # noqa: E402
 from tests.nemesis import FAULTS, STALL, Nemesis, check, start_writers  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--no-stall", dest="stall", action="store_false",
                         help="leave out stalling an actor past the peer timeout (its rounds take 2 minutes more)")
-    args = parser.parse_args()
+    args = parse_args(parser, {"minutes": 0.1, "nodes": 2, "round": 10, "faults": 1, "stall": False})
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(args.nodes):
         cluster.add_node(num_cpus=1)
