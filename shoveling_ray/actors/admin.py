@@ -1,0 +1,151 @@
+"""The operator's side of one node actor: its settings (the cache-wide base the coordinator
+sets, overridden by keys in Consul KV), the HTTP read endpoint, with Consul the heartbeat and
+the config follower (:mod:`shoveling_ray.membership.registration`), and its figures (``stats``
+and the Ray metrics of :mod:`shoveling_ray.observe.metrics`).
+
+It reads the node's other parts and changes none of them except through the store's limits.
+Not the client's ``configure`` (see :mod:`shoveling_ray.cache`), nor what the settings mean
+(see :mod:`.storage`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import ray
+
+from ..codec import KIND_BYTES, decode
+from ..errors import ConsulError
+from ..membership.consul import ConsulAgent, ConsulConfig
+from ..membership.registration import ConfigFollower, Heartbeat
+from ..objects import fetch
+from ..observe.http import TOKEN_ENV, ReadEndpoint
+from ..observe.metrics import NodeMetrics
+from .directory import Directory
+from .replication import Replication
+from .storage import Store
+
+log = logging.getLogger(__name__)
+
+#: The Consul node meta key that names a node's failure domain.
+ZONE_META = "zone"
+
+
+class Admin:
+    """Settings, endpoint, Consul threads and figures of one node actor.
+
+    Args:
+        source: what the HTTP endpoint serves (the actor: ``http_value``, ``http_ids``).
+        store: the node's store.
+        directory: the node's placement directory (lost ids).
+        replication: the node's copies (evictions a new limit makes; figures).
+        lock: the actor's lock: settings change under it.
+        base: the cache-wide settings: ``max-memory``, ``max-disk``, ``eviction``, ``http``.
+        consul: Consul settings, or ``None`` for Ray alone. The actor talks to the agent its
+            node names in ``CONSUL_HTTP_ADDR``, else to the one in ``consul``.
+    """
+
+    def __init__(self, source, store: Store, directory: Directory, replication: Replication, lock: threading.Lock,
+                 base: dict, consul: ConsulConfig | None) -> None:
+        self.source, self.store, self.directory, self.replication = source, store, directory, replication
+        self.layout, self._lock = replication.layout, lock
+        self.cache, self.node_id = replication.cache, replication.node_id
+        self._base, self._kv = base, {}
+        self._threads: list = []
+        self._endpoint: ReadEndpoint | None = None
+        self.metrics = NodeMetrics(self.cache, self.node_id)
+        self.zone: str | None = None  # the Consul node meta zone of this node's agent
+        if base["http"]:
+            self._serve(True)
+        if consul is not None:
+            self._join(consul)
+
+    def _join(self, consul: ConsulConfig) -> None:
+        """Register with the node's Consul agent and follow the cache's keys there."""
+        local = os.environ.get("CONSUL_HTTP_ADDR")
+        agent = ConsulAgent(consul.at(local) if local else consul)
+        try:
+            self.zone = agent.node_meta().get(ZONE_META) or None
+        except ConsulError as exc:  # the heartbeat reports the agent's trouble
+            log.warning("cache %s: could not read this node's Consul node meta: %s", self.cache, exc)
+        address = ray.util.get_node_ip_address()
+        self._threads = [Heartbeat(agent, self.cache, self.node_id, address), ConfigFollower(agent, self.cache, self._follow)]
+        self._threads[0].port = self._endpoint.port if self._endpoint else None
+        self._threads[0].beat()  # registered before the first call is served
+        for thread in self._threads:
+            thread.start()
+
+    def _follow(self, kv_config: dict) -> None:
+        with self._lock:
+            self._kv = kv_config
+            self.apply()
+            self.publish()
+
+    def configure(self, **base) -> None:
+        """New base settings (under the lock); keys set in Consul KV still override them."""
+        self._base.update(base)
+        self.apply()
+
+    def apply(self) -> None:
+        """Apply the settings in force (under the lock)."""
+        config = {**self._base, **self._kv}
+        before = self.store.evictions
+        self.store.configure(config["max-memory"], config["eviction"], config["max-disk"])
+        self._serve(config["http"])
+        log.info("cache %s: max-memory=%s max-disk=%s eviction=%s http=%s", self.cache, config["max-memory"],
+                 config["max-disk"], config["eviction"], config["http"])
+        if self.store.evictions > before:
+            log.warning("cache %s: the new limit evicted %d ids", self.cache, self.store.evictions - before)
+            self.replication.evictions()
+
+    def _serve(self, on: bool) -> None:
+        """Start or stop the endpoint. With Consul, the instance then carries the port and an
+        HTTP check."""
+        if bool(on) == (self._endpoint is not None):
+            return
+        if on:
+            self._endpoint = ReadEndpoint(self.source, ray.util.get_node_ip_address(), os.environ.get(TOKEN_ENV))
+        else:
+            self._endpoint.stop()
+            self._endpoint = None
+        if self._threads:
+            self._threads[0].announce_port(self._endpoint.port if self._endpoint else None)
+
+    def endpoint(self) -> str | None:
+        """The HTTP endpoint's URL, or ``None`` when it is off."""
+        return self._endpoint.url if self._endpoint else None
+
+    def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
+        """For the HTTP endpoint (under the lock): ``(200, bytes)``, or ``(404 | 410 | 415,
+        None)`` (410: a lost id homed here)."""
+        value = self.store.get(cache_id)
+        if value is None:
+            return (410, None) if cache_id in self.directory.lost else (404, None)
+        kind, meta, frames = value
+        if kind != KIND_BYTES:
+            return 415, None
+        (frames,) = fetch([frames])
+        return 200, decode(kind, meta, frames)
+
+    def publish(self) -> None:
+        """Update the metrics of what this node holds."""
+        store = self.store
+        self.metrics.held(store.used, store.max_memory, len(store), store.evictions, self.directory.lost_count(),
+                          store.disk.used, store.spills)
+
+    def stats(self) -> dict:
+        """See ``_NodeActor.stats`` (under the lock)."""
+        return {**self.store.stats(), "replicas": self.layout.replicas, "copies": len(self.replication.copies),
+                "under_replicated": self.replication.under_replicated(),
+                "lost": self.directory.lost_count(),
+                "consul": self._threads[0].status() if self._threads else None}
+
+    def stop(self) -> None:
+        """Stop the HTTP endpoint and the Consul threads (each joined; the heartbeat
+        deregisters this actor's instance)."""
+        if self._endpoint is not None:
+            self._endpoint.stop()
+        for thread in self._threads:
+            thread.stop()
