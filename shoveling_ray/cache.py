@@ -33,7 +33,7 @@ from .membership.consul import DEFAULT_SERVICE, resolve
 from .objects import as_refs, fetch
 from .observe.display import Stats, html_table
 from .placement import DEFAULT_REMOTE_SCORE, check_strategy
-from .router import Router
+from .router import STAMPED, Router
 from .wire import no_gc
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ _HEALTH_POLL = 0.25
 #: Seconds ``Cache()`` keeps trying to reach a coordinator (one being closed by another
 #: process releases its name first), and ``close()`` waits for the cache's actors to go.
 LIFECYCLE_DEADLINE = 60.0
+#: Times a call is sent again after the members changed under it (a node died or was drained
+#: meanwhile). Writes are stamped, so each is applied once however often it is sent.
+RETRIES = 3
 NODE_ID_STRATEGIES = ("default",)
 
 
@@ -321,27 +324,42 @@ class Cache:
             self._router.apply_view(ray.get(self._coordinator.join.remote(None)))
 
     def _run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
-        """``Router.run``, tried once more when a dead node or actor changed the members
-        meanwhile: its ids are then answered by their homes (lost, or recorded elsewhere)."""
-        return self._again_if_members_changed(lambda: self._router.run(method, items, cached=cached))
+        """``Router.run``, tried again when a dead node or actor changed the members meanwhile:
+        its ids are then answered by their homes (lost, or recorded elsewhere)."""
+        if method not in STAMPED:
+            return self._again_if_members_changed(lambda: self._router.run(method, items, cached=cached))
+        return self._write(lambda stamp: self._router.run(method, items, cached=cached, stamp=stamp))
+
+    def _write(self, call: Callable[[tuple], Any]) -> Any:
+        """``call(stamp)`` with one stamp for every time it is sent (see :meth:`Router.stamp`):
+        a write sent again after a node died or was drained is applied once on every node,
+        whichever of its ids the first try reached."""
+        stamp = self._router.stamp()
+        try:
+            return self._again_if_members_changed(lambda: call(stamp))
+        finally:
+            self._router.done(stamp)
 
     def _each_node(self, method: str, *args: Any) -> dict[str, Any]:
         """``Router.each_node``, asked again of the new members when a node left meanwhile."""
         return self._again_if_members_changed(lambda: self._router.each_node(method, *args))
 
     def _again_if_members_changed(self, call: Callable[[], Any]) -> Any:
-        """``call()``; after a ``NodeUnavailable``, once more if the coordinator's view moved on
-        meanwhile (it follows Ray's node deaths by itself), else the error stands."""
-        version = self._router.view["version"]
-        try:
-            return call()
-        except NodeUnavailable:
-            if self._router.view["version"] == version:
-                with ray_errors(f"cache {self._name!r}"):
-                    self._router.apply_view(ray.get(self._coordinator.view.remote()))
-                if self._router.view["version"] == version:
+        """``call()``; after a ``NodeUnavailable``, again if the coordinator's view moved on
+        meanwhile (it follows Ray's node deaths by itself), at most :data:`RETRIES` times;
+        else the error stands."""
+        for attempt in range(RETRIES + 1):
+            version = self._router.view["version"]
+            try:
+                return call()
+            except NodeUnavailable:
+                if attempt == RETRIES:
                     raise
-            return call()
+                if self._router.view["version"] == version:
+                    with ray_errors(f"cache {self._name!r}"):
+                        self._router.apply_view(ray.get(self._coordinator.view.remote()))
+                    if self._router.view["version"] == version:
+                        raise
 
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
         for (cache_id, *_), (status, value, node) in zip(items, results):
@@ -441,13 +459,13 @@ class Cache:
 
     def delete(self, cache_id: str) -> bool:
         """Delete ``cache_id`` and its placement record. Returns whether it existed."""
-        return self._router.delete(_check_id(cache_id))
+        return self.delete_many([_check_id(cache_id)]) == 1
 
     def delete_many(self, cache_ids: Iterable[str]) -> int:
         """Delete many ids and their placement records, one actor call per node. Returns how
         many existed."""
         ids = list(dict.fromkeys(_check_ids(cache_ids)))
-        return sum(self._router.delete_many(ids)) if ids else 0
+        return sum(self._write(lambda stamp: self._router.delete_many(ids, stamp))) if ids else 0
 
     def exists(self, cache_id: str) -> bool:
         """Whether ``cache_id`` exists (ids created by ``init`` exist while empty)."""
@@ -700,8 +718,8 @@ class Cache:
 
 
 def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:
-    if method == "batch" and args[1]:  # large payloads as objects of their own: see objects.py
-        args = (args[0], as_refs(args[1]), *args[2:])
+    if method == "batch" and args[2]:  # large payloads as objects of their own: see objects.py
+        args = (*args[:2], as_refs(args[2]), *args[3:])
     return getattr(handle, method).remote(*args)
 
 

@@ -29,6 +29,9 @@ ids (``placement``).
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +50,8 @@ MAX_ROUNDS = 6
 _READS = ("get", "exists", "size", "locate")
 #: Item methods whose items carry payloads.
 _WRITES = ("set", "append")
+#: Item methods whose calls carry a stamp, so that a call sent again is applied once.
+STAMPED = ("set", "append", "delete")
 #: Reads in larger batches go to the primaries (see the module docstring): each node's actor
 #: serves its part of a batch one id after another, and a call costs about what a thousand
 #: small ids do.
@@ -112,7 +117,26 @@ class Router:
         self.name, self.local, self.nearest = name, local, nearest
         self.handle_for, self.submit, self.gather = handle_for, submit, gather
         self.placements: dict[str, str] = placements if placements is not None else {}
+        # Writes are numbered per router: (session, sequence) names a call to every node.
+        self.session = os.urandom(8)
+        self._sequence = itertools.count(1)
+        self._in_flight: set[int] = set()
+        self._stamps = threading.Lock()
         self.apply_view(view)
+
+    def stamp(self) -> tuple[bytes, int, int]:
+        """A new write call's stamp ``(session, sequence, low)``: ``low`` is the lowest sequence
+        still in flight here, so nodes may forget the calls below it. Send the call (again and
+        again if need be) with this stamp, then :meth:`done`."""
+        with self._stamps:
+            sequence = next(self._sequence)
+            self._in_flight.add(sequence)
+            return self.session, sequence, min(self._in_flight)
+
+    def done(self, stamp: tuple) -> None:
+        """The call ``stamp`` names was answered (or given up on): it will not be sent again."""
+        with self._stamps:
+            self._in_flight.discard(stamp[1])
 
     def apply_view(self, view: dict) -> None:
         view = _shared_node_ids(view)
@@ -134,11 +158,13 @@ class Router:
     def home(self, cache_id: str) -> str:
         return self.table[slot_of(cache_id)]
 
-    def run(self, method: str, items: list[tuple], *, cached: bool = True) -> list[tuple]:
+    def run(self, method: str, items: list[tuple], *, cached: bool = True, stamp: tuple | None = None) -> list[tuple]:
         """Send ``items`` (``(cache_id, *payload)``) to their nodes, following redirects.
 
         Args:
             cached: start from remembered placements; ``False`` starts every item at its home.
+            stamp: a write's :meth:`stamp`, when the caller may send the call again (each node
+                applies a stamped call to an id once); a write without one gets its own.
 
         Returns:
             ``(status, value, node)`` per item, in order; never ``REDIRECT`` / ``REROUTE``.
@@ -146,10 +172,17 @@ class Router:
         Raises:
             ShovelingError: an id's placement changed more than ``MAX_ROUNDS`` times.
         """
-        with no_gc():
-            return self._rounds(method, items, cached)
+        if stamp is not None or method not in STAMPED:
+            with no_gc():
+                return self._rounds(method, items, cached, stamp)
+        stamp = self.stamp()
+        try:
+            with no_gc():
+                return self._rounds(method, items, cached, stamp)
+        finally:
+            self.done(stamp)
 
-    def _rounds(self, method: str, items: list[tuple], cached: bool) -> list[tuple]:
+    def _rounds(self, method: str, items: list[tuple], cached: bool, stamp: tuple | None) -> list[tuple]:
         placements = self.placements
         members = self.members
         local = self.local if cached and method in _READS and self.replicas > 1 and self.local in members else None
@@ -188,7 +221,7 @@ class Router:
         avoid: set[str] = set()  # nodes found unavailable during this read
         for _ in range(MAX_ROUNDS):
             try:
-                answers = self._send(method, items, groups)
+                answers = self._send(method, items, groups, stamp)
             except NodeUnavailable as exc:
                 if method not in _READS or self.replicas < 2 or exc.node_id in avoid or exc.node_id not in groups:
                     raise
@@ -245,7 +278,8 @@ class Router:
                 copy_read.add(index)
         return moved
 
-    def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]]) -> dict[str, list]:
+    def _send(self, method: str, items: list[tuple], groups: dict[str, tuple[list, list]],
+              stamp: tuple | None) -> dict[str, list]:
         """One ``batch`` call per node, or per node and copy holders for writes whose smaller
         payloads travel as one object (:meth:`_calls`); returns the ``(status, value)`` list per
         node, in the order of its indices."""
@@ -260,7 +294,7 @@ class Router:
             for r, (positions, blob, buffers) in enumerate(calls):
                 if r == len(rounds):
                     rounds.append(({}, {}))
-                rounds[r][0][node] = self.submit(handle, "batch", method, buffers, *split(blob))
+                rounds[r][0][node] = self.submit(handle, "batch", method, stamp, buffers, *split(blob))
                 rounds[r][1][node] = ids if len(calls) == 1 else [ids[k] for k in positions]
         answers: dict[str, list] = defaultdict(list)
         for pending, ids in rounds:
@@ -331,9 +365,10 @@ class Router:
         """Delete an id and its placement record (the home does both). Whether it existed."""
         return self.delete_many([cache_id])[0]
 
-    def delete_many(self, cache_ids: list[str]) -> list[bool]:
-        """:meth:`delete` for many ids, one call per home; whether each existed."""
-        results = self.run("delete", [(i,) for i in cache_ids], cached=False)
+    def delete_many(self, cache_ids: list[str], stamp: tuple | None = None) -> list[bool]:
+        """:meth:`delete` for many ids, one call per home; whether each existed. ``stamp``: as
+        for :meth:`run`."""
+        results = self.run("delete", [(i,) for i in cache_ids], cached=False, stamp=stamp)
         for cache_id in cache_ids:
             self.placements.pop(cache_id, None)
         return [bool(existed) for _status, existed, _node in results]

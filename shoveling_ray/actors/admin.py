@@ -25,12 +25,17 @@ from ..observe.http import TOKEN_ENV, ReadEndpoint
 from ..observe.metrics import NodeMetrics
 from .directory import Directory
 from .replication import Replication
+from .sessions import Sessions
 from .storage import Store
 
 log = logging.getLogger(__name__)
 
 #: The Consul node meta key that names a node's failure domain.
 ZONE_META = "zone"
+#: Memory counted in ``used`` per placement record, lost id or copy kept here (a dict entry, its
+#: node id string is shared), and per id waiting for repair (its entry and set).
+RECORD_BYTES = 100
+REPAIR_BYTES = 300
 
 
 class Admin:
@@ -41,15 +46,17 @@ class Admin:
         store: the node's store.
         directory: the node's placement directory (lost ids).
         replication: the node's copies (evictions a new limit makes; figures).
+        sessions: what the clients' writes applied here (counted in ``used``).
         lock: the actor's lock: settings change under it.
         base: the cache-wide settings: ``max-memory``, ``max-disk``, ``eviction``, ``http``.
         consul: Consul settings, or ``None`` for Ray alone. The actor talks to the agent its
             node names in ``CONSUL_HTTP_ADDR``, else to the one in ``consul``.
     """
 
-    def __init__(self, source, store: Store, directory: Directory, replication: Replication, lock: threading.Lock,
-                 base: dict, consul: ConsulConfig | None) -> None:
+    def __init__(self, source, store: Store, directory: Directory, replication: Replication, sessions: Sessions,
+                 lock: threading.Lock, base: dict, consul: ConsulConfig | None) -> None:
         self.source, self.store, self.directory, self.replication = source, store, directory, replication
+        self.sessions = sessions
         self.layout, self._lock = replication.layout, lock
         self.cache, self.node_id = replication.cache, replication.node_id
         self._base, self._kv = base, {}
@@ -130,8 +137,11 @@ class Admin:
         return 200, decode(kind, meta, frames)
 
     def publish(self) -> None:
-        """Update the metrics of what this node holds."""
-        store = self.store
+        """Count the bookkeeping in ``used`` and update the metrics of what this node holds."""
+        store, directory, replication = self.store, self.directory, self.replication
+        store.charge(self.sessions.nbytes + RECORD_BYTES * (len(directory.records) + len(directory.lost)
+                                                            + len(replication.copies))
+                     + REPAIR_BYTES * len(replication.repairs))
         self.metrics.held(store.used, store.max_memory, len(store), store.evictions, self.directory.lost_count(),
                           store.disk.used, store.spills)
 

@@ -23,6 +23,7 @@ class Batch:
     """What one client batch brought and what serving it did.
 
     Attributes:
+        stamp: a write's ``(session, sequence, low)`` (see :mod:`.sessions`), or ``None``.
         arrived: the batch's payload references (see :func:`~shoveling_ray.objects.resolve`):
             what :func:`~shoveling_ray.objects.forwardable` hands on to the copies.
         inline: whether every payload is bytes of the blob: nothing to adopt.
@@ -30,24 +31,29 @@ class Batch:
             ``Replication.forward`` sends to the copies).
         created: ids the batch created here (with one copy their backup homes learn them).
         moved: bytes stored or returned.
+        applied: what the sessions remember of this call (``{id: answer}``; ``None``: a read,
+            or a write without a stamp): an id in it took the call here before (the client sent
+            it again after a failure) and is answered as it was, not written again.
     """
 
+    stamp: tuple | None
     arrived: dict
     inline: bool
     taken: list = field(default_factory=list)
     created: list = field(default_factory=list)
     moved: int = 0
+    applied: dict | None = None
 
 
-def unpack_batch(buffers: list, blob: tuple) -> tuple[Batch, list]:
+def unpack_batch(stamp: tuple | None, buffers: list, blob: tuple) -> tuple[Batch, list]:
     """A client batch's :class:`Batch` and its items (``blob`` in pieces, large payloads as
-    references, see :mod:`shoveling_ray.objects`).
+    references, see :mod:`shoveling_ray.objects`; ``stamp`` as in :class:`Batch`).
 
     Raises:
         ShovelingError: the payloads could not be read (see :func:`~shoveling_ray.objects.resolve`).
     """
     arrays, arrived = resolve(buffers)
-    return Batch(arrived, inline=not arrays), unpack(join(blob), arrays)
+    return Batch(stamp, arrived, inline=not arrays), unpack(join(blob), arrays)
 
 
 def adopt_frames(store: Store, frames: list) -> list:

@@ -59,6 +59,19 @@ class Directory:
         self.records.pop(cache_id, None)
         self.lost.pop(cache_id, None)
 
+    def unrecord(self, cache_id: str) -> list[str]:
+        """Forget the record here of an id evicted here as its primary; returns the other
+        directory nodes of its slot, whose records of it must go too."""
+        if self.records.get(cache_id) == self.node_id:
+            del self.records[cache_id]
+        chains = self.layout.chains
+        return [n for n in chains[slot_of(cache_id)][:2] if n != self.node_id] if chains is not None else []
+
+    def drop_record(self, cache_id: str, node: str) -> None:
+        """Forget the record of an id if it points at ``node`` (which evicted it)."""
+        if self.records.get(cache_id) == node:
+            del self.records[cache_id]
+
     def lost_ids(self) -> dict:
         """``{id: dead node}`` of the ids homed here whose only copy died."""
         return {i: n for i, n in self.lost.items() if self.layout.is_home(i)}

@@ -21,6 +21,7 @@ from .batch import adopt_frames
 from .directory import Directory
 from .layout import Layout
 from .peers import Peers
+from .sessions import Sessions
 from .storage import Store
 
 if TYPE_CHECKING:  # replication reads values and HAND_OVER_BYTES from here
@@ -63,13 +64,14 @@ class Drain:
         peers: calls to the other members.
         directory: the node's placement directory.
         replication: the node's copies (``repair``, ``copies``, ``evictions``).
+        sessions: what the clients' writes applied here: handed over with the values.
         lock: the actor's lock.
     """
 
     def __init__(self, store: Store, layout: Layout, peers: Peers, directory: Directory, replication: Replication,
-                 lock: threading.Lock) -> None:
+                 sessions: Sessions, lock: threading.Lock) -> None:
         self.store, self.layout, self.peers, self._lock = store, layout, peers, lock
-        self.directory, self.replication = directory, replication
+        self.directory, self.replication, self.sessions = directory, replication, sessions
         self.node_id, self.cache = layout.node_id, peers.cache
         self.retired = False  # drained: every id went to another node
         # Ids taken from a node being drained (id -> that node) until the drain ends, and those
@@ -125,7 +127,8 @@ class Drain:
                         packed = pack([(*v, h) for v, h in zip(values(self.store, chunk), homed)])
                         took = sent.setdefault(home, ([], records, lost))
                         took[0].extend(zip(chunk, homed))
-                        self.peers.call(home, "receive", (self.node_id, records, lost), packed, members=peers)
+                        handed = (self.node_id, records, lost, self.sessions.of(chunk))
+                        self.peers.call(home, "receive", handed, packed, members=peers)
                         records, lost = [], []
             except ShovelingError:
                 self._take_back(sent, peers)
@@ -148,12 +151,14 @@ class Drain:
 
     def receive(self, handed: tuple, buffers: list, blob: tuple) -> None:
         """At a new home, from a node being drained (under the lock): values (with their append
-        tokens), placement records and lost ids.
+        tokens), placement records, lost ids and the writes it remembers of those values (see
+        :mod:`.sessions`).
 
         A value whose home did not change is taken only while this home's record still points
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
-        source, records, lost = handed
+        source, records, lost, entries = handed
+        self.sessions.adopt(entries)
         directory = self.directory
         for cache_id, kind, meta, frames, tokens, homed_there in unpack(join(blob), resolve(buffers)[0]):
             if homed_there or directory.records.get(cache_id) == source:

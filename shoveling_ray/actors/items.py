@@ -86,8 +86,12 @@ class Items:
         write it took to ``batch.taken`` (what ``Replication.forward`` sends to the copies)."""
         out = []
         copies, records, lost = self.replication.copies, self.directory.records, self.directory.lost
+        applied = batch.applied
         for item in items:
             cache_id, via = item[0], item[1]
+            if applied is not None and cache_id in applied:  # sent again: it was applied here
+                out.append(applied[cache_id])
+                continue
             if cache_id in copies:  # the primary orders writes
                 out.append((p.REDIRECT, copies[cache_id]))
                 continue
@@ -112,6 +116,8 @@ class Items:
                 out.append((p.WRONG_TYPE, None))
             else:
                 out.append((p.OK, None))
+                if applied is not None:
+                    applied[cache_id] = (p.OK, None)
                 if created and self.layout.replicas == 1:
                     batch.created.append(cache_id)
                 self.drain.touch(cache_id)
@@ -151,8 +157,12 @@ class Items:
         """
         out, calls = [], {}
         records, lost = self.directory.records, self.directory.lost
+        applied = batch.applied
         with self._lock:
             for cache_id, via in items:
+                if applied is not None and cache_id in applied:  # sent again: deleted here
+                    out.append(applied[cache_id])
+                    continue
                 primary = records.pop(cache_id, None)
                 if primary is None and cache_id in self.store and cache_id not in self.replication.copies:
                     primary = self.node_id
@@ -175,6 +185,8 @@ class Items:
                 for node in nodes:
                     calls.setdefault(node, []).append(cache_id)
                 out.append((p.OK, True))
+            if applied is not None:
+                applied.update((i, answer) for (i, _via), answer in zip(items, out) if answer[0] == p.OK)
         for node, ids in calls.items():
             try:
                 self.peers.call(node, "drop", ids)

@@ -40,6 +40,7 @@ from .items import Items
 from .layout import Layout
 from .peers import Peers
 from .replication import Replication
+from .sessions import Sessions
 from .storage import Store
 
 
@@ -98,13 +99,15 @@ class _NodeActor:
         self._lock = threading.Lock()  # held while state changes; free during calls to peers
         self.layout = Layout(node_id)
         self.peers = Peers(cache, self.layout)
+        self.sessions = Sessions()  # what the clients' writes applied here, to apply each once
         parts = (self.store, self.layout, self.peers)
-        self.replication = Replication(*parts, self._lock)
-        self.directory = Directory(self.store, self.replication.copies, self.layout, self.peers, self._lock)
-        self.drain = Drain(*parts, self.directory, self.replication, self._lock)
+        copies: dict[str, str] = {}  # ids held here as a copy (Replication's; the directory reads it)
+        self.directory = Directory(self.store, copies, self.layout, self.peers, self._lock)
+        self.replication = Replication(*parts, copies, self.directory, self.sessions, self._lock)
+        self.drain = Drain(*parts, self.directory, self.replication, self.sessions, self._lock)
         self.items = Items(*parts, self.directory, self.replication, self.drain, self._lock)
         base = {"max-memory": max_memory, "max-disk": max_disk, "eviction": policy, "http": http}
-        self.admin = Admin(self, self.store, self.directory, self.replication, self._lock, base, consul)
+        self.admin = Admin(self, self.store, self.directory, self.replication, self.sessions, self._lock, base, consul)
 
     def ping(self) -> str:
         """The node this actor really runs on, as Ray reports it."""
@@ -114,9 +117,13 @@ class _NodeActor:
         """The zone this node's Consul agent names in its node meta (``zone``), if any."""
         return self.admin.zone
 
-    def batch(self, method: str, buffers: list, *blob: bytes) -> tuple:
+    def batch(self, method: str, stamp: tuple | None, buffers: list, *blob: bytes) -> tuple:
         """Run an item method (:mod:`.items`) on a packed batch (see :mod:`shoveling_ray.wire`:
         its blob in pieces, its large payloads as references, see :mod:`shoveling_ray.objects`).
+
+        A write's ``stamp`` (``(session, sequence, low)``, see :mod:`.sessions`) names the
+        client call: an id that took this call here before (the client sent it again after a
+        failure) is answered as it was, not written again.
 
         ``place`` and ``delete`` call the other members' actors (``peers``, from the
         coordinator's last view). Writes taken here as the primary copy are applied on the
@@ -131,8 +138,10 @@ class _NodeActor:
         if self.drain.retired:
             raise NodeDrained(self.node_id, [], "it was drained: its ids live on other nodes now")
         with no_gc():
-            served, items = unpack_batch(buffers, blob)
+            served, items = unpack_batch(stamp, buffers, blob)
             self.replication.send_drops()
+            with self._lock:
+                served.applied = self.sessions.call(stamp)
             results = getattr(self.items, method)(served, items)
             if served.taken:
                 if self.layout.replicas > 1:
@@ -220,9 +229,9 @@ class _NodeActor:
 
     @_locked
     @ray.method(concurrency_group="peer")
-    def take_copies(self, primary: str, buffers: list, *blob: bytes) -> list:
+    def take_copies(self, sent: tuple, buffers: list, *blob: bytes) -> list:
         """See :meth:`.Replication.take_copies`."""
-        failed = self.replication.take_copies(primary, buffers, blob)
+        failed = self.replication.take_copies(sent, buffers, blob)
         self.admin.publish()
         return failed
 

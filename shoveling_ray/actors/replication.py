@@ -22,10 +22,13 @@ from ..errors import CacheFull, DataLost, NodeUnavailable
 from ..objects import forwardable, placeholders, resolve
 from ..placement import SLOTS, holders, slot_of
 from ..wire import join, pack, unpack
+from . import protocol as p
 from .batch import Batch, adopt_frames
+from .directory import Directory
 from .drain import HAND_OVER_BYTES, values
 from .layout import Change, Layout
 from .peers import Peers
+from .sessions import Sessions
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -41,14 +44,19 @@ class Replication:
         store: the node's store.
         layout: the node's view of the cache.
         peers: calls to the other members.
+        copies: an empty dict, the ids held here as a copy (kept here; the directory reads it).
+        directory: the node's placement directory (an evicted id leaves it).
+        sessions: what the clients' writes applied here (see :mod:`.sessions`).
         lock: the actor's lock: held while state changes, free during calls to peers.
     """
 
-    def __init__(self, store: Store, layout: Layout, peers: Peers, lock: threading.Lock) -> None:
+    def __init__(self, store: Store, layout: Layout, peers: Peers, copies: dict, directory: Directory,
+                 sessions: Sessions, lock: threading.Lock) -> None:
         self.store, self.layout, self.peers, self._lock = store, layout, peers, lock
+        self.directory, self.sessions = directory, sessions
         self.node_id, self.cache = layout.node_id, peers.cache
         # Ids held here as a copy: id -> the node of its primary copy.
-        self.copies: dict[str, str] = {}
+        self.copies: dict[str, str] = copies
         # Ids whose primary copy is here and whose copy on some holders is missing: id -> nodes.
         self.repairs: dict[str, set] = {}
         self._drops: dict[str, list] = {}  # node -> ids evicted here, to drop there too (see evictions)
@@ -107,7 +115,7 @@ class Replication:
         for node, group in groups.items():
             blob, out = pack(group)
             packed[node] = (blob, forwardable(out, batch.arrived))
-            calls[node] = (self.node_id, method)
+            calls[node] = (self.node_id, method, batch.stamp)
         for node, failed in self.peers.call_all("replicate", calls, packed).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
@@ -119,10 +127,11 @@ class Replication:
 
     def replicate(self, forwarded: tuple, buffers: list, blob: tuple) -> list:
         """At a copy (under the lock): apply writes its primary took (``forwarded``:
-        ``(primary, method)``, then the packed items as in :meth:`.Peers.call`, their payloads
-        as the writer sent them). Returns the ids it could not apply (all of them when the
-        writer's objects are gone); their copy here is dropped."""
-        primary, method = forwarded
+        ``(primary, method, stamp)``, then the packed items as in :meth:`.Peers.call`, their
+        payloads as the writer sent them). Returns the ids it could not apply (all of them when
+        the writer's objects are gone); their copy here is dropped."""
+        primary, method, stamp = forwarded
+        applied = self.sessions.call(stamp)
         try:
             arrays = resolve(buffers)[0]
         except DataLost:  # the writer died before this copy fetched its objects: repaired whole
@@ -137,6 +146,8 @@ class Replication:
         for item in items:
             frames = item[at]
             cache_id = item[0]
+            if applied is not None and cache_id in applied:  # forwarded again (it was sent again)
+                continue
             if method == "append" and not item[1] and cache_id not in self.store:
                 self.copies.pop(cache_id, None)  # evicted here: the tail alone would be wrong
                 failed.append(cache_id)
@@ -151,6 +162,8 @@ class Replication:
                         self.store.delete(cache_id)
                     self.store.append(cache_id, frames, *item[3:])
                 self.copies[cache_id] = primary
+                if applied is not None:
+                    applied[cache_id] = (p.OK, None)
             except (CacheFull, TypeError):
                 self.drop_copy(cache_id)
                 failed.append(cache_id)
@@ -177,8 +190,16 @@ class Replication:
                 self._drops.setdefault(primary, []).append(cache_id)
             else:
                 self._tell_copies(cache_id)
+                self._unrecord(cache_id)
         if self._drops:
             self.start_repairs()
+
+    def _unrecord(self, cache_id: str) -> None:
+        """Queue the drop of the placement records of an id evicted here as its primary: a
+        record left pointing here would send its writes here for good, and only the home
+        creates ids (see :meth:`drop_copies`)."""
+        for node in self.directory.unrecord(cache_id):
+            self._drops.setdefault(node, []).append(cache_id)
 
     def _tell_copies(self, cache_id: str) -> None:
         """Queue the drop of an id gone from this node, its primary, at its other holders."""
@@ -199,12 +220,13 @@ class Replication:
                 log.warning("cache %s: node %s kept %d ids evicted here: %s", self.cache, node, len(drops[node]), failed)
 
     def drop_copies(self, sent: tuple) -> None:
-        """Forget ids another holder evicted (``(holder, ids)``; under the lock): the copies of
-        ids whose primary that holder is, and the ids of which it held a copy and this node is
-        the primary (their copies are told in turn, the sender's too: a write may have given it
-        a new one since it evicted the id)."""
+        """Forget ids another holder evicted (``(holder, ids)``; under the lock): the placement
+        records pointing at it, the copies of ids whose primary that holder is, and the ids of
+        which it held a copy and this node is the primary (their copies are told in turn, the
+        sender's too: a write may have given it a new one since it evicted the id)."""
         sender, cache_ids = sent
         for cache_id in cache_ids:
+            self.directory.drop_record(cache_id, sender)  # its placement record: the id is gone
             primary = self.copies.get(cache_id)
             if primary == sender:
                 self.drop_copy(cache_id)
@@ -214,9 +236,12 @@ class Replication:
         if self._drops:
             self.start_repairs()
 
-    def take_copies(self, primary: str, buffers: list, blob: tuple) -> list:
-        """At a new holder (under the lock): whole copies from their primary (packed as in
-        :meth:`.Peers.call`). Returns the ids that did not fit."""
+    def take_copies(self, sent: tuple, buffers: list, blob: tuple) -> list:
+        """At a new holder (under the lock): whole copies from their primary (``sent``:
+        ``(primary, the writes it remembers of them)``, see :mod:`.sessions`; the values packed
+        as in :meth:`.Peers.call`). Returns the ids that did not fit."""
+        primary, entries = sent
+        self.sessions.adopt(entries)
         failed = []
         for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
@@ -247,9 +272,10 @@ class Replication:
                 if size >= max_bytes:
                     break
             packed = {node: pack(values(self.store, ids)) for node, ids in by_node.items()}
-        for node, sent in packed.items():
+        for node, copied in packed.items():
             try:
-                failed = set(self.peers.call(node, "take_copies", self.node_id, sent))
+                sent = (self.node_id, self.sessions.of(by_node[node]))
+                failed = set(self.peers.call(node, "take_copies", sent, copied))
             except NodeUnavailable as exc:  # gone: the next rebuild names other holders
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
                 failed = set()
@@ -292,9 +318,13 @@ class Replication:
         primary queues copies for holders that lack one (sent in the background), and a node
         that is no longer a holder drops its copy. Returns ``{directory node: [(id, this
         node)]}``: primaries held away from their home, for directory nodes that are new, or
-        all of them when ``full``."""
+        all of them when ``full`` or the copy count went down to one."""
         me, layout, gone = self.node_id, self.layout, change.gone
         chains, announce = layout.chains, {}
+        # Down to one copy: ids written while there were copies have no placement records (a
+        # write records the ids it creates with one copy only); the directory nodes get them
+        # now, so that such an id reads as lost, not as never written, once its node dies.
+        lowered = layout.replicas == 1 and change.old_replicas > 1
         for cache_id in list(self.store.ids()):
             slot = slot_of(cache_id)
             old_primary = self.copies.get(cache_id, me)
@@ -311,7 +341,9 @@ class Replication:
                     self.repairs.pop(cache_id, None)
                 directory = chains[slot][:2]
                 renewed = directory != change.old_chains[slot][:2] or any(n in gone for n in directory)
-                if directory[0] != me and (primary != old_primary or full or renewed):
+                if lowered and directory[0] == me:  # written with copies: no record yet
+                    self.directory.records.setdefault(cache_id, me)
+                if (directory[0] != me and (primary != old_primary or full or renewed)) or lowered:
                     for node in directory:
                         if node != me:
                             announce.setdefault(node, []).append((cache_id, me))

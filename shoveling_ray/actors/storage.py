@@ -154,6 +154,7 @@ class Store:
         # Ids with payload bytes in memory, least recently used first: what may be spilled.
         self._resident: OrderedDict[str, None] = OrderedDict()
         self.used = 0
+        self.bookkeeping = 0  # of ``used``: the owner's memory besides the entries (see charge)
         self.payload = 0  # payload bytes in memory: what spilling can free
         self.raw = 0
         self.evictions = self.spills = self.restores = 0
@@ -270,6 +271,13 @@ class Store:
         self._account(cache_id, entry, +1)
         return True
 
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` of the owner's memory besides the entries (placement records,
+        what the sessions remember, ...) in ``used``, in place of what was counted before.
+        It is not evicted or spilled, but writes find that much less room."""
+        self.used += nbytes - self.bookkeeping
+        self.bookkeeping = nbytes
+
     def delete(self, cache_id: str) -> bool:
         """Remove ``cache_id`` (and its spilled bytes). Returns whether it existed."""
         entry = self._entries.pop(cache_id, None)
@@ -319,7 +327,7 @@ class Store:
         """Drop every entry and remove the spill files."""
         self._entries.clear()
         self._resident.clear()
-        self.used = self.payload = self.raw = 0
+        self.used = self.payload = self.raw = self.bookkeeping = 0
         if self.disk is not None:
             self.disk.close()
 

@@ -144,7 +144,7 @@ def test_a_placement_that_keeps_moving_gives_up_after_max_rounds():
         def __init__(self, other):
             self.other, self.calls = other, 0
 
-        def batch(self, method, buffers, *blob):
+        def batch(self, method, stamp, buffers, *blob):
             from shoveling_ray.wire import join, pack, unpack
 
             self.calls += 1

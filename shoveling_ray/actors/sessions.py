@@ -1,0 +1,103 @@
+"""Which client writes a node applied, so that a write sent again is applied once.
+
+Every write a client sends carries a *stamp*: ``(session, sequence, low)``. The session is
+random per client handle, the sequence numbers that handle's calls, and ``low`` is the lowest
+sequence the handle still waits for (every call below it was answered). A client may send a
+call again after a node died or was drained, in whole or in part, as often as it likes: each
+holder remembers, per (session, sequence), the ids it applied and what it answered, and
+answers a repeat from that instead of applying it again (as Kafka's idempotent producer and
+Raft's client sessions do). Copies remember what their primary forwarded, so a promoted copy
+knows too, and the remembered writes of an id travel with it when it moves (repair, drain).
+
+The state is bounded: a session's calls below its ``low`` are forgotten with its next call,
+and a session quiet for :data:`SESSION_TTL` seconds is forgotten whole. Its memory is counted
+in the node's ``used`` (:data:`ENTRY_BYTES` per remembered id, :data:`SESSION_BYTES` per
+session).
+
+Plain Python, no Ray; the clock is a constructor argument. This module does not decide what a
+write does (the node actor) nor number the calls (the router).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: Seconds a session may stay quiet before what it wrote is forgotten. Longer than any call's
+#: retries take; a client that comes back later is a new session to the nodes.
+SESSION_TTL = 900.0
+#: Memory counted per remembered (session, sequence, id): its dict entry, the id's share.
+ENTRY_BYTES = 150
+#: Memory counted per session besides its ids.
+SESSION_BYTES = 300
+#: Calls remembered per session at most (a client with more in flight at once loses the oldest
+#: ones' protection, not correctness of the others).
+MAX_CALLS = 4096
+
+
+class Sessions:
+    """The writes this node applied, per client session and call.
+
+    Args:
+        ttl: seconds after which a quiet session is forgotten.
+        clock: seconds, monotonic (a fake in tests).
+    """
+
+    def __init__(self, ttl: float = SESSION_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        # session -> [last seen, {sequence: {id: answer}}]
+        self._sessions: dict[bytes, list] = {}
+        self._swept = clock()
+
+    @property
+    def nbytes(self) -> int:
+        """The memory counted for what is remembered."""
+        entries = sum(len(applied) for _seen, calls in self._sessions.values() for applied in calls.values())
+        return entries * ENTRY_BYTES + SESSION_BYTES * len(self._sessions)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def call(self, stamp: tuple | None) -> dict[str, Any] | None:
+        """The ids the write ``stamp`` names applied here, ``{id: answer}``, to be read and
+        added to while it is served; ``None`` for a call without a stamp (nothing is kept)."""
+        if stamp is None:
+            return None
+        session, sequence, low = stamp
+        now = self.clock()
+        state = self._sessions.get(session)
+        if state is None:
+            state = self._sessions[session] = [now, {}]
+        state[0] = now
+        calls = state[1]
+        stale = [s for s in calls if s < low and s != sequence]
+        extra = len(calls) - len(stale) - MAX_CALLS + 1
+        if extra > 0:
+            stale += sorted(s for s in calls if s >= low and s != sequence)[:extra]
+        for old in stale:
+            del calls[old]
+        if now - self._swept > self.ttl / 8:
+            self._sweep(now)
+        return calls.setdefault(sequence, {})
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for session in [s for s, state in self._sessions.items() if now - state[0] > self.ttl]:
+            del self._sessions[session]
+
+    def of(self, cache_ids: Iterable[str]) -> list[tuple]:
+        """What is remembered of ``cache_ids``: ``(session, sequence, id, answer)`` entries,
+        which travel with the ids to another node (:meth:`adopt`)."""
+        wanted = set(cache_ids)
+        return [(session, sequence, i, answer)
+                for session, (_seen, calls) in self._sessions.items()
+                for sequence, applied in calls.items()
+                for i, answer in applied.items() if i in wanted]
+
+    def adopt(self, entries: Iterable[tuple]) -> None:
+        """Remember entries of :meth:`of` from another node."""
+        now = self.clock()
+        for session, sequence, cache_id, answer in entries:
+            state = self._sessions.setdefault(session, [now, {}])
+            state[1].setdefault(sequence, {})[cache_id] = answer

@@ -1,0 +1,164 @@
+"""Writes sent again are applied once: against plain node-actor objects, no Ray cluster.
+
+A client sends a whole call again after one of its nodes died or was drained (``Cache`` does,
+with the call's stamp, see ``shoveling_ray.actors.sessions``). The nodes that had applied it
+must answer from what they remember: on the node itself, on a copy promoted after the primary
+died mid-call, and on the node an id was drained or repaired to.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from shoveling_ray import NodeUnavailable
+from shoveling_ray.actors import protocol as p
+from shoveling_ray.actors.sessions import ENTRY_BYTES, Sessions
+from shoveling_ray.codec import encode, encode_append
+from shoveling_ray.placement import holders, reassign_chains, slot_of
+from shoveling_ray.router import Router
+
+from .test_replicas import NODES4, lose, repair_all, values_on
+from .test_router import NODES, Serial, get, make_actors, make_router, set_
+
+
+def appends(ids, record: bytes) -> list[tuple]:
+    return [(i, encode_append(record)) for i in ids]
+
+
+class DiesAfterApplying:
+    """A node whose actor applies a call, then is lost before its answer reaches the client
+    (it died, or a drain retired it mid-call)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def batch(self, *args):
+        self.actor.batch(*args)
+        raise NodeUnavailable(self.actor.node_id, [], "died before it answered")
+
+
+def ids_homed(router: Router, node: str, count: int, prefix: str = "id") -> list[str]:
+    found, n = [], 0
+    while len(found) < count:
+        if router.home(f"{prefix}{n}") == node:
+            found.append(f"{prefix}{n}")
+        n += 1
+    return found
+
+
+def test_a_call_sent_again_after_one_node_failed_is_applied_once_on_the_nodes_that_took_it():
+    # The reported bug: the client's retry sent the whole batch again, and every id whose node
+    # had applied it took the append twice.
+    actors = make_actors()
+    on_a, on_b = ids_homed(make_router(actors), "node-a", 5), ids_homed(make_router(actors), "node-b", 5)
+    flaky = {"node-b": DiesAfterApplying(actors["node-b"])}
+    router = make_router(actors, lambda node, ids: flaky.get(node) or Serial(actors[node]))
+    stamp = router.stamp()
+    items = appends(on_a + on_b, b"r1,")
+    with pytest.raises(NodeUnavailable):
+        router.run("append", items, stamp=stamp)
+    flaky.clear()  # the client tries again, with the same stamp
+    results = router.run("append", items, stamp=stamp)
+    assert [r[0] for r in results] == [p.OK] * 10
+    assert all(get(router, i) == b"r1," for i in on_a + on_b)
+    router.done(stamp)
+    router.run("append", items)  # a new call is applied, of course
+    assert all(get(router, i) == b"r1,r1," for i in on_a + on_b)
+
+
+def test_sets_and_deletes_sent_again_do_not_undo_later_writes():
+    actors = make_actors()
+    first, second = make_router(actors), make_router(actors)
+    stamp = first.stamp()
+    first.run("set", [("k", *encode(b"old"))], stamp=stamp)
+    set_(second, "k", b"new")  # acknowledged after the first set
+    first.run("set", [("k", *encode(b"old"))], stamp=stamp)  # the first client's retry
+    assert get(second, "k") == b"new"
+    stamp = first.stamp()
+    assert first.delete_many(["k"], stamp) == [True]
+    set_(second, "k", b"newer")
+    assert first.delete_many(["k"], stamp) == [True]  # answered as the first time
+    assert get(second, "k") == b"newer"
+
+
+def test_a_promoted_copy_does_not_apply_again_what_its_dead_primary_forwarded():
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    ids = ids_homed(router, "node-a", 6)
+    for cache_id in ids:
+        set_(router, cache_id, b"")
+    dying = make_router(actors, lambda node, ids: DiesAfterApplying(actors[node]) if node == "node-a"
+                        else Serial(actors[node]), replicas=2)
+    stamp = dying.stamp()
+    items = appends(ids, b"once,")
+    with pytest.raises(NodeUnavailable):
+        dying.run("append", items, stamp=stamp)  # node-a applied and forwarded, then died
+    survivors, after = lose(actors, router, "node-a", replicas=2)
+    after.session = dying.session  # the same client, with its new view
+    results = after.run("append", items, stamp=stamp)
+    assert [r[0] for r in results] == [p.OK] * 6
+    repair_all(survivors)
+    for cache_id in ids:
+        copies = values_on(survivors, cache_id)
+        assert len(copies) == 2 and set(copies.values()) == {b"once,"}, (cache_id, copies)
+
+
+def test_a_repaired_copy_knows_the_writes_it_was_given_whole():
+    # A copy made by repair that becomes the primary before the client's retry.
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    cache_id = ids_homed(router, "node-a", 1)[0]
+    first_copy = holders("node-a", router.chains[slot_of(cache_id)], 2)[1]
+    stamp = router.stamp()
+    router.run("append", appends([cache_id], b"x,"), stamp=stamp)
+    survivors, after = lose(actors, router, first_copy, replicas=2)
+    repair_all(survivors)  # node-a copies the id whole to a new holder
+    new_copy = next(n for n in values_on(survivors, cache_id) if n != "node-a")
+    survivors, after = lose(survivors, after, "node-a", replicas=2)
+    assert after.run("locate", [(cache_id,)])[0][1][0] == new_copy
+    after.session = router.session
+    after.run("append", appends([cache_id], b"x,"), stamp=stamp)
+    assert get(after, cache_id) == b"x,"
+
+
+def test_an_id_drained_to_its_new_home_takes_a_retry_once():
+    actors = make_actors()
+    router = make_router(actors)
+    drained = "node-c"
+    ids = ids_homed(router, drained, 4)
+    stamp = router.stamp()
+    router.run("append", appends(ids, b"a,"), stamp=stamp)
+    chains = reassign_chains(router.chains, [n for n in NODES if n != drained], 2)
+    peers = {n: a for n, a in actors.items() if n != drained}
+    actors[drained].hand_over(router.chains, chains, peers)
+    for actor in peers.values():
+        actor.rebuild(router.chains, chains, [drained], peers, 1, full=True)
+    view = {"members": peers, "table": [c[0] for c in chains], "chains": chains, "replicas": 1}
+    after = Router("unit", view, lambda node, ids: Serial(peers[node]))
+    after.session = router.session
+    after.run("append", appends(ids, b"a,"), stamp=stamp)
+    assert all(get(after, i) == b"a," for i in ids)
+
+
+def test_what_sessions_remember_is_bounded_and_counted_in_used():
+    now = [0.0]
+    sessions = Sessions(ttl=60.0, clock=lambda: now[0])
+    for sequence in range(1, 11):
+        sessions.call((b"s1", sequence, sequence)).update({f"id{sequence}-{k}": (p.OK, None) for k in range(100)})
+    # every call below the last one's ``low`` was answered: only the last is remembered
+    assert sessions.nbytes < 2 * 100 * ENTRY_BYTES
+    sessions.call((b"s2", 1, 1))["x"] = (p.OK, None)
+    now[0] = 30.0
+    sessions.call((b"s2", 2, 1))
+    now[0] = 70.0  # s1 quiet for 70 s, s2 for 40 s
+    sessions.call((b"s3", 1, 1))
+    assert len(sessions) == 2 and sessions.of(["x"]) == [(b"s2", 1, "x", (p.OK, None))]
+
+    actors = make_actors()
+    router = make_router(actors)
+    actor = actors[router.home("k")]
+    before = actor.stats()["used"]
+    stamp = router.stamp()  # in flight: what it wrote is kept until the client's next call
+    router.run("set", [(f"k{i}", *encode(b"v")) for i in range(200) if router.home(f"k{i}") == actor.node_id], stamp=stamp)
+    held = actor.sessions.nbytes
+    assert held > 0 and actor.stats()["used"] - before >= held
