@@ -278,11 +278,7 @@ class _NodeActor:
 
     @_locked
     def stats(self) -> dict:
-        """The store's figures (``ids`` counts copies too), ``replicas``, ``copies`` (ids held here as a copy
-        of another node's), ``under_replicated`` (ids whose primary copy is here with fewer
-        copies than ``replicas``: missing ones not rebuilt yet, or fewer nodes than
-        ``replicas``), ``lost`` (ids homed here whose only copy died), and ``consul``: the
-        heartbeat's ``beats`` and last ``error`` (``None`` without Consul)."""
+        """See :meth:`.Admin.stats`."""
         return self.admin.stats()
 
     @_locked
