@@ -672,7 +672,9 @@ class Cache:
         return {node: url for node, url in self._each_node("endpoint").items() if url}
 
     def stats(self) -> Stats:
-        """Per node: ``used`` (memory held: payloads as stored plus per-id overhead), ``raw``
+        """Per node: ``used`` (memory held: payloads as stored plus per-id overhead, and the
+        ``bookkeeping`` counted in it: placement records, copies and repairs to make, and the
+        writes remembered so that each applies once), ``raw``
         (payload bytes before compression), ``limit``, ``ids``, ``evictions``, ``policy``, the
         disk tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` /
         ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``copies`` (ids

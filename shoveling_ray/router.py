@@ -39,7 +39,7 @@ from typing import Any
 
 from .actors import protocol as p
 from .codec import OBJECT_STORE_BYTES
-from .errors import NodeUnavailable, ShovelingError
+from .errors import CacheFull, NodeUnavailable, ShovelingError
 from .objects import refs_back
 from .placement import SLOTS, assign, holders, home_index, slot_of
 from .wire import Bundled, no_gc, pack, split, unpack
@@ -345,6 +345,8 @@ class Router:
         Raises:
             NodeUnavailable: a chosen node did not answer; the other ids are placed, and
                 calling again places the rest.
+            CacheFull: a chosen node had no room under ``max_memory`` for an id's entry; the
+                ids that fit are placed.
         """
         located = self.run("locate", [(i,) for i in ids], cached=False)
         placed = {i: r[1][0] for i, r in zip(ids, located) if r[0] == p.OK}
@@ -352,9 +354,11 @@ class Router:
         if new:
             targets = assign(len(new), weights)
             answers = self.run("place", list(zip(new, targets)), cached=False)
-            for cache_id, (status, value, _node) in zip(new, answers):
+            for cache_id, target, (status, value, _node) in zip(new, targets, answers):
                 if status == p.UNAVAILABLE:
                     raise NodeUnavailable(value[0], [cache_id], value[1])
+                if status == p.FULL:  # the node chosen for it has no room for its entry
+                    raise CacheFull(target, *value[:3], cache_id, value[3])
                 placed[cache_id] = value
         for cache_id, node in placed.items():
             if node != self.home(cache_id):

@@ -62,6 +62,7 @@ class Admin:
         self._base, self._kv = base, {}
         self._threads: list = []
         self._endpoint: ReadEndpoint | None = None
+        self._serving = 0  # bytes of values being copied out to HTTP readers
         self.metrics = NodeMetrics(self.cache, self.node_id)
         self.zone: str | None = None  # the Consul node meta zone of this node's agent
         if base["http"]:
@@ -125,23 +126,38 @@ class Admin:
         return self._endpoint.url if self._endpoint else None
 
     def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
-        """For the HTTP endpoint (under the lock): ``(200, bytes)``, or ``(404 | 410 | 415,
-        None)`` (410: a lost id homed here)."""
-        value = self.store.get(cache_id)
-        if value is None:
-            return (410, None) if cache_id in self.directory.lost else (404, None)
-        kind, meta, frames = value
-        if kind != KIND_BYTES:
-            return 415, None
-        (frames,) = fetch([frames])
-        return 200, decode(kind, meta, frames)
+        """For the HTTP endpoint: ``(200, bytes)``, or ``(404 | 410 | 415, None)`` (410: a lost
+        id homed here). The copy it makes is counted in ``used`` while it is served, and made
+        outside the lock (client calls go on meanwhile)."""
+        with self._lock:
+            value = self.store.get(cache_id)
+            if value is None:
+                return (410, None) if cache_id in self.directory.lost else (404, None)
+            kind, meta, frames = value
+            if kind != KIND_BYTES:
+                return 415, None
+            size = self.store.peek(cache_id).raw
+            self._serving += size
+            self.store.charge(self._bookkeeping())
+        try:
+            (frames,) = fetch([frames])
+            return 200, decode(kind, meta, frames)
+        finally:
+            with self._lock:
+                self._serving -= size
+                self.store.charge(self._bookkeeping())
+
+    def _bookkeeping(self) -> int:
+        """Memory held besides the stored values, counted in ``used`` (see Store.charge)."""
+        directory, replication = self.directory, self.replication
+        return (self.sessions.nbytes + RECORD_BYTES * (len(directory.records) + len(directory.lost)
+                                                       + len(replication.copies))
+                + REPAIR_BYTES * len(replication.repairs) + self._serving)
 
     def publish(self) -> None:
         """Count the bookkeeping in ``used`` and update the metrics of what this node holds."""
-        store, directory, replication = self.store, self.directory, self.replication
-        store.charge(self.sessions.nbytes + RECORD_BYTES * (len(directory.records) + len(directory.lost)
-                                                            + len(replication.copies))
-                     + REPAIR_BYTES * len(replication.repairs))
+        store = self.store
+        store.charge(self._bookkeeping())
         self.metrics.held(store.used, store.max_memory, len(store), store.evictions, self.directory.lost_count(),
                           store.disk.used, store.spills)
 

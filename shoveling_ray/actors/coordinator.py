@@ -22,7 +22,9 @@ from ..errors import ShovelingError
 from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
 from ..placement import build_chains, reassign_chains
+from .drain import HAND_OVER_DEADLINE
 from .node import NodeActor
+from .peers import PEER_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +274,9 @@ class _Coordinator:
         old_chains = self.chains
         chains = reassign_chains(old_chains, rest, self._length(), self.zones)
         handle = self.members[node_id]
-        moved = ray.get(handle.hand_over.remote(old_chains, chains, rest), timeout=JOIN_DEADLINE)
+        # hand_over bounds itself (and then leaves the node serving): waiting less would let it
+        # retire the node after the coordinator gave up, while the chains still name it
+        moved = ray.get(handle.hand_over.remote(old_chains, chains, rest), timeout=HAND_OVER_DEADLINE + 2 * PEER_TIMEOUT)
         self.members, self.chains = rest, chains
         self.info.pop(node_id, None)
         self.drained.add(node_id)

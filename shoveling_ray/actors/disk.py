@@ -13,6 +13,7 @@ dead predecessor and is removed, and :meth:`SpillFiles.close` removes it all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any, NamedTuple
@@ -86,15 +87,25 @@ class SpillFiles:
         return max(self.limit() - self.used, 0)
 
     def write(self, payloads: list) -> list[Spilled]:
-        """Write bytes-like payloads into one new segment; returns where each went."""
+        """Write bytes-like payloads into one new segment; returns where each went.
+
+        Raises:
+            OSError: the disk refused (full, ENOSPC, or failing); the segment is removed, so
+                nothing of the failed write stays on disk.
+        """
         segment, self._next = self._next, self._next + 1
         out, offset = [], 0
-        with open(self._path(segment), "wb") as f:
-            for payload in payloads:
-                view = memoryview(payload).cast("B")
-                f.write(view)
-                out.append(Spilled(segment, offset, view.nbytes))
-                offset += view.nbytes
+        try:
+            with open(self._path(segment), "wb") as f:
+                for payload in payloads:
+                    view = memoryview(payload).cast("B")
+                    f.write(view)
+                    out.append(Spilled(segment, offset, view.nbytes))
+                    offset += view.nbytes
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(segment))
+            raise
         self._live[segment] = [offset, offset]
         self.used += offset
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from ..errors import ShovelingError
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: Bytes of values a drained node sends in one call, and a repair at most.
 HAND_OVER_BYTES = 64 << 20
+#: Seconds a drain may take before it gives up (the node then keeps serving its ids), and the
+#: rounds of repairs without progress after which it gives up sooner.
+HAND_OVER_DEADLINE = 900.0
+HAND_OVER_STALLS = 3
 
 
 def chunks(store: Store, ids: list) -> list[list]:
@@ -105,13 +110,14 @@ class Drain:
         Calls wait until it is done. If a home refuses (full, unreachable), what was sent is
         dropped there again and nothing changes here, except for the ids clients wrote or
         deleted at a new home meanwhile (they found them there): those stay as they are there.
+
+        Raises:
+            ShovelingError: a home refused, or the drain gave up (see :data:`HAND_OVER_DEADLINE`):
+                the node keeps its data and goes on serving it.
         """
+        deadline = time.monotonic() + HAND_OVER_DEADLINE
         if self.layout.replicas > 1:
-            self.retired = True
-            while self.replication.repair()[1]:
-                pass
-            with self._lock:
-                return len(self.store) - len(self.replication.copies)
+            return self._hand_over_copies(deadline)
         old_table, table = [c[0] for c in old_chains], [c[0] for c in chains]
         with self._lock:
             held: dict[str, list] = {}
@@ -125,6 +131,9 @@ class Drain:
                     for chunk in chunks(self.store, held.get(home, [])) or [[]]:
                         homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
                         packed = pack([(*v, h) for v, h in zip(values(self.store, chunk), homed)])
+                        if time.monotonic() > deadline:
+                            raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} took "
+                                                 f"longer than {HAND_OVER_DEADLINE:.0f} s; the node keeps its data")
                         took = sent.setdefault(home, ([], records, lost))
                         took[0].extend(zip(chunk, homed))
                         handed = (self.node_id, records, lost, self.sessions.of(chunk))
@@ -139,6 +148,29 @@ class Drain:
             self.retired = True
             log.warning("cache %s: drained, %d ids moved to other nodes", self.cache, moved)
             return moved
+
+    def _hand_over_copies(self, deadline: float) -> int:
+        """``hand_over`` with copies: stop taking calls and send the copies this node still
+        owes other holders; returns how many ids had their primary copy here.
+
+        Raises:
+            ShovelingError: holders kept refusing them (rounds without progress) or the deadline
+                passed: the node keeps serving (nothing depends on the drain).
+        """
+        self.retired = True
+        stalled, best = 0, None
+        while True:
+            left = self.replication.repair()[1]
+            if not left:
+                break
+            stalled = stalled + 1 if best is not None and left >= best else 0
+            best = left if best is None else min(best, left)
+            if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
+                self.retired = False  # it keeps serving: nothing depends on the drain
+                raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
+                                     "still miss a copy its holders would not take; the node keeps its data")
+        with self._lock:
+            return len(self.store) - len(self.replication.copies)
 
     def _take_back(self, sent: dict, peers: dict) -> None:
         """After a home refused: ask every home what it took to give it back (under the lock)."""

@@ -117,7 +117,7 @@ class Items:
             else:
                 out.append((p.OK, None))
                 if applied is not None:
-                    applied[cache_id] = (p.OK, None)
+                    applied[cache_id] = p.APPLIED
                 if created and self.layout.replicas == 1:
                     batch.created.append(cache_id)
                 self.drain.touch(cache_id)

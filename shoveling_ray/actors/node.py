@@ -142,11 +142,13 @@ class _NodeActor:
             self.replication.send_drops()
             with self._lock:
                 served.applied = self.sessions.call(stamp)
-            results = getattr(self.items, method)(served, items)
-            if served.taken:
-                if self.layout.replicas > 1:
-                    self.replication.forward(method, served)
-                served.taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
+            try:
+                results = getattr(self.items, method)(served, items)
+            finally:  # what the batch applied reaches the copies, even if an item failed oddly
+                if served.taken:
+                    if self.layout.replicas > 1:
+                        self.replication.forward(method, served)
+                    served.taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
             served.arrived = {}  # the writer's references: its objects are freed once the views go
             if self.store.evicted:
                 with self._lock:
@@ -298,7 +300,6 @@ class _NodeActor:
         """The HTTP endpoint's URL, or ``None`` when it is off."""
         return self.admin.endpoint()
 
-    @_locked
     def http_value(self, cache_id: str) -> tuple[int, bytes | None]:
         """See :meth:`.Admin.http_value`."""
         return self.admin.http_value(cache_id)

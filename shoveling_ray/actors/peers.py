@@ -14,9 +14,12 @@ from ..errors import NodeUnavailable, ray_errors
 from ..objects import as_refs
 from ..wire import split
 from .layout import Layout
+from .storage import SPILL_TIMEOUT
 
-#: Seconds a node actor waits for another node's actor (``init``, ``delete``, copies, drains).
-PEER_TIMEOUT = 30.0
+#: Seconds an actor waits for another node's actor (``init``, ``delete``, forwarding writes to
+#: copies, repairs). Longer than a write may wait for spilling there: a slow copy is not a dead
+#: one. A live copy that still does not answer in time is counted under-replicated and repaired.
+PEER_TIMEOUT = 2 * SPILL_TIMEOUT
 
 
 def _peer_args(arg, packed: tuple | None, remote: bool) -> tuple:

@@ -20,3 +20,6 @@ FULL = 4  # value: (limit, used, needed, reason)
 WRONG_TYPE = 5  # value: None; append to a value that is not bytes
 UNAVAILABLE = 6  # value: (node, reason); the home could not reach the node that holds the id
 LOST = 7  # value: hex id of the dead node that held the id's only copy
+
+#: The answer of a write applied (one object, shared by every id that remembers it).
+APPLIED = (OK, None)

@@ -119,7 +119,10 @@ class Replication:
         for node, failed in self.peers.call_all("replicate", calls, packed).items():
             if isinstance(failed, NodeUnavailable):
                 log.warning("cache %s: a copy on node %s missed %d writes: %s", self.cache, node, len(groups[node]), failed)
-            elif failed:
+                if node not in self.layout.peers:
+                    continue  # it left: the coordinator's next rebuild names other holders
+                failed = [item[0] for item in groups[node]]  # alive but late: a whole copy follows
+            if failed:
                 with self._lock:
                     for cache_id in failed:
                         self.repairs.setdefault(cache_id, set()).add(node)
@@ -163,7 +166,7 @@ class Replication:
                     self.store.append(cache_id, frames, *item[3:])
                 self.copies[cache_id] = primary
                 if applied is not None:
-                    applied[cache_id] = (p.OK, None)
+                    applied[cache_id] = p.APPLIED
             except (CacheFull, TypeError):
                 self.drop_copy(cache_id)
                 failed.append(cache_id)
@@ -276,9 +279,11 @@ class Replication:
             try:
                 sent = (self.node_id, self.sessions.of(by_node[node]))
                 failed = set(self.peers.call(node, "take_copies", sent, copied))
-            except NodeUnavailable as exc:  # gone: the next rebuild names other holders
+            except NodeUnavailable as exc:
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
-                failed = set()
+                # a member that did not answer stays owed its copies; one that left is
+                # replaced by the next rebuild, which names other holders
+                failed = set(by_node[node]) if node in self.layout.peers else set()
             with self._lock:
                 for cache_id in by_node[node]:
                     nodes = self.repairs.get(cache_id)

@@ -31,6 +31,7 @@ Python object per piece.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ from collections.abc import Callable, Iterator
 from ..codec import CODEC_RAW, KIND_BYTES, Stored, is_stored, payload_size, raw_size, stored_size
 from ..errors import CacheFull
 from .disk import Spilled, SpillFiles, check_limit
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("spill", "reject", "lru")
 
@@ -264,9 +267,15 @@ class Store:
         return added.nbytes
 
     def create_empty(self, cache_id: str) -> bool:
-        """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created."""
+        """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created.
+
+        Raises:
+            CacheFull: its overhead does not fit under ``max_memory`` (after spilling or
+                evicting others, as the policy says).
+        """
         if cache_id in self._entries:
             return False
+        self._make_room(cache_id, overhead(cache_id, 0), 0)
         entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
         self._account(cache_id, entry, +1)
         return True
@@ -301,7 +310,7 @@ class Store:
             if self.policy == "lru":
                 self._evict_until(self.max_memory)
             elif self.policy == "spill" and self.disk is not None:
-                self._spill_until(int(SPILL_TO * self.max_memory), deadline=None)
+                self._settle()
 
     def stats(self) -> dict:
         """``used`` / ``raw`` / ``limit`` / ``ids`` / ``evictions`` / ``policy`` and the disk
@@ -310,6 +319,7 @@ class Store:
         disk = self.disk
         return {
             "used": self.used,
+            "bookkeeping": self.bookkeeping,
             "raw": self.raw,
             "limit": self.max_memory,
             "ids": len(self._entries),
@@ -371,6 +381,9 @@ class Store:
             try:
                 self._spill_until(min(int(SPILL_TO * limit), limit - grows), keep=cache_id,
                                   deadline=started + SPILL_TIMEOUT)
+            except OSError as exc:  # the disk is full after all (another process filled it)
+                raise CacheFull(self.node_id, limit, self.used, grows, cache_id,
+                                f"and the disk tier could not be written: {exc}") from exc
             finally:
                 self.spill_wait += time.monotonic() - started
             return  # what still does not fit is the new value's own part: _settle spills it
@@ -380,10 +393,16 @@ class Store:
         self._evict_until(limit - grows, keep=cache_id)
 
     def _settle(self) -> None:
-        """After a spilling write: spill whatever still passes the limit, the new value too."""
+        """After a spilling write, or a lower limit: spill what still passes the limit, the new
+        value too. The write is done either way: a disk that refuses leaves it in memory,
+        above the limit, until later writes make room (they get ``CacheFull`` meanwhile)."""
         limit = self.max_memory
         if limit is not None and self.used > limit and self.policy == "spill" and self.disk is not None:
-            self._spill_until(limit, deadline=None)
+            try:
+                self._spill_until(limit, deadline=None)
+            except OSError as exc:
+                log.warning("node %s: spilling failed, %d bytes held over max_memory: %s",
+                            self.node_id, self.used - limit, exc)
 
     def _spill_until(self, target: int, keep: str | None = None, deadline: float | None = None) -> None:
         """Spill least recently used values until ``used <= target``, a file at a time.
@@ -394,10 +413,12 @@ class Store:
         """
         while self.used > target:
             victims, size = [], 0
+            room = self.disk.room()  # max_disk is a limit: never spill past it
             for cache_id in self._resident:
-                if cache_id != keep:
+                nbytes = self._entries[cache_id].nbytes
+                if cache_id != keep and size + nbytes <= room:
                     victims.append(cache_id)
-                    size += self._entries[cache_id].nbytes
+                    size += nbytes
                     if self.used - size <= target or size >= SEGMENT_BYTES:
                         break
             if not victims:

@@ -182,7 +182,11 @@ class ConfigFollower(threading.Thread):
             config = self.effective(tree)
             if config != self._applied:
                 self._applied = config
-                self.apply(config)
+                try:
+                    self.apply(config)
+                except Exception:  # noqa: BLE001 - the thread must outlive one bad apply
+                    log.exception("cache %s: applying the Consul KV configuration failed; "
+                                  "following on", self.cache)
 
     def stop(self) -> None:
         """Stop following. Not joined: a blocking query in flight changes nothing when it

@@ -9,8 +9,9 @@ Routes (GET only; read-only):
 
 With a token (``SHOVELING_HTTP_TOKEN`` in the node's environment), every request but
 ``/v1/health`` needs ``Authorization: Bearer <token>``, else ``401``. Malformed requests get
-``400`` / ``404`` / ``405`` / ``414`` / ``431``; a client that stalls is dropped after
-:data:`CLIENT_TIMEOUT` seconds. The server is the standard library's threading HTTP server:
+``400`` / ``404`` / ``405`` / ``414`` / ``431``; a client that has not sent its whole request
+within :data:`CLIENT_TIMEOUT` seconds is dropped (however it trickles), and past
+:data:`MAX_CONNECTIONS` open connections a new one gets ``503``. The server is the standard library's threading HTTP server:
 the endpoint serves reads of whole values, where the per-request cost is the actor lookup and
 the copy out, not the HTTP parsing, so a third-party server would buy nothing measurable.
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
+import sys
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -30,8 +33,11 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
-#: Seconds a client may take to send its request; a slower one is dropped.
+#: Seconds a client may take to send its request (all of it, not per read); a slower one is
+#: dropped, as is a kept-alive connection idle that long.
 CLIENT_TIMEOUT = 5.0
+#: Connections served at once; more get 503 at once (each may be copying a whole value).
+MAX_CONNECTIONS = 32
 #: Longest request path accepted (longer: 414).
 MAX_PATH = 8192
 TOKEN_ENV = "SHOVELING_HTTP_TOKEN"
@@ -104,10 +110,27 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(HTTPStatus.OK, data, "application/octet-stream")
 
     def handle_one_request(self) -> None:
+        # The socket's timeout bounds each read only: a client sending a byte every few seconds
+        # would never time out. The watchdog shuts the socket once the whole request is late.
+        self._watchdog = threading.Timer(self.server.client_timeout, self._drop)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         try:
             super().handle_one_request()
         except UnicodeDecodeError:
             self._error(HTTPStatus.BAD_REQUEST, "the path is not valid UTF-8 once decoded")
+        finally:
+            self._watchdog.cancel()
+
+    def parse_request(self) -> bool:
+        self._watchdog.cancel()  # the request is in: serving it may take longer
+        return super().parse_request()
+
+    def _drop(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
 
     def _not_allowed(self) -> None:
         self._error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only: GET only")
@@ -122,6 +145,30 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], source: Source, token: str | None) -> None:
         super().__init__(address, _Handler)
         self.source, self.token = source, token
+        self.client_timeout = CLIENT_TIMEOUT
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # a client gone, or dropped by its watchdog
+            log.debug("http: connection from %s ended", client_address, exc_info=True)
+        else:
+            log.warning("http: serving %s failed", client_address, exc_info=True)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class ReadEndpoint:

@@ -3,11 +3,24 @@ objects (no Ray cluster): what a user was promised, and what today's code did in
 
 from __future__ import annotations
 
-from shoveling_ray.actors import protocol as p
-from shoveling_ray.codec import encode, encode_append
+import errno
+import os
+import threading
 
-from .test_replicas import NODES4, lose
-from .test_router import NODES, get, make_actors, make_router, set_
+import pytest
+
+from shoveling_ray import CacheFull, NodeUnavailable, ShovelingError
+from shoveling_ray.actors import disk as disk_module
+from shoveling_ray.actors import protocol as p
+from shoveling_ray.actors.disk import SpillFiles
+from shoveling_ray.actors.storage import Store
+from shoveling_ray.codec import decode, encode, encode_append
+from shoveling_ray.placement import holders, reassign_chains, slot_of
+
+from .test_replicas import NODES4, lose, repair_all, values_on
+from shoveling_ray.actors.node import _NodeActor
+
+from .test_router import NODES, SPILL_DIR, get, make_actors, make_router, set_, view_of
 
 
 def test_ids_written_with_two_copies_read_as_lost_after_replicas_went_down_to_one():
@@ -48,3 +61,145 @@ def test_with_lru_an_id_init_placed_away_from_its_home_can_be_written_again_afte
     assert fresh.place([away], target)[away] in NODES and get(fresh, away) == b"again"
     gone = next(i for i, n in placed.items() if n == holder.node_id and i != away)
     assert fresh.place([gone], target)[gone] and get(fresh, gone) == b""  # init creates it again
+
+
+# -- the disk tier ----------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def spilling_store(tmp_path, max_memory, max_disk=None):
+    return Store("node1", max_memory, "spill", SpillFiles(str(tmp_path / "spill"), max_disk))
+
+
+def test_max_disk_is_a_limit_for_spilling_writes_and_for_a_lower_max_memory(tmp_path):
+    # A spill wrote down to 90% of max_memory without asking the disk tier's room, and a
+    # lower max_memory spilled everything past it (12 MiB on disk with max_disk = 1 MiB).
+    store = spilling_store(tmp_path, 16 * MiB, max_disk=1 * MiB)
+    for i in range(12):
+        store.set(f"v{i}", *encode(os.urandom(MiB - 4096), compression=None))
+    store.configure(512 << 10, "spill", 1 * MiB)
+    assert 0 < store.disk.used <= 1 * MiB
+    store = spilling_store(tmp_path / "b", 4 * MiB, max_disk=1 * MiB)
+    written = 0
+    for i in range(12):
+        try:
+            store.set(f"w{i}", *encode(os.urandom(600 << 10), compression=None))
+            written += 1
+        except CacheFull:
+            pass
+        assert store.disk.used <= 1 * MiB
+    assert written >= 6 and all(decode(*store.get(f"w{i}")) for i in range(written))
+
+
+class FullDisk:
+    """A file whose second write fails as a full disk does."""
+
+    def __init__(self, path, mode):
+        self.file = open(path, mode)  # noqa: SIM115 - closed by __exit__
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_disk_that_fills_mid_spill_leaves_no_partial_file_and_the_writer_gets_cache_full(tmp_path, monkeypatch):
+    store = spilling_store(tmp_path, 1 * MiB)
+    kept = {f"k{i}": os.urandom(200 << 10) for i in range(4)}
+    for cache_id, value in kept.items():
+        store.set(cache_id, *encode(value, compression=None))
+    monkeypatch.setattr(disk_module, "open", FullDisk, raising=False)
+    with pytest.raises(CacheFull, match="could not be written"):
+        store.set("big", *encode(os.urandom(600 << 10), compression=None))
+    assert os.listdir(tmp_path / "spill") == []  # the partial segment is gone
+    assert "big" not in store and all(decode(*store.get(i)) == v for i, v in kept.items())
+    store.configure(256 << 10, "spill", None)  # a lower limit that cannot spill: no error
+    assert all(decode(*store.get(i)) == v for i, v in kept.items())
+
+
+# -- slow copies and drains -------------------------------------------------------------------
+
+
+class Stalled:
+    """A live member's actor that does not answer in time (a long spill, a stalled process)."""
+
+    def __init__(self, actor, methods=("replicate", "take_copies")):
+        self.actor, self.methods = actor, methods
+
+    def __getattr__(self, name):
+        if name in self.methods:
+            def late(*args):
+                raise NodeUnavailable(self.actor.node_id, [], "did not answer in time")
+            return late
+        return getattr(self.actor, name)
+
+
+def test_a_copy_that_does_not_answer_in_time_is_under_replicated_and_repaired_not_dropped():
+    # The write was acknowledged without the slow copy, under_replicated stayed 0, and repair
+    # counted the timeout as done: the copy kept an old value for good.
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    set_(router, "s", b"old")
+    primary, copy = holders(router.home("s"), router.chains[slot_of("s")], 2)
+    actors[primary].layout.peers = {**actors[primary].layout.peers, copy: Stalled(actors[copy])}
+    set_(router, "s", b"new")
+    assert actors[primary].stats()["under_replicated"] == 1
+    actors[primary].repair()  # still stalled: still owed
+    assert actors[primary].stats()["under_replicated"] == 1
+    actors[primary].layout.peers = {**actors[primary].layout.peers, copy: actors[copy]}
+    repair_all(actors)
+    assert actors[primary].stats()["under_replicated"] == 0
+    assert values_on(actors, "s") == {primary: b"new", copy: b"new"}
+
+
+def test_a_drain_whose_copies_are_refused_gives_up_and_the_node_keeps_serving():
+    # hand_over looped on repair() for as long as a target refused its copies.
+    actors = make_actors(NODES4, replicas=2)
+    router = make_router(actors, replicas=2)
+    drained = "node-d"
+    ids = [f"d{i}" for i in range(40)]
+    router.run("set", [(i, *encode(b"v")) for i in ids])
+    chains = reassign_chains(router.chains, [n for n in NODES4 if n != drained], 2)
+    peers = {n: Stalled(a, ("take_copies",)) for n, a in actors.items() if n != drained}
+    actors[drained].replication.repairs = {i: {"node-a"} for i in ids if i in actors[drained].store and i not in actors[drained].replication.copies}
+    assert actors[drained].replication.repairs
+    actors[drained].layout.peers = {**peers, drained: actors[drained]}
+    outcome = []
+
+    def drain():
+        try:
+            outcome.append(actors[drained].hand_over(router.chains, chains, peers))
+        except ShovelingError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the drain hangs"
+    assert isinstance(outcome[0], ShovelingError) and "keeps its data" in str(outcome[0])
+    assert not actors[drained].drain.retired
+    actors[drained].layout.peers = actors
+    assert all(get(router, i) == b"v" for i in ids)
+
+
+def test_init_respects_max_memory():
+    # create_empty ignored max_memory: init could fill a node past its limit with entries.
+    actors = {n: _NodeActor("unit", n, 4000, "reject", spill_dir=SPILL_DIR.name) for n in NODES}
+    view = view_of(actors)
+    for actor in actors.values():
+        actor.rebuild(None, view["chains"], [], actors, 1)
+    router = make_router(actors)
+    with pytest.raises(CacheFull):
+        router.place([f"i{i}" for i in range(100)], {n: 1.0 for n in NODES})
+    for actor in actors.values():  # the entries fit; the records made with them are counted after
+        assert actor.store.used - actor.store.bookkeeping <= 4000
+    assert all(get(router, i) == b"" for i, n in router.placements.items())  # what was placed exists
