@@ -1,118 +1,90 @@
-"""Soak test (not part of the test run): writes and reads while nodes come and go.
+"""Soak test (not part of the test run): the nemesis of ``tests/nemesis.py`` for as long as asked.
 
-A local cluster (a head and ``--nodes`` workers) and one cache. For ``--minutes``, this process
-appends numbered records to ``--ids`` ids (init-placed over the nodes, as shuffle partitions
-are; ten more after each event, so new nodes hold some too) and reads them back, while every ``--every`` seconds a random worker node is drained and
-removed, or removed without warning (graceful or SIGKILL, in turn), and a new node is added.
+A local cluster (a head and ``--nodes`` workers) and one cache. Rounds of ``--round`` seconds
+follow each other for ``--minutes``: in each, writers of every kind (appends with and without a
+token, single, batched and through ``writer()``, sets that overwrite, deletes) run on the head
+node while a seeded nemesis applies ``--faults`` faults (a node SIGKILLed, removed gracefully,
+drained then removed, a node added, ``replicas`` changed between 2 and 3, ``max_memory``
+lowered, a node actor stopped past the peer timeout); then every id is read on every node that holds it and checked against what the
+writers were told (see the checker in ``tests/nemesis.py``). It prints each round's figures
+and the totals, and exits 1 if any promise broke.
 
-After each event every id is checked against what this process had acknowledged: its value
-must be exactly the acknowledged records, in order, or the read must raise ``DataLost`` (its
-node died without a drain; the id is then written again from empty). A ``CacheMiss`` (counted
-as ``missing``) is a silent loss and counts as wrong; with ``--replicas 2`` or more nothing may
-be lost: a ``DataLost`` counts as wrong too. Each
-append carries a token, so one that met a dying node is simply tried again. It prints what it
-did and the count of wrong values, which must be 0, and exits 1 otherwise.
-
-    python benchmarks/soak.py --minutes 10 [--replicas 2]
+    python benchmarks/soak.py --minutes 30 [--replicas 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import os
+import sys
 import time
+from collections import Counter
 
 import ray
 from ray.cluster_utils import Cluster
 
-import shoveling_ray as sr
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import shoveling_ray as sr  # noqa: E402
+from tests.nemesis import FAULTS, STALL, Nemesis, check, start_writers  # noqa: E402
 
 
-def check(cache: sr.Cache, acked: dict[str, list[bytes]], counts: dict, replicas: int) -> None:
-    for cache_id, records in acked.items():
-        try:
-            value = cache.get(cache_id)
-        except (sr.DataLost, sr.CacheMiss) as exc:
-            # a miss would be a silent loss: every id's name is kept on two nodes
-            counts["lost" if isinstance(exc, sr.DataLost) else "missing"] += 1
-            if replicas > 1 or isinstance(exc, sr.CacheMiss):
-                counts["wrong"] += 1
-                print(f"  {'MISSING' if isinstance(exc, sr.CacheMiss) else f'LOST WITH {replicas} COPIES'}: "
-                      f"{cache_id}: {exc}", flush=True)
-            cache.set(cache_id, b"")  # clears the loss; start again from empty
-            records.clear()
-            continue
-        counts["checked"] += len(records)
-        if value != b"".join(records):
-            counts["wrong"] += 1
-            print(f"  WRONG: {cache_id}: {len(value)} bytes, expected {sum(map(len, records))}", flush=True)
-            cache.set(cache_id, b"".join(records))
+def one_round(cluster: Cluster, name: str, seed: int, args: argparse.Namespace) -> dict:
+    cache = sr.Cache(name, replicas=args.replicas, consul=False)
+    nemesis = Nemesis(cluster, cache, seed, args.replicas, FAULTS + ((STALL,) if args.stall else ()))
+    writers = start_writers(cache, args.round)
+    time.sleep(2)
+    for _ in range(args.faults):
+        print(f"    {time.strftime('%H:%M:%S')} {nemesis.step()}", flush=True)
+        time.sleep(max(args.round / (args.faults + 1) - 5, 1))
+    results = ray.get(writers, timeout=args.round + 600)
+    if nemesis.replicas > 1:
+        deadline = time.monotonic() + 300
+        while sum(s["under_replicated"] for s in cache.stats().values()) and time.monotonic() < deadline:
+            time.sleep(1)
+    report = check(cache, results, nemesis.replicas, nemesis.unwarned)
+    report["faults"] = sum(nemesis.done.values())
+    report["acked_calls"] = sum(len(r["acked"]) for r in results)
+    report["unknown_calls"] = sum(len(r["unknown"]) for r in results)
+    report["by_fault"] = dict(nemesis.done)
+    cache.close()
+    return report
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--nodes", type=int, default=3, help="worker nodes besides the head")
-    parser.add_argument("--ids", type=int, default=50)
-    parser.add_argument("--every", type=float, default=20, help="seconds between node events")
+    parser.add_argument("--round", type=float, default=60, help="seconds of writing per round")
+    parser.add_argument("--faults", type=int, default=3, help="faults per round")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--no-stall", dest="stall", action="store_false",
+                        help="leave out stalling an actor past the peer timeout (its rounds take 2 minutes more)")
     args = parser.parse_args()
-    rng = random.Random(args.seed)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
+    for _ in range(args.nodes):
+        cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    cache = sr.Cache("soak", consul=False, replicas=args.replicas)
-    ids = [f"soak/{i}" for i in range(args.ids)]
-    cache.init(ids)
-    acked: dict[str, list[bytes]] = {i: [] for i in ids}
-    counts = {"appends": 0, "failed appends": 0, "events": 0, "drained": 0, "checked": 0, "lost": 0, "missing": 0,
-              "wrong": 0}
-    kinds = ["drain", "graceful", "sigkill"]
+    totals: Counter = Counter()
+    faults: Counter = Counter()
+    errors: list[str] = []
     end = time.monotonic() + 60 * args.minutes
-    next_event = time.monotonic() + args.every
-    seq = 0
+    seed = args.seed
     while time.monotonic() < end:
-        cache_id = rng.choice(ids)
-        record = f"{seq};".encode()
-        seq += 1
-        for _ in range(30):  # a token per record: trying again never appends it twice
-            try:
-                cache.append_many({cache_id: record}, token=f"r{seq}")
-                acked[cache_id].append(record)
-                counts["appends"] += 1
-                break
-            except sr.DataLost:
-                counts["failed appends"] += 1
-                cache.set(cache_id, b"")
-                acked[cache_id].clear()
-                break
-            except sr.NodeUnavailable:
-                time.sleep(1)  # a node just died: Ray has not declared it dead yet
-        if time.monotonic() >= next_event:
-            kind = kinds[counts["events"] % len(kinds)]
-            victim = workers.pop(rng.randrange(len(workers)))
-            if kind == "drain" and victim.node_id in cache.nodes():
-                cache.drain(victim.node_id)
-                counts["drained"] += 1
-            cluster.remove_node(victim, allow_graceful=kind != "sigkill")
-            workers.append(cluster.add_node(num_cpus=1))
-            cluster.wait_for_nodes()
-            counts["events"] += 1
-            check(cache, acked, counts, args.replicas)
-            fresh = [f"soak/{len(ids) + i}" for i in range(10)]  # init starts an actor on the new node
-            cache.init(fresh)
-            ids += fresh
-            acked.update({i: [] for i in fresh})
-            print(f"  {time.strftime('%H:%M:%S')} {kind} removal and a new node; {counts}", flush=True)
-            next_event = time.monotonic() + args.every
-    check(cache, acked, counts, args.replicas)
-    print(f"done: {counts}")
-    cache.close()
+        report = one_round(cluster, f"soak-{seed}", seed, args)
+        errors += report.pop("errors")
+        faults.update(report.pop("by_fault"))
+        totals.update(report)
+        print(f"  {time.strftime('%H:%M:%S')} round {seed - args.seed + 1}: {report}", flush=True)
+        seed += 1
+    print(f"done: {dict(totals)}; faults {dict(faults)}; {len(errors)} broken promises")
+    for error in errors[:50]:
+        print(f"  BROKEN: {error}")
     ray.shutdown()
     cluster.shutdown()
-    return 1 if counts["wrong"] else 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

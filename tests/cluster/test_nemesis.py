@@ -1,0 +1,53 @@
+"""The nemesis (``tests/nemesis.py``) on a real multi-node cluster: a few short seeds.
+
+Writers of every kind (appends with and without a token, single and batched and through
+``writer()``, sets that overwrite, deletes) run on the head node while a seeded nemesis
+kills, removes, drains and adds nodes, changes ``replicas`` and lowers ``max_memory``; then
+every id is read on every node holding it and checked against what the writers were told.
+``benchmarks/soak.py`` runs the same for as long as asked.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+import shoveling_ray as sr
+from tests.conftest import module_cluster, wait_for
+from tests.nemesis import Nemesis, check, start_writers
+
+pytestmark = pytest.mark.cluster
+
+cluster = module_cluster([{"num_cpus": 1}, {"num_cpus": 1}, {"num_cpus": 1}, {"num_cpus": 1}])
+
+
+def run_seed(cluster, name: str, seed: int, replicas: int, faults: int, seconds: float) -> dict:
+    cache = sr.Cache(name, replicas=replicas, consul=False)
+    nemesis = Nemesis(cluster, cache, seed, replicas)
+    writers = start_writers(cache, seconds)
+    time.sleep(2)  # the writers are under way
+    for _ in range(faults):
+        nemesis.step()
+        time.sleep(1)
+    results = ray.get(writers, timeout=seconds + 300)
+    if nemesis.replicas > 1:
+        wait_for(lambda: sum(s["under_replicated"] for s in cache.stats().values()) == 0, 120, what="re-replication")
+    report = check(cache, results, nemesis.replicas, nemesis.unwarned)
+    report["faults"] = dict(nemesis.done)
+    report["acked"] = sum(len(r["acked"]) for r in results)
+    cache.close()
+    return report
+
+
+def test_two_copies_every_acknowledged_write_exactly_once_under_the_nemesis(cluster):
+    report = run_seed(cluster, "nemesis2", seed=1, replicas=2, faults=4, seconds=40)
+    assert report["errors"] == [], report
+    assert report["acked"] > 500 and report["records"] > 500 and sum(report["faults"].values()) == 4, report
+
+
+def test_one_copy_lost_ids_raise_data_lost_the_rest_exactly_once(cluster):
+    report = run_seed(cluster, "nemesis1", seed=2, replicas=1, faults=3, seconds=30)
+    assert report["errors"] == [], report
+    assert report["acked"] > 500 and report["records"] > 500, report
