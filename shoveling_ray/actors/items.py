@@ -223,7 +223,11 @@ class Items:
                     out.append((p.OK, self.node_id))
                     continue
                 if target == self.node_id:
-                    self.store.create_empty(cache_id)
+                    try:
+                        self.store.create_empty(cache_id)
+                    except CacheFull as exc:
+                        out.append((p.FULL, (exc.limit, exc.used, exc.needed, exc.reason)))
+                        continue
                     self.directory.record(cache_id, target, records)
                 else:
                     primaries.setdefault(target, []).append(index)
@@ -237,52 +241,63 @@ class Items:
 
     def _create_placed(self, items: list, out: list, primaries: dict, records: dict) -> None:
         """``place``: create the ids placed on other nodes there (``{node: [item index]}``) and
-        record them; an id whose node did not answer gets ``UNAVAILABLE`` in ``out``."""
+        record them; an id whose node did not answer gets ``UNAVAILABLE`` in ``out``, one it had
+        no room for ``FULL``."""
         # The lock is free while the targets create their ids: a target that is itself a home
         # placing ids here must find this actor's peer methods able to run.
         for node, indices in primaries.items():
             ids = [items[i][0] for i in indices]
             try:
-                self.peers.call(node, "create_empty", [(i, node) for i in ids])
+                full = self.peers.call(node, "create_empty", [(i, node) for i in ids])
             except NodeUnavailable as exc:
                 for i in indices:
                     out[i] = (p.UNAVAILABLE, (node, exc.reason))
                 continue
             with self._lock:
-                for cache_id in ids:
-                    self.directory.record(cache_id, node, records)
+                for i in indices:
+                    if items[i][0] in full:
+                        out[i] = (p.FULL, full[items[i][0]])
+                    else:
+                        self.directory.record(items[i][0], node, records)
 
     def _create_copies(self, items: list, out: list, copies: dict) -> None:
         """``place``: create the copies of the ids placed (``{node: [(id, primary)]}``), but
-        not of those whose primary did not answer."""
-        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status == p.UNAVAILABLE}
+        not of those whose primary did not answer or had no room."""
+        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status != p.OK}
         for node, pairs in copies.items():
             pairs = [pair for pair in pairs if pair[0] not in failed]
-            if node == self.node_id:
-                with self._lock:
-                    self.create_empty(pairs)
-                continue
             try:
-                self.peers.call(node, "create_empty", pairs)
+                if node == self.node_id:
+                    with self._lock:
+                        full = self.create_empty(pairs)
+                else:
+                    full = self.peers.call(node, "create_empty", pairs)
             except NodeUnavailable as exc:  # the next rebuild gives them another holder
                 log.warning("cache %s: no copy of %d new ids on node %s: %s", self.cache, len(pairs), node, exc)
+                continue
+            if full:
+                log.warning("cache %s: node %s had no room for copies of %d new ids", self.cache, node, len(full))
 
-    def create_empty(self, pairs: list) -> int:
+    def create_empty(self, pairs: list) -> dict:
         """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs (under the
-        lock): the primary copy when that node is this one, else a copy. Returns how many were
-        created.
+        lock): the primary copy when that node is this one, else a copy. Returns ``{id: (limit,
+        used, needed, reason)}`` of those that did not fit under ``max_memory``.
 
         Raises:
             NodeDrained: this node was drained.
         """
         if self.drain.retired:
             raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
-        created = 0
+        full = {}
         copies = self.replication.copies
         for cache_id, primary in pairs:
-            created += self.store.create_empty(cache_id)
+            try:
+                self.store.create_empty(cache_id)
+            except CacheFull as exc:
+                full[cache_id] = (exc.limit, exc.used, exc.needed, exc.reason)
+                continue
             if primary == self.node_id:
                 copies.pop(cache_id, None)
             else:
                 copies[cache_id] = primary
-        return created
+        return full

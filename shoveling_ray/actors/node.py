@@ -164,11 +164,11 @@ class _NodeActor:
 
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function
     @ray.method(concurrency_group="peer")
-    def create_empty(self, pairs: list) -> int:
+    def create_empty(self, pairs: list) -> dict:
         """See :meth:`.Items.create_empty`."""
-        created = self.items.create_empty(pairs)
+        full = self.items.create_empty(pairs)
         self.admin.publish()
-        return created
+        return full
 
     @_locked
     @ray.method(concurrency_group="peer")
