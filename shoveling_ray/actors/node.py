@@ -80,17 +80,8 @@ class _NodeActor:
             address.
     """
 
-    def __init__(
-        self,
-        cache: str,
-        node_id: str,
-        max_memory: int | None,
-        policy: str,
-        max_disk: int | None = None,
-        spill_dir: str | None = None,
-        consul: ConsulConfig | None = None,
-        http: bool = False,
-    ) -> None:
+    def __init__(self, cache: str, node_id: str, max_memory: int | None, policy: str, max_disk: int | None = None,
+                 spill_dir: str | None = None, consul: ConsulConfig | None = None, http: bool = False) -> None:
         keep_freed_memory()
         self.cache = cache
         self.node_id = node_id
