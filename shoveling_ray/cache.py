@@ -26,6 +26,7 @@ from . import codec
 from .actors import protocol as p
 from .actors.coordinator import NAMESPACE, Coordinator, coordinator_name
 from .actors.disk import check_max_disk
+from .actors.sessions import RESEND_WINDOW
 from .actors.storage import check_max_memory, check_policy
 from .errors import CacheClosed, CacheFull, CacheMiss, DataLost, NodeDrained, NodeUnavailable, ShovelingError, ray_errors
 from .membership import ray_nodes, watch
@@ -336,7 +337,7 @@ class Cache:
         whichever of its ids the first try reached."""
         stamp = self._router.stamp()
         try:
-            return self._again_if_members_changed(lambda: call(stamp))
+            return self._again_if_members_changed(lambda: call(stamp), time.monotonic() + RESEND_WINDOW)
         finally:
             self._router.done(stamp)
 
@@ -344,16 +345,17 @@ class Cache:
         """``Router.each_node``, asked again of the new members when a node left meanwhile."""
         return self._again_if_members_changed(lambda: self._router.each_node(method, *args))
 
-    def _again_if_members_changed(self, call: Callable[[], Any]) -> Any:
+    def _again_if_members_changed(self, call: Callable[[], Any], until: float | None = None) -> Any:
         """``call()``; after a ``NodeUnavailable``, again if the coordinator's view moved on
-        meanwhile (it follows Ray's node deaths by itself), at most :data:`RETRIES` times;
-        else the error stands."""
+        meanwhile (it follows Ray's node deaths by itself), at most :data:`RETRIES` times and,
+        for a write, not after ``until`` (``time.monotonic()``: the nodes remember a write for
+        a bounded time, see :mod:`.actors.sessions`); else the error stands."""
         for attempt in range(RETRIES + 1):
             version = self._router.view["version"]
             try:
                 return call()
             except NodeUnavailable:
-                if attempt == RETRIES:
+                if attempt == RETRIES or (until is not None and time.monotonic() > until):
                     raise
                 if self._router.view["version"] == version:
                     with ray_errors(f"cache {self._name!r}"):

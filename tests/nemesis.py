@@ -88,7 +88,7 @@ def run_writer(cache: sr.Cache, kind: str, writer: int, ids: list[str], until: f
                 if len(pending) < 5:
                     continue
                 w.flush()
-            elif kind == "set" or seq % 2:
+            elif kind == "set" or (seq // len(live)) % 2:  # each id: set, then delete, in turn
                 call = (seq, cache_id, "set")
                 cache.set(cache_id, seq)
             else:
@@ -120,9 +120,10 @@ def run_writer(cache: sr.Cache, kind: str, writer: int, ids: list[str], until: f
 
 
 @ray.remote(num_cpus=0)
-def read_here(cache: sr.Cache, ids: list[str]) -> dict:
+def read_here(cache: sr.Cache, ids: list[str], primaries: dict[str, str]) -> dict:
     """The values of ``ids`` as this node's copies hold them (``None``: absent, an exception
-    name: it raised)."""
+    name: it raised). Knowing each id's primary, the handle reads a copy held here here."""
+    cache._router.placements.update(primaries)
     out = {}
     for cache_id in ids:
         try:
@@ -232,12 +233,16 @@ def check(cache: sr.Cache, results: list[dict], replicas: int, unwarned: set[str
     reads: dict[str, list] = {}  # id -> the value read on each holder
     all_ids = [i for r in results for i in r["ids"]]
     by_node: dict[str, list[str]] = {}
+    primaries: dict[str, str] = {}
     for cache_id in all_ids:
-        for node in cache.node_ids(cache_id) or [cache.node_id(cache_id)]:
+        holders = cache.node_ids(cache_id) or [cache.node_id(cache_id)]
+        primaries[cache_id] = holders[0]
+        for node in holders:
             by_node.setdefault(node, []).append(cache_id)
     for node, ids in by_node.items():
         here = NodeAffinitySchedulingStrategy(node, soft=False)
-        for cache_id, value in ray.get(read_here.options(scheduling_strategy=here).remote(cache, ids)).items():
+        read = read_here.options(scheduling_strategy=here).remote(cache, ids, {i: primaries[i] for i in ids})
+        for cache_id, value in ray.get(read).items():
             reads.setdefault(cache_id, []).append(value)
             counts["holders_read"] += 1
     for result in results:
@@ -260,7 +265,15 @@ def _check_records(result: dict, reads: dict, lost: dict, errors: list, counts: 
             if not isinstance(value, bytes):
                 errors.append(f"{cache_id}: read {value!r}")
                 continue
-            mine = [int(r.split(b":")[1]) for r in value.split(b";") if r and int(r.split(b":")[0]) == writer]
+            try:
+                records = [tuple(map(int, r.split(b":"))) for r in value.split(b";") if r]
+            except ValueError:
+                errors.append(f"{cache_id}: garbled value {value[:80]!r}")
+                continue
+            strangers = {w for w, _seq in records if w != writer}
+            if strangers:
+                errors.append(f"{cache_id}: records of writers {sorted(strangers)}, which never wrote it")
+            mine = [seq for _w, seq in records]
             if mine != sorted(mine):
                 errors.append(f"{cache_id}: writer {writer}'s records out of order")
             seen = Counter(mine)
@@ -281,8 +294,8 @@ def _check_sets(result: dict, reads: dict, lost: dict, errors: list, counts: Cou
     for seq, cache_id, op in sorted(result["acked"]):
         last[cache_id] = (seq, op)
     for seq, cache_id, op in result["unknown"]:
-        if op == "set" and seq > last.get(cache_id, (0,))[0]:
-            later.setdefault(cache_id, set()).add(seq)
+        if seq > last.get(cache_id, (0,))[0]:  # a later call that may have applied
+            later.setdefault(cache_id, set()).add(seq if op == "set" else None)
     for cache_id in result["ids"]:
         if cache_id in lost or cache_id not in last:
             continue

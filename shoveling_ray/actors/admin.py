@@ -54,7 +54,7 @@ class Admin:
     """
 
     def __init__(self, source, store: Store, directory: Directory, replication: Replication, sessions: Sessions,
-                 lock: threading.Lock, base: dict, consul: ConsulConfig | None) -> None:
+                 lock: threading.RLock, base: dict, consul: ConsulConfig | None) -> None:
         self.source, self.store, self.directory, self.replication = source, store, directory, replication
         self.sessions = sessions
         self.layout, self._lock = replication.layout, lock
@@ -156,10 +156,11 @@ class Admin:
 
     def publish(self) -> None:
         """Count the bookkeeping in ``used`` and update the metrics of what this node holds."""
-        store = self.store
-        store.charge(self._bookkeeping())
-        self.metrics.held(store.used, store.max_memory, len(store), store.evictions, self.directory.lost_count(),
-                          store.disk.used, store.spills)
+        with self._lock:  # the peer group's and the HTTP threads change what it reads
+            store = self.store
+            store.charge(self._bookkeeping())
+            self.metrics.held(store.used, store.max_memory, len(store), store.evictions, self.directory.lost_count(),
+                              store.disk.used, store.spills)
 
     def stats(self) -> dict:
         """The store's figures (``ids`` counts copies too), ``replicas``, ``copies`` (ids held

@@ -34,7 +34,7 @@ class Directory:
         lock: the actor's lock: held while state changes, free during calls to peers.
     """
 
-    def __init__(self, store: Store, copies: dict, layout: Layout, peers: Peers, lock: threading.Lock) -> None:
+    def __init__(self, store: Store, copies: dict, layout: Layout, peers: Peers, lock: threading.RLock) -> None:
         self.store, self._copies, self.layout, self.peers, self._lock = store, copies, layout, peers, lock
         self.node_id, self.cache = layout.node_id, peers.cache
         # Placement records of ids homed here but placed on another node by init.

@@ -74,7 +74,7 @@ class Drain:
     """
 
     def __init__(self, store: Store, layout: Layout, peers: Peers, directory: Directory, replication: Replication,
-                 sessions: Sessions, lock: threading.Lock) -> None:
+                 sessions: Sessions, lock: threading.RLock) -> None:
         self.store, self.layout, self.peers, self._lock = store, layout, peers, lock
         self.directory, self.replication, self.sessions = directory, replication, sessions
         self.node_id, self.cache = layout.node_id, peers.cache
@@ -159,16 +159,19 @@ class Drain:
         """
         self.retired = True
         stalled, best = 0, None
-        while True:
-            left = self.replication.repair()[1]
-            if not left:
-                break
-            stalled = stalled + 1 if best is not None and left >= best else 0
-            best = left if best is None else min(best, left)
-            if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
-                self.retired = False  # it keeps serving: nothing depends on the drain
-                raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
-                                     "still miss a copy its holders would not take; the node keeps its data")
+        try:
+            while True:
+                left = self.replication.repair()[1]
+                if not left:
+                    break
+                stalled = stalled + 1 if best is not None and left >= best else 0
+                best = left if best is None else min(best, left)
+                if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
+                    raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
+                                         "still miss a copy its holders would not take; the node keeps its data")
+        except BaseException:
+            self.retired = False  # it keeps serving: nothing depends on the drain
+            raise
         with self._lock:
             return len(self.store) - len(self.replication.copies)
 

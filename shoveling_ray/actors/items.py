@@ -43,7 +43,7 @@ class Items:
     """
 
     def __init__(self, store: Store, layout: Layout, peers: Peers, directory: Directory, replication: Replication,
-                 drain: Drain, lock: threading.Lock) -> None:
+                 drain: Drain, lock: threading.RLock) -> None:
         self.store, self.layout, self.peers, self._lock = store, layout, peers, lock
         self.directory, self.replication, self.drain = directory, replication, drain
         self.node_id, self.cache = layout.node_id, peers.cache

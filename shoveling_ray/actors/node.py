@@ -87,7 +87,9 @@ class _NodeActor:
         self.node_id = node_id
         disk = SpillFiles(os.path.join(spill_dir or _session_dir(), cache, node_id), max_disk)
         self.store = Store(node_id, max_memory, policy, disk, own=adopt, load=load)
-        self._lock = threading.Lock()  # held while state changes; free during calls to peers
+        # Held while state changes; free during calls to peers. Reentrant: Admin.publish takes
+        # it too, from methods that hold it and from those that do not.
+        self._lock = threading.RLock()
         self.layout = Layout(node_id)
         self.peers = Peers(cache, self.layout)
         self.sessions = Sessions()  # what the clients' writes applied here, to apply each once

@@ -51,7 +51,7 @@ class Replication:
     """
 
     def __init__(self, store: Store, layout: Layout, peers: Peers, copies: dict, directory: Directory,
-                 sessions: Sessions, lock: threading.Lock) -> None:
+                 sessions: Sessions, lock: threading.RLock) -> None:
         self.store, self.layout, self.peers, self._lock = store, layout, peers, lock
         self.directory, self.sessions = directory, sessions
         self.node_id, self.cache = layout.node_id, peers.cache
@@ -236,6 +236,7 @@ class Replication:
             elif primary is None and cache_id in self.store and sender in self.secondaries(cache_id):
                 self.store.delete(cache_id)
                 self._tell_copies(cache_id)  # the sender too: it may hold a newer copy
+                self._unrecord(cache_id)
         if self._drops:
             self.start_repairs()
 
@@ -244,7 +245,6 @@ class Replication:
         ``(primary, the writes it remembers of them)``, see :mod:`.sessions`; the values packed
         as in :meth:`.Peers.call`). Returns the ids that did not fit."""
         primary, entries = sent
-        self.sessions.adopt(entries)
         failed = []
         for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
@@ -252,6 +252,7 @@ class Replication:
                 self.copies[cache_id] = primary
             except CacheFull:
                 failed.append(cache_id)
+        self.sessions.adopt(e for e in entries if e[2] not in failed)  # a refused id took nothing
         self.evictions()
         return failed
 
@@ -275,9 +276,10 @@ class Replication:
                 if size >= max_bytes:
                     break
             packed = {node: pack(values(self.store, ids)) for node, ids in by_node.items()}
+            remembered = {node: self.sessions.of(ids) for node, ids in by_node.items()}
         for node, copied in packed.items():
             try:
-                sent = (self.node_id, self.sessions.of(by_node[node]))
+                sent = (self.node_id, remembered[node])
                 failed = set(self.peers.call(node, "take_copies", sent, copied))
             except NodeUnavailable as exc:
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
@@ -338,7 +340,10 @@ class Replication:
             after = holders(primary, chains[slot], layout.replicas, layout.zones)
             if primary == me:
                 self.copies.pop(cache_id, None)
-                missing = {n for n in after[1:] if n not in before or n in gone}
+                # Promoted here: another surviving copy may lack what the dead primary
+                # forwarded here only; a whole copy (with its remembered writes) mends it.
+                promoted = primary != old_primary
+                missing = {n for n in after[1:] if promoted or n not in before or n in gone}
                 missing = (self.repairs.get(cache_id, set()) | missing) & set(after)
                 if missing:
                     self.repairs[cache_id] = missing

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-#: Seconds a session may stay quiet before what it wrote is forgotten. Longer than any call's
-#: retries take; a client that comes back later is a new session to the nodes.
+#: Seconds a session may stay quiet before what it wrote is forgotten. A client resends a call
+#: only within :data:`RESEND_WINDOW` of its first sending, well inside it.
 SESSION_TTL = 300.0
+RESEND_WINDOW = SESSION_TTL - 60.0
 #: Memory counted per remembered (session, sequence, id): its dict entry (measured with
 #: tracemalloc: about 40 bytes; the id's string and the answer are shared with the store).
 ENTRY_BYTES = 48
@@ -101,4 +102,5 @@ class Sessions:
         now = self.clock()
         for session, sequence, cache_id, answer in entries:
             state = self._sessions.setdefault(session, [now, {}])
+            state[0] = now  # its client may resend these as long as to the node they came from
             state[1].setdefault(sequence, {})[cache_id] = answer

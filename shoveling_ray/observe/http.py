@@ -123,8 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._watchdog.cancel()
 
     def parse_request(self) -> bool:
+        whole = super().parse_request()  # it reads the headers too
         self._watchdog.cancel()  # the request is in: serving it may take longer
-        return super().parse_request()
+        return whole
 
     def _drop(self) -> None:
         try:

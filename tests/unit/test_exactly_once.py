@@ -162,3 +162,58 @@ def test_what_sessions_remember_is_bounded_and_counted_in_used():
     router.run("set", [(f"k{i}", *encode(b"v")) for i in range(200) if router.home(f"k{i}") == actor.node_id], stamp=stamp)
     held = actor.sessions.nbytes
     assert held > 0 and actor.stats()["used"] - before >= held
+
+
+def test_with_three_copies_a_promoted_primary_mends_the_copy_the_dead_one_never_reached():
+    # node-a applied and forwarded to one copy only, then died; the promoted copy answers the
+    # client's resend from memory: the third holder must still end up with the write.
+    actors = make_actors(NODES4, replicas=3)
+    router = make_router(actors, replicas=3)
+    cache_id = ids_homed(router, "node-a", 1)[0]
+    set_(router, cache_id, b"")
+    _a, second, third = holders("node-a", router.chains[slot_of(cache_id)], 3)
+    actors["node-a"].layout.peers = {**actors["node-a"].layout.peers, third: Unreachable(actors[third])}
+    dying = make_router(actors, lambda node, ids: DiesAfterApplying(actors[node]) if node == "node-a"
+                        else Serial(actors[node]), replicas=3)
+    stamp = dying.stamp()
+    with pytest.raises(NodeUnavailable):
+        dying.run("append", appends([cache_id], b"once,"), stamp=stamp)
+    survivors, after = lose(actors, router, "node-a", replicas=3)
+    after.session = dying.session
+    after.run("append", appends([cache_id], b"once,"), stamp=stamp)
+    repair_all(survivors)
+    copies = values_on(survivors, cache_id)
+    assert len(copies) == 3 and set(copies.values()) == {b"once,"}, copies
+
+
+class Unreachable:
+    """A member whose forwarded writes never arrive (the primary died before they went out)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def replicate(self, *args):
+        raise NodeUnavailable(self.actor.node_id, [], "the primary died before forwarding")
+
+    def __getattr__(self, name):
+        return getattr(self.actor, name)
+
+
+def test_writes_a_node_adopts_are_kept_as_long_as_those_it_applied_and_refused_ids_take_none():
+    now = [0.0]
+    sessions = Sessions(ttl=60.0, clock=lambda: now[0])
+    sessions.call((b"s", 1, 1))["old"] = (p.OK, None)
+    now[0] = 50.0
+    sessions.adopt([(b"s", 2, "moved", (p.OK, None))])  # repaired or drained here just now
+    now[0] = 100.0
+    sessions.call((b"other", 1, 1))  # sweeps quiet sessions
+    assert sessions.of(["moved"]) == [(b"s", 2, "moved", (p.OK, None))]
+
+    actors = make_actors(NODES4, replicas=2)
+    full = actors["node-b"]
+    full.store.configure(1, "reject", None)
+    entries = [(b"s", 7, "x", (p.OK, None))]
+    from shoveling_ray.wire import pack
+    blob, buffers = pack([("x", 0, b"", [(0, 5, b"hello")], [])])
+    assert full.take_copies(("node-a", entries), buffers, blob) == ["x"]
+    assert full.sessions.of(["x"]) == []  # it took nothing: a resend there must apply

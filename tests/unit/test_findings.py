@@ -203,3 +203,4 @@ def test_init_respects_max_memory():
     for actor in actors.values():  # the entries fit; the records made with them are counted after
         assert actor.store.used - actor.store.bookkeeping <= 4000
     assert all(get(router, i) == b"" for i, n in router.placements.items())  # what was placed exists
+

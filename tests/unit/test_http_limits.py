@@ -30,7 +30,8 @@ def test_a_client_that_trickles_its_request_is_dropped():
     endpoint._server.client_timeout = 1.0
     try:
         client = connect(endpoint)
-        request = b"GET /v1/caches/c/ids/x HTTP/1.1\r\nHost: h\r\nX-Slow: " + b"a" * 30
+        client.sendall(b"GET /v1/caches/c/ids/x HTTP/1.1\r\n")  # the request line at once,
+        request = b"Host: h\r\nX-Slow: " + b"a" * 30  # then its headers a byte at a time
         dropped = False
         for byte in request:  # one byte every 0.3 s: each read is quick, the request is not
             try:
