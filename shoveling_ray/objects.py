@@ -12,7 +12,7 @@ without another copy (:func:`resolve`). Then:
   the data is (``test_every_data_path_outlives_a_killed_writer...`` kills the writer's
   process); deleting the value unmaps it and the store frees it. Ray cannot spill a mapped
   object, so past half its ``max_memory`` the actor puts its own copy instead
-  (``_NodeActor._adopt``).
+  (:func:`~shoveling_ray.actors.batch.adopt_frames`).
 - :func:`forwardable` (actor): a primary forwards a write to the other copies with the
   writer's references, not a copy of its own: each copy fetches the object from where it is.
   With copies, the smaller payloads of a write travel together as one object of the writer's

@@ -38,7 +38,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import shoveling_ray as sr
-from shoveling_ray.actors.node import PEER_TIMEOUT
+from shoveling_ray.actors.peers import PEER_TIMEOUT
 
 KINDS = ("append", "token", "batch", "writer", "set", "delete")
 FAULTS = ("sigkill", "graceful", "drain", "add", "replicas", "max_memory")

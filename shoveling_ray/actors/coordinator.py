@@ -23,7 +23,9 @@ from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
 from ..placement import build_chains, reassign_chains
 from ..settings import CONFIGURABLE, DEFAULTS, given, refuse_changes
-from .node import HAND_OVER_DEADLINE, PEER_TIMEOUT, NodeActor
+from .drain import HAND_OVER_DEADLINE
+from .node import NodeActor
+from .peers import PEER_TIMEOUT
 
 log = logging.getLogger(__name__)
 

@@ -614,7 +614,7 @@ def held_refs(cache, node, cache_id):
     from shoveling_ray.wire import pack
 
     blob, buffers = pack([(cache_id, protocol.AT_HOME)])
-    _blob, _buffers, refs = ray.get(cache._router.members[node].batch.remote("get", None, buffers, blob))
+    _blob, _buffers, refs = ray.get(cache._router.members[node].batch.remote("get", None, buffers, blob))  # no stamp: a read
     return refs
 
 

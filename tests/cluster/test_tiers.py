@@ -160,7 +160,7 @@ def rss_anon(pid: int) -> int:
 def plasma_bytes() -> int:
     """Bytes in the cluster's object stores, as the stores count them: objects a process still
     maps count until it lets go (Ray's ``object_store_memory`` resource frees them earlier)."""
-    return get_memory_info_reply(get_state_from_address()).store_stats.object_store_bytes_used
+    return get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats.object_store_bytes_used
 
 
 def test_stats_count_the_memory_the_actor_really_holds(cluster):

@@ -102,7 +102,7 @@ def test_bad_arguments_are_refused_before_ray_is_touched(kwargs):
 
 
 def test_the_default_timeout_outlasts_a_slow_but_live_node():
-    from shoveling_ray.actors.node import PEER_TIMEOUT
+    from shoveling_ray.actors.peers import PEER_TIMEOUT
     from shoveling_ray.actors.storage import SPILL_TIMEOUT
 
     assert DEFAULT_TIMEOUT > SPILL_TIMEOUT + PEER_TIMEOUT

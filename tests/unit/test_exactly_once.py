@@ -172,7 +172,7 @@ def test_with_three_copies_a_promoted_primary_mends_the_copy_the_dead_one_never_
     cache_id = ids_homed(router, "node-a", 1)[0]
     set_(router, cache_id, b"")
     _a, second, third = holders("node-a", router.chains[slot_of(cache_id)], 3)
-    actors["node-a"].peers = {**actors["node-a"].peers, third: Unreachable(actors[third])}
+    actors["node-a"].layout.peers = {**actors["node-a"].layout.peers, third: Unreachable(actors[third])}
     dying = make_router(actors, lambda node, ids: DiesAfterApplying(actors[node]) if node == "node-a"
                         else Serial(actors[node]), replicas=3)
     stamp = dying.stamp()

@@ -150,12 +150,12 @@ def test_a_copy_that_does_not_answer_in_time_is_under_replicated_and_repaired_no
     router = make_router(actors, replicas=2)
     set_(router, "s", b"old")
     primary, copy = holders(router.home("s"), router.chains[slot_of("s")], 2)
-    actors[primary].peers = {**actors[primary].peers, copy: Stalled(actors[copy])}
+    actors[primary].layout.peers = {**actors[primary].layout.peers, copy: Stalled(actors[copy])}
     set_(router, "s", b"new")
     assert actors[primary].stats()["under_replicated"] == 1
     actors[primary].repair()  # still stalled: still owed
     assert actors[primary].stats()["under_replicated"] == 1
-    actors[primary].peers = {**actors[primary].peers, copy: actors[copy]}
+    actors[primary].layout.peers = {**actors[primary].layout.peers, copy: actors[copy]}
     repair_all(actors)
     assert actors[primary].stats()["under_replicated"] == 0
     assert values_on(actors, "s") == {primary: b"new", copy: b"new"}
@@ -170,9 +170,9 @@ def test_a_drain_whose_copies_are_refused_gives_up_and_the_node_keeps_serving():
     router.run("set", [(i, *encode(b"v")) for i in ids])
     chains = reassign_chains(router.chains, [n for n in NODES4 if n != drained], 2)
     peers = {n: Stalled(a, ("take_copies",)) for n, a in actors.items() if n != drained}
-    actors[drained].repairs = {i: {"node-a"} for i in ids if i in actors[drained].store and i not in actors[drained].copies}
-    assert actors[drained].repairs
-    actors[drained].peers = {**peers, drained: actors[drained]}
+    actors[drained].replication.repairs = {i: {"node-a"} for i in ids if i in actors[drained].store and i not in actors[drained].replication.copies}
+    assert actors[drained].replication.repairs
+    actors[drained].layout.peers = {**peers, drained: actors[drained]}
     outcome = []
 
     def drain():
@@ -186,8 +186,8 @@ def test_a_drain_whose_copies_are_refused_gives_up_and_the_node_keeps_serving():
     thread.join(timeout=60)
     assert not thread.is_alive(), "the drain hangs"
     assert isinstance(outcome[0], ShovelingError) and "keeps its data" in str(outcome[0])
-    assert not actors[drained].retired
-    actors[drained].peers = actors
+    assert not actors[drained].drain.retired
+    actors[drained].layout.peers = actors
     assert all(get(router, i) == b"v" for i in ids)
 
 

@@ -13,8 +13,9 @@ from collections import Counter
 import pytest
 
 from shoveling_ray import DataLost, NodeUnavailable
-from shoveling_ray.actors import node as node_module
+from shoveling_ray.actors import batch as batch_module
 from shoveling_ray.actors import protocol as p
+from shoveling_ray.actors import replication as replication_module
 from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
 from shoveling_ray.objects import resolve
@@ -123,7 +124,8 @@ def test_a_copy_that_cannot_fetch_the_writers_objects_keeps_no_stale_value_and_i
             raise DataLost(detail="the writer died")
         return resolve(buffers)
 
-    monkeypatch.setattr(node_module, "resolve", resolve_then_lose)
+    monkeypatch.setattr(batch_module, "resolve", resolve_then_lose)  # the primary's fetch
+    monkeypatch.setattr(replication_module, "resolve", resolve_then_lose)  # the copy's
     set_(router, "w", b"new" * 30_000)
     monkeypatch.undo()
     assert values_on(actors, "w") == {primary: b"new" * 30_000}
@@ -206,7 +208,7 @@ def test_delete_leaves_no_copy_and_no_record():
     for cache_id in [*placed, "hashed"]:
         assert router.delete(cache_id)
         assert values_on(actors, cache_id) == {}
-        assert not any(cache_id in a.records or cache_id in a.copies for a in actors.values())
+        assert not any(cache_id in a.directory.records or cache_id in a.replication.copies for a in actors.values())
         assert get(make_router(actors, replicas=2), cache_id) is None
 
 
@@ -252,9 +254,9 @@ def test_with_one_copy_ids_written_on_their_home_are_lost_not_missing_when_it_di
     set_(after, homed[0], b"again")  # set clears the loss
     assert get(after, homed[0]) == b"again"
     kept = next(i for i in ids if i not in homed)
-    assert any(kept in a.records for a in survivors.values())
+    assert any(kept in a.directory.records for a in survivors.values())
     assert after.delete(kept)  # deleting drops its records at the home and the backup home
-    assert not any(kept in a.records for a in survivors.values())
+    assert not any(kept in a.directory.records for a in survivors.values())
 
 
 def test_joining_nodes_fill_copies_when_there_were_fewer_nodes_than_replicas():

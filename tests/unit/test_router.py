@@ -95,8 +95,8 @@ def assert_consistent(actors: dict, router: Router) -> None:
             if chain[0] != node:
                 for keeper in chain[:2]:
                     if keeper != node:
-                        assert actors[keeper].records.get(cache_id) == node, f"{cache_id} on {node}: no record at {keeper}"
-        for cache_id, target in actor.records.items():
+                        assert actors[keeper].directory.records.get(cache_id) == node, f"{cache_id} on {node}: no record at {keeper}"
+        for cache_id, target in actor.directory.records.items():
             assert node in router.chains[slot_of(cache_id)][:2], f"record of {cache_id} on {node}: not a directory node"
             assert cache_id in actors[target].store, f"record {cache_id} -> {target} without data"
 
@@ -290,7 +290,7 @@ def test_a_failed_drain_keeps_the_writes_and_deletes_clients_made_while_it_ran()
     reader = make_router(actors)
     assert get(reader, written) == b"during"  # acknowledged while the drain ran: kept
     backup = router.chains[slot_of(written)][1]  # told where it stayed by that client batch
-    assert actors[backup].records.get(written) == home
+    assert actors[backup].directory.records.get(written) == home
     assert get(reader, deleted) is None
     assert get(reader, kept) == b"before" and kept in actors[drained].store
     listed = [i for actor in actors.values() for i in actor.ids("w")]

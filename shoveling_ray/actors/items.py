@@ -1,0 +1,303 @@
+"""The item methods of one node actor: what a client batch asks of each id (``get``,
+``exists``, ``size``, ``locate``, ``set``, ``append``, ``delete``, ``place``), answered per
+item as :mod:`.protocol` says.
+
+Each method takes the :class:`~.batch.Batch` being served and its items, and records in it what
+the batch did (writes taken, ids created, bytes moved). A home that places an id on another
+node (``place``) or deletes one held elsewhere calls that node itself before it answers, so no
+client ever sees a record without its data or data without its record. Plain Python over the
+node's parts; no Ray. Forwarding the writes to the copies is :mod:`.replication`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..codec import OBJECT_STORE_BYTES
+from ..errors import CacheFull, NodeDrained, NodeUnavailable
+from ..objects import put_for_reads
+from . import protocol as p
+from .batch import Batch, adopt_frames
+from .directory import Directory
+from .drain import Drain
+from .layout import Layout
+from .peers import Peers
+from .replication import Replication
+from .storage import Store
+
+log = logging.getLogger(__name__)
+
+
+class Items:
+    """The item methods over one node's parts.
+
+    Args:
+        store: the node's store.
+        layout: the node's view of the cache.
+        peers: calls to the other members.
+        directory: placement records and lost ids.
+        replication: the copies.
+        drain: drains (whether this node is retired; ids a drain handed here).
+        lock: the actor's lock: held while state changes, free during calls to peers.
+    """
+
+    def __init__(self, store: Store, layout: Layout, peers: Peers, directory: Directory, replication: Replication,
+                 drain: Drain, lock: threading.RLock) -> None:
+        self.store, self.layout, self.peers, self._lock = store, layout, peers, lock
+        self.directory, self.replication, self.drain = directory, replication, drain
+        self.node_id, self.cache = layout.node_id, peers.cache
+
+    def get(self, batch: Batch, items: list) -> list:
+        out = []
+        with self._lock:
+            for cache_id, via in items:
+                value = self.store.get(cache_id)
+                if value is None:
+                    out.append(self.directory.absent(cache_id, via))
+                else:
+                    entry = self.store.peek(cache_id)
+                    batch.moved += entry.nbytes + entry.disk  # known sizes: no walk over the frames
+                    if entry.nbytes >= OBJECT_STORE_BYTES and not entry.disk:
+                        put_for_reads(entry.frames)
+                    out.append((p.OK, value))
+        return out
+
+    def exists(self, batch: Batch, items: list) -> list:
+        with self._lock:
+            return [(p.OK, True) if i in self.store else self.directory.absent(i, via) for i, via in items]
+
+    def size(self, batch: Batch, items: list) -> list:
+        out = []
+        with self._lock:
+            for cache_id, via in items:
+                entry = self.store.peek(cache_id)
+                out.append(self.directory.absent(cache_id, via) if entry is None else (p.OK, entry.raw))
+        return out
+
+    def locate(self, batch: Batch, items: list) -> list:
+        """Every node holding each id, its primary copy first."""
+        with self._lock:
+            return [(p.OK, self.replication.live_holders(i)) if i in self.store else self.directory.absent(i, via)
+                    for i, via in items]
+
+    def _write(self, batch: Batch, items: list, apply, clears_loss: bool) -> list:
+        """Apply writes to the ids this node may write (under the lock); ``apply`` adds each
+        write it took to ``batch.taken`` (what ``Replication.forward`` sends to the copies)."""
+        out = []
+        copies, records, lost = self.replication.copies, self.directory.records, self.directory.lost
+        applied = batch.applied
+        for item in items:
+            cache_id, via = item[0], item[1]
+            if applied is not None and cache_id in applied:  # sent again: it was applied here
+                out.append(applied[cache_id])
+                continue
+            if cache_id in copies:  # the primary orders writes
+                out.append((p.REDIRECT, copies[cache_id]))
+                continue
+            target = records.get(cache_id)
+            if target == self.node_id:
+                target = None  # placed here by init
+            if cache_id not in self.store and (target is not None or via != p.AT_HOME):
+                # Only the home creates ids: elsewhere a write could recreate a deleted id.
+                out.append((p.REDIRECT, target) if target is not None else (p.REROUTE, None))
+                continue
+            if cache_id in lost:
+                if not clears_loss:  # appending to a lost value would hide the loss
+                    out.append((p.LOST, lost[cache_id]))
+                    continue
+                del lost[cache_id]
+            created = target is None and cache_id not in self.store and cache_id not in records
+            try:
+                batch.moved += apply(item)
+            except CacheFull as exc:
+                out.append((p.FULL, (exc.limit, exc.used, exc.needed, exc.reason)))
+            except TypeError:
+                out.append((p.WRONG_TYPE, None))
+            else:
+                out.append((p.OK, None))
+                if applied is not None:
+                    applied[cache_id] = p.APPLIED
+                if created and self.layout.replicas == 1:
+                    batch.created.append(cache_id)
+                self.drain.touch(cache_id)
+        return out
+
+    def set(self, batch: Batch, items: list) -> list:
+        """Items are ``(cache_id, via, kind, meta, frames)``."""
+
+        def apply(item):
+            frames = item[4] if batch.inline else adopt_frames(self.store, item[4])
+            stored = self.store.set(item[0], item[2], item[3], frames)
+            batch.taken.append(item)
+            return stored
+
+        with self._lock:
+            return self._write(batch, items, apply, clears_loss=True)
+
+    def append(self, batch: Batch, items: list) -> list:
+        """Items are ``(cache_id, via, frames)`` or ``(cache_id, via, frames, token)``."""
+
+        def apply(item):
+            fresh = item[0] not in self.store  # the append creates it: copies start it afresh
+            frames = item[2] if batch.inline else adopt_frames(self.store, item[2])
+            added = self.store.append(item[0], frames, *item[3:])
+            batch.taken.append((item[0], fresh, *item[2:]))
+            return added
+
+        with self._lock:
+            return self._write(batch, items, apply, clears_loss=False)
+
+    def delete(self, batch: Batch, items: list) -> list:
+        """At a home: delete the id, its copies and its placement records (here and at the
+        backup home).
+
+        Items are ``(cache_id, via)``; returns whether each id existed. Items not sent to
+        their home are rerouted there.
+        """
+        out, calls = [], {}
+        records, lost = self.directory.records, self.directory.lost
+        applied = batch.applied
+        with self._lock:
+            for cache_id, via in items:
+                if applied is not None and cache_id in applied:  # sent again: deleted here
+                    out.append(applied[cache_id])
+                    continue
+                primary = records.pop(cache_id, None)
+                if primary is None and cache_id in self.store and cache_id not in self.replication.copies:
+                    primary = self.node_id
+                backup = self.layout.backup(cache_id)
+                if primary is None:
+                    if lost.pop(cache_id, None) is not None:
+                        if backup:
+                            calls.setdefault(backup, []).append(cache_id)
+                        out.append((p.OK, True))
+                    else:
+                        out.append((p.REROUTE, None) if via != p.AT_HOME else (p.OK, False))
+                    continue
+                lost.pop(cache_id, None)
+                nodes = set(self.layout.holders(cache_id, primary))
+                if backup:  # its record there (init) or its lost entry
+                    nodes.add(backup)
+                if self.node_id in nodes:
+                    nodes.discard(self.node_id)
+                    self.drop_here(cache_id)
+                for node in nodes:
+                    calls.setdefault(node, []).append(cache_id)
+                out.append((p.OK, True))
+            if applied is not None:
+                applied.update((i, answer) for (i, _via), answer in zip(items, out) if answer[0] == p.OK)
+        for node, ids in calls.items():
+            try:
+                self.peers.call(node, "drop", ids)
+            except NodeUnavailable as exc:
+                # Its node is gone, and the data with it.
+                log.warning("cache %s: delete could not reach node %s: %s", self.cache, node, exc)
+        return out
+
+    def drop_here(self, cache_id: str) -> bool:
+        """Delete an id here with its copies bookkeeping and records (under the lock); returns
+        whether it was held here."""
+        self.drain.touch(cache_id)
+        self.replication.forget(cache_id)
+        self.directory.forget(cache_id)
+        return self.store.delete(cache_id)
+
+    def place(self, batch: Batch, items: list) -> list:
+        """At a home: decide where new ids live and create them there, with their copies.
+        Items are ``(cache_id, via, target)``.
+
+        An id that exists here or has a record keeps its node; otherwise it is created here
+        (target is this node) or on ``target``, its copies on the other holders, and recorded
+        here and at the backup home (also when it is here). Returns ``(OK, node)`` per id, or
+        ``(UNAVAILABLE, (node, reason))`` when the target did not answer (nothing is recorded).
+        """
+        out, primaries, copies, records = [], {}, {}, {}
+        with self._lock:
+            for index, (cache_id, _via, target) in enumerate(items):
+                self.directory.lost.pop(cache_id, None)  # init recreates a lost id, empty
+                if cache_id in self.directory.records:
+                    out.append((p.OK, self.directory.records[cache_id]))
+                    continue
+                if cache_id in self.store and cache_id not in self.replication.copies:
+                    out.append((p.OK, self.node_id))
+                    continue
+                if target == self.node_id:
+                    try:
+                        self.store.create_empty(cache_id)
+                    except CacheFull as exc:
+                        out.append((p.FULL, (exc.limit, exc.used, exc.needed, exc.reason)))
+                        continue
+                    self.directory.record(cache_id, target, records)
+                else:
+                    primaries.setdefault(target, []).append(index)
+                for node in set(self.layout.holders(cache_id, target)) - {target}:
+                    copies.setdefault(node, []).append((cache_id, target))
+                out.append((p.OK, target))
+        self._create_placed(items, out, primaries, records)
+        self._create_copies(items, out, copies)
+        self.directory.send_records(records)
+        return out
+
+    def _create_placed(self, items: list, out: list, primaries: dict, records: dict) -> None:
+        """``place``: create the ids placed on other nodes there (``{node: [item index]}``) and
+        record them; an id whose node did not answer gets ``UNAVAILABLE`` in ``out``, one it had
+        no room for ``FULL``."""
+        # The lock is free while the targets create their ids: a target that is itself a home
+        # placing ids here must find this actor's peer methods able to run.
+        for node, indices in primaries.items():
+            ids = [items[i][0] for i in indices]
+            try:
+                full = self.peers.call(node, "create_empty", [(i, node) for i in ids])
+            except NodeUnavailable as exc:
+                for i in indices:
+                    out[i] = (p.UNAVAILABLE, (node, exc.reason))
+                continue
+            with self._lock:
+                for i in indices:
+                    if items[i][0] in full:
+                        out[i] = (p.FULL, full[items[i][0]])
+                    else:
+                        self.directory.record(items[i][0], node, records)
+
+    def _create_copies(self, items: list, out: list, copies: dict) -> None:
+        """``place``: create the copies of the ids placed (``{node: [(id, primary)]}``), but
+        not of those whose primary did not answer or had no room."""
+        failed = {items[i][0] for i, (status, _v) in enumerate(out) if status != p.OK}
+        for node, pairs in copies.items():
+            pairs = [pair for pair in pairs if pair[0] not in failed]
+            try:
+                if node == self.node_id:
+                    with self._lock:
+                        full = self.create_empty(pairs)
+                else:
+                    full = self.peers.call(node, "create_empty", pairs)
+            except NodeUnavailable as exc:  # the next rebuild gives them another holder
+                log.warning("cache %s: no copy of %d new ids on node %s: %s", self.cache, len(pairs), node, exc)
+                continue
+            if full:
+                log.warning("cache %s: node %s had no room for copies of %d new ids", self.cache, node, len(full))
+
+    def create_empty(self, pairs: list) -> dict:
+        """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs (under the
+        lock): the primary copy when that node is this one, else a copy. Returns ``{id: (limit,
+        used, needed, reason)}`` of those that did not fit under ``max_memory``.
+
+        Raises:
+            NodeDrained: this node was drained.
+        """
+        if self.drain.retired:
+            raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
+        full = {}
+        copies = self.replication.copies
+        for cache_id, primary in pairs:
+            try:
+                self.store.create_empty(cache_id)
+            except CacheFull as exc:
+                full[cache_id] = (exc.limit, exc.used, exc.needed, exc.reason)
+                continue
+            if primary == self.node_id:
+                copies.pop(cache_id, None)
+            else:
+                copies[cache_id] = primary
+        return full

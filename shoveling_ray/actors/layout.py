@@ -1,0 +1,82 @@
+"""What one node actor knows of its cache's layout: the coordinator's last view as this node
+took it (slot chains, the members' actors, the copy count, failure domains), and the questions
+every part of the actor asks of it: who holds an id, which nodes keep its placement record.
+
+Plain data and lookups: no Ray, no calls. :class:`Change` is one view replacing another, as
+``_NodeActor.rebuild`` applies it. Not the coordinator's view (it makes that; this is one
+node's reading of it).
+"""
+
+from __future__ import annotations
+
+from ..placement import holders, slot_of
+
+
+class Layout:
+    """The view of the cache that a node actor took last; changed only by :meth:`take`.
+
+    Args:
+        node_id: the node the actor runs on.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.chains: list | None = None  # slot chains (None until the first view)
+        self.peers: dict = {}  # the members' actors, by node
+        self.replicas = 1
+        self.zones: dict[str, str] = {}  # members' failure domains (see placement.holders)
+        # Per slot: the other holders of an id whose primary copy is here (None with one copy).
+        self.others: list | None = None
+
+    def take(self, old_chains: list | None, chains: list, gone: list, peers: dict, replicas: int,
+             zones: dict | None) -> Change:
+        """Take a new view (see ``_NodeActor.rebuild`` for the arguments); returns the change."""
+        change = Change(self, chains if old_chains is None else old_chains, self.replicas, self.zones, gone)
+        self.chains, self.peers, self.replicas, self.zones = chains, peers, replicas, zones or {}
+        me = self.node_id
+        self.others = [holders(me, chain, replicas, self.zones)[1:] for chain in chains] if replicas > 1 else None
+        return change
+
+    def holders(self, cache_id: str, primary: str) -> list[str]:
+        """The nodes that hold (or are to hold) an id whose primary copy is on ``primary``, it
+        first."""
+        if self.chains is None:
+            return [primary]
+        return holders(primary, self.chains[slot_of(cache_id)], self.replicas, self.zones)
+
+    def backup(self, cache_id: str) -> str | None:
+        """The backup home of an id's slot: the other node keeping its placement record."""
+        chain = self.chains[slot_of(cache_id)] if self.chains is not None else ()
+        return chain[1] if len(chain) > 1 and chain[1] != self.node_id else None
+
+    def is_home(self, cache_id: str) -> bool:
+        return self.chains is None or self.chains[slot_of(cache_id)][0] == self.node_id
+
+
+class Change:
+    """A view replacing another: what held ids before, and which nodes kept their data.
+
+    Args:
+        layout: the layout taking the new view (read after :meth:`Layout.take`).
+        old_chains: the slot chains replaced.
+        old_replicas: the copy count replaced.
+        old_zones: the failure domains replaced.
+        gone: the nodes that died or left with their data.
+    """
+
+    def __init__(self, layout: Layout, old_chains: list, old_replicas: int, old_zones: dict, gone: list) -> None:
+        self.layout = layout
+        self.old_chains, self.old_replicas, self.old_zones = old_chains, old_replicas, old_zones
+        self.gone = set(gone)
+
+    def alive(self, node: str) -> bool:
+        """A member that kept its data (not a replaced actor)."""
+        return node in self.layout.peers and node not in self.gone
+
+    def held_before(self, slot: int, primary: str) -> list[str]:
+        """The holders, under the old view, of an id of ``slot`` whose primary was ``primary``."""
+        return holders(primary, self.old_chains[slot], self.old_replicas, self.old_zones)
+
+    def survivor(self, primary: str, slot: int) -> str | None:
+        """The first holder that kept its data of an id of ``slot`` whose primary was ``primary``."""
+        return next((n for n in self.held_before(slot, primary) if self.alive(n)), None)

@@ -1,0 +1,58 @@
+"""Parts of the node actor driven alone, without the actor around them (see
+``shoveling_ray/actors/node.py`` for the map): the peers' one error policy, and the placement
+directory's half of a rebuild, event by event."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from shoveling_ray import NodeUnavailable
+from shoveling_ray.actors.directory import Directory
+from shoveling_ray.actors.layout import Layout
+from shoveling_ray.actors.peers import Peers
+from shoveling_ray.actors.storage import Store
+from shoveling_ray.placement import build_chains, reassign_chains, slot_of
+
+NODES = ["node-a", "node-b", "node-c"]
+
+
+class Doubling:
+    def twice(self, arg):
+        return 2 * arg
+
+
+class Dying:
+    def twice(self, arg):
+        raise NodeUnavailable("node-b", arg, "died while it answered")
+
+
+def test_a_peer_that_does_not_answer_is_a_value_of_call_all_and_raised_by_call():
+    layout = Layout("node-a")
+    layout.take(None, build_chains(NODES, 2), [], {"node-a": Doubling(), "node-b": Dying()}, 1, None)
+    peers = Peers("unit", layout)
+    out = peers.call_all("twice", {"node-a": ["x"], "node-b": ["y"], "node-c": ["z"]})
+    assert out["node-a"] == ["x", "x"]
+    assert isinstance(out["node-b"], NodeUnavailable) and isinstance(out["node-c"], NodeUnavailable)
+    with pytest.raises(NodeUnavailable, match="not a member"):
+        peers.call("node-c", "twice", ["z"])
+    assert peers.call("node-c", "twice", ["z"], members={"node-c": Doubling()}) == ["z", "z"]  # a drain's view
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_record_of_a_dead_node_points_at_its_surviving_copy_or_reads_as_lost(replicas):
+    chains = build_chains(NODES, 2)
+    homed = [i for i in (f"x{n}" for n in range(500)) if chains[slot_of(i)][0] == "node-a"]
+    layout = Layout("node-a")
+    layout.take(None, chains, [], dict.fromkeys(NODES), replicas, None)
+    directory = Directory(Store("node-a"), {}, layout, Peers("unit", layout), threading.Lock())
+    directory.adopt_records([(homed[0], "node-c")])  # init put it on node-c
+    survivors = ["node-a", "node-b"]
+    change = layout.take(chains, reassign_chains(chains, survivors, 2), ["node-c"], dict.fromkeys(survivors),
+                         replicas, None)
+    directory.mend(change)
+    if replicas == 1:
+        assert directory.records == {} and directory.lost_ids() == {homed[0]: "node-c"}
+    else:
+        assert directory.records[homed[0]] in survivors and directory.lost == {}
