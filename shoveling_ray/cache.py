@@ -24,7 +24,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import codec, settings
-from .actors import protocol as p
+from . import protocol as p
 from .actors.coordinator import (DRAIN_DEADLINE, NAMESPACE, Coordinator, coordinator_name, find_coordinator,
                                  running_caches)
 from .actors.sessions import RESEND_WINDOW

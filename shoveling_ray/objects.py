@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from .actors.protocol import OK
+from .protocol import OK
 from .codec import OBJECT_STORE_BYTES, Stored, is_stored
 from .errors import ray_errors
 from .wire import Bundled

@@ -37,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .actors import protocol as p
+from . import protocol as p
 from .codec import OBJECT_STORE_BYTES
 from .errors import CacheFull, NodeUnavailable, ShovelingError
 from .objects import refs_back

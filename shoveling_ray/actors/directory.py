@@ -15,7 +15,7 @@ import threading
 
 from ..errors import NodeUnavailable
 from ..placement import slot_of
-from . import protocol as p
+from .. import protocol as p
 from .layout import Change, Layout
 from .peers import Peers
 from .storage import Store

@@ -17,7 +17,7 @@ import threading
 from ..codec import OBJECT_STORE_BYTES
 from ..errors import CacheFull, NodeDrained, NodeUnavailable
 from ..objects import put_for_reads
-from . import protocol as p
+from .. import protocol as p
 from .batch import Batch, adopt_frames
 from .directory import Directory
 from .drain import Drain

@@ -22,7 +22,7 @@ from ..errors import CacheFull, DataLost, NodeUnavailable
 from ..objects import forwardable, placeholders, resolve
 from ..placement import SLOTS, holders, slot_of
 from ..wire import join, pack, unpack
-from . import protocol as p
+from .. import protocol as p
 from .batch import Batch, adopt_frames
 from .directory import Directory
 from .drain import HAND_OVER_BYTES, values

@@ -610,7 +610,7 @@ def write_every_path(cache, prefix, values, pieces):
 
 def held_refs(cache, node, cache_id):
     """The ObjectRefs through which the actor on ``node`` holds ``cache_id``'s payloads."""
-    from shoveling_ray.actors import protocol
+    from shoveling_ray import protocol
     from shoveling_ray.wire import pack
 
     blob, buffers = pack([(cache_id, protocol.AT_HOME)])

@@ -2,7 +2,7 @@
 lost id, argument checks before Ray is touched, the exports and the packaging.
 
 The :class:`Cache` here routes through a stand-in router that answers with given per-id
-statuses, the way the node actors answer (see ``actors/protocol.py``)."""
+statuses, the way the node actors answer (see ``protocol.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tomllib
 import pytest
 
 import shoveling_ray as sr
-from shoveling_ray.actors import protocol as p
+from shoveling_ray import protocol as p
 from shoveling_ray.cache import DEFAULT_TIMEOUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from shoveling_ray import NodeUnavailable
-from shoveling_ray.actors import protocol as p
+from shoveling_ray import protocol as p
 from shoveling_ray.actors.sessions import ENTRY_BYTES, Sessions
 from shoveling_ray.codec import encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of

@@ -11,7 +11,7 @@ import pytest
 
 from shoveling_ray import CacheFull, NodeUnavailable, ShovelingError
 from shoveling_ray.actors import disk as disk_module
-from shoveling_ray.actors import protocol as p
+from shoveling_ray import protocol as p
 from shoveling_ray.actors.disk import SpillFiles
 from shoveling_ray.actors.storage import Store
 from shoveling_ray.codec import decode, encode, encode_append

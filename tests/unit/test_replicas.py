@@ -14,7 +14,7 @@ import pytest
 
 from shoveling_ray import DataLost, NodeUnavailable
 from shoveling_ray.actors import batch as batch_module
-from shoveling_ray.actors import protocol as p
+from shoveling_ray import protocol as p
 from shoveling_ray.actors import replication as replication_module
 from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of

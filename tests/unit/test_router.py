@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from shoveling_ray import NodeUnavailable, ShovelingError
-from shoveling_ray.actors import protocol as p
+from shoveling_ray import protocol as p
 from shoveling_ray.actors.node import _NodeActor
 from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import build_chains, reassign_chains, slot_of
