@@ -355,7 +355,7 @@ class Cache:
     @property
     def _consul(self) -> ConsulView | None:
         """This process's shared view of Consul health and coordinates, started on first use."""
-        config = self._router.view["consul"]
+        config = self._router.view.consul
         if config is None or self._closed:
             return None
         return watch.view(self._consul_key, config, self._name)
@@ -363,7 +363,7 @@ class Cache:
     @property
     def _consul_key(self) -> tuple[str, str]:
         """This incarnation of the cache, as the process-wide Consul views know it."""
-        return self._name, self._router.view["epoch"]
+        return self._name, self._router.view.epoch
 
     def _nearest(self, nodes: list[str]) -> str | None:
         """The one of ``nodes`` whose check passes nearest to this process's node by Consul's
@@ -455,15 +455,15 @@ class Cache:
         for a write, not after ``until`` (``time.monotonic()``: the nodes remember a write for
         a bounded time, see :mod:`.actors.sessions`); else the error stands."""
         for attempt in range(RETRIES + 1):
-            version = self._router.view["version"]
+            version = self._router.view.version
             try:
                 return call()
             except NodeUnavailable:
                 if attempt == RETRIES or (until is not None and time.monotonic() > until):
                     raise
-                if self._router.view["version"] == version:
+                if self._router.view.version == version:
                     self._router.apply_view(self._ask(self._coordinator.view.remote()))
-                    if self._router.view["version"] == version:
+                    if self._router.view.version == version:
                         raise
 
     def _raise_write_errors(self, items: list[tuple], results: list[tuple]) -> None:
@@ -710,7 +710,7 @@ class Cache:
     def _weights(self, strategy: str) -> dict[str, float]:
         members = self._router.members
         if strategy == "uniform_cpu":
-            return {m: self._router.view["info"][m]["cpus"] for m in members}
+            return {m: self._router.view.info[m]["cpus"] for m in members}
         if strategy == "uniform_memory":
             stats = self.stats()
             return {m: max((s["limit"] or 0) - s["used"], 0) for m, s in stats.items()}
@@ -853,7 +853,7 @@ class Cache:
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
             pass  # already gone, or stuck: it is killed below either way
         ray.kill(self._coordinator)
-        if self._router.view["consul"] is not None:
+        if self._router.view.consul is not None:
             watch.close(self._consul_key)
         mine = self._coordinator._actor_id
         while True:

@@ -29,6 +29,7 @@ ids (``placement``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -42,6 +43,7 @@ from .codec import OBJECT_STORE_BYTES
 from .errors import CacheFull, NodeUnavailable, ShovelingError
 from .objects import refs_back
 from .placement import SLOTS, assign, holders, home_index, slot_of
+from .view import View
 from .wire import Bundled, no_gc, pack, split, unpack
 
 #: Redirects and reroutes one operation may follow before giving up.
@@ -68,22 +70,22 @@ def gather_now(pending: dict[str, Any], ids: dict[str, list[str]], method: str) 
     return pending
 
 
-def _shared_node_ids(view: dict) -> dict:
+def _shared_node_ids(view: View) -> View:
     """``view`` with one string object per node id in its table and chains.
 
     Ray hands lists of strings over as new objects, one per entry: 3 x 4096 copies of the node
     ids, which pickle to half a megabyte with every task that takes the cache as an argument.
     Shared, pickle writes each id once (the handle pickles to about 30 KB), and a view that
     came out of a pickle is shared already."""
-    sample = view["table"][:64]
+    sample = view.table[:64]
     if len(set(map(id, sample))) == len(set(sample)):
         return view
     same: dict[str, str] = {}
-    table = [same.setdefault(n, n) for n in view["table"]]
-    chains = view.get("chains")
+    table = [same.setdefault(n, n) for n in view.table]
+    chains = view.chains
     if chains is not None:
         chains = [[same.setdefault(n, n) for n in chain] for chain in chains]
-    return {**view, "table": table, "chains": chains}
+    return dataclasses.replace(view, table=table, chains=chains)
 
 
 class Router:
@@ -91,8 +93,8 @@ class Router:
 
     Args:
         name: the cache name, for messages.
-        view: the coordinator's view: ``members`` (node id -> actor) and ``table`` (slot ->
-            node id) at least; ``chains`` (slot -> nodes) and ``replicas`` with copies.
+        view: the coordinator's :class:`~shoveling_ray.view.View` (members, table, chains,
+            replicas, zones).
         handle_for: ``(node, ids) -> actor``; raises ``NodeUnavailable`` for a node that
             cannot serve.
         submit, gather: how calls start and are waited for (see the module docstring).
@@ -106,7 +108,7 @@ class Router:
     def __init__(
         self,
         name: str,
-        view: dict,
+        view: View,
         handle_for: Callable[[str, list[str]], Any],
         submit: Callable[..., Any] = call_now,
         gather: Callable[[dict, dict, str], dict] = gather_now,
@@ -138,14 +140,14 @@ class Router:
         with self._stamps:
             self._in_flight.discard(stamp[1])
 
-    def apply_view(self, view: dict) -> None:
+    def apply_view(self, view: View) -> None:
         view = _shared_node_ids(view)
         self.view = view
-        self.members: dict[str, Any] = view["members"]
-        self.table: list[str] = view["table"]
-        self.chains: list[list[str]] | None = view.get("chains")
-        self.replicas: int = view.get("replicas", 1)
-        self.zones: dict[str, str] = view.get("zones") or {}
+        self.members: Mapping[str, Any] = view.members
+        self.table: list[str] = view.table
+        self.chains: list[list[str]] | None = view.chains
+        self.replicas: int = view.replicas
+        self.zones: Mapping[str, str] = view.zones
         # Slots whose ids, when they live on their home, have a copy on this process's node.
         self._local_slots = frozenset(
             slot for slot, chain in enumerate(self.chains or ()) if self.local in chain[: self.replicas]

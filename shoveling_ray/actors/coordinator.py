@@ -22,6 +22,7 @@ from ..errors import ShovelingError
 from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
 from ..placement import build_chains, reassign_chains
+from ..view import View
 from ..settings import CONFIGURABLE, DEFAULTS, given, refuse_changes
 from .drain import HAND_OVER_DEADLINE
 from .node import NodeActor
@@ -283,19 +284,19 @@ class _Coordinator:
         ).remote(self.cache, node.node_id, self._limit(node), self.settings["eviction"], self.settings["max_disk"],
                  self.settings["spill_dir"], self.consul, self.settings["http"])
 
-    def view(self) -> dict:
+    def view(self) -> View:
         """What a client needs to route: members with their actors and resources, the table."""
-        return {
-            "version": self.version,
-            "epoch": self.epoch,
-            "members": dict(self.members),
-            "info": {m: i.to_dict() for m, i in self.info.items()},
-            "table": [chain[0] for chain in self.chains],
-            "chains": self.chains,
-            "replicas": self.replicas,
-            "zones": self.zones,
-            "consul": self.consul,
-        }
+        return View(
+            members=dict(self.members),
+            table=[chain[0] for chain in self.chains],
+            chains=self.chains,
+            replicas=self.replicas,
+            zones=dict(self.zones),
+            version=self.version,
+            epoch=self.epoch,
+            info={m: i.to_dict() for m, i in self.info.items()},
+            consul=self.consul,
+        )
 
     def drain(self, node_id: str) -> tuple[int, dict]:
         """Move every id off ``node_id``: its places in the slot chains go to the other

@@ -251,7 +251,7 @@ def test_the_second_copy_goes_to_the_other_consul_zone(cluster, agents, pairing)
     zone_of = {agent.name: zone for agent, zone in zip(agents.agents, ZONES)}
     cache = sr.Cache("zones", replicas=2)
     try:
-        assert cache._router.view["consul"] is not None
+        assert cache._router.view.consul is not None
         ids = [f"z/{i}" for i in range(300)]
         cache.set_many({i: b"x" for i in ids})
         placed = cache.init([f"zi/{i}" for i in range(100)])
@@ -268,7 +268,7 @@ def test_a_worker_running_many_tasks_keeps_one_consul_watcher(cluster, agents):
     try:
         node = cache.nodes()[0]
         on_one_node = consul_footprint.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-        port = cache._router.view["consul"].port
+        port = cache._router.view.consul.port
         seen = ray.get([on_one_node.remote(cache, f"t{i}", port) for i in range(500)])
         by_worker: dict = {}
         for pid, threads, conns in seen:

@@ -108,7 +108,7 @@ def registered(secure, cache):
 def test_token_and_https_are_used(cluster, secure):
     cache = sr.Cache("secure", consul=ADDRESS, consul_token=TOKEN)
     try:
-        assert cache._router.view["consul"].scheme == "https"
+        assert cache._router.view.consul.scheme == "https"
         wait_for(lambda: set(registered(secure, "secure")) == set(cache.nodes()), timeout=20, what="registration")
         assert all(set(s) == {"passing"} for s in registered(secure, "secure").values())
         cache.set("k", b"v")

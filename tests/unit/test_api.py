@@ -15,6 +15,7 @@ import pytest
 
 import shoveling_ray as sr
 from shoveling_ray import protocol as p
+from shoveling_ray.view import View
 from shoveling_ray.cache import DEFAULT_TIMEOUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +27,7 @@ class Answers:
 
     def __init__(self, statuses: dict[str, tuple]):
         self.statuses = statuses
-        self.view = {"version": 0}
+        self.view = View({}, [])
 
     def run(self, method, items, *, cached=True, stamp=None):
         return [(*self.statuses.get(item[0], (p.OK, None)), "node-a") for item in items]

@@ -16,6 +16,7 @@ from shoveling_ray.actors.sessions import ENTRY_BYTES, Sessions
 from shoveling_ray.codec import encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
 from shoveling_ray.router import Router
+from shoveling_ray.view import View
 
 from .test_replicas import NODES4, lose, repair_all, values_on
 from .test_router import NODES, Serial, get, make_actors, make_router, set_
@@ -133,7 +134,7 @@ def test_an_id_drained_to_its_new_home_takes_a_retry_once():
     actors[drained].hand_over(router.chains, chains, peers)
     for actor in peers.values():
         actor.rebuild(router.chains, chains, [drained], peers, 1, full=True)
-    view = {"members": peers, "table": [c[0] for c in chains], "chains": chains, "replicas": 1}
+    view = View(peers, [c[0] for c in chains], chains, 1)
     after = Router("unit", view, lambda node, ids: Serial(peers[node]))
     after.session = router.session
     after.run("append", appends(ids, b"a,"), stamp=stamp)

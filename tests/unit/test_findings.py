@@ -196,7 +196,7 @@ def test_init_respects_max_memory():
     actors = {n: _NodeActor("unit", n, 4000, "reject", spill_dir=SPILL_DIR.name) for n in NODES}
     view = view_of(actors)
     for actor in actors.values():
-        actor.rebuild(None, view["chains"], [], actors, 1)
+        actor.rebuild(None, view.chains, [], actors, 1)
     router = make_router(actors)
     with pytest.raises(CacheFull):
         router.place([f"i{i}" for i in range(100)], {n: 1.0 for n in NODES})

@@ -20,6 +20,7 @@ from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
 from shoveling_ray.objects import resolve
 from shoveling_ray.router import Router
+from shoveling_ray.view import View
 
 from .test_router import NODES, Counting, Serial, get, make_actors, make_router, set_
 
@@ -48,7 +49,7 @@ def lose(actors: dict, router: Router, dead: str, replicas: int) -> tuple[dict, 
     chains = reassign_chains(router.chains, survivors, max(replicas, 2))
     for actor in survivors.values():
         actor.rebuild(router.chains, chains, [dead], survivors, replicas)
-    view = {"members": survivors, "table": [c[0] for c in chains], "chains": chains, "replicas": replicas}
+    view = View(survivors, [c[0] for c in chains], chains, replicas)
     return survivors, Router("unit", view, lambda node, ids: Serial(survivors[node]))
 
 

@@ -21,6 +21,7 @@ from shoveling_ray.actors.node import _NodeActor
 from shoveling_ray.codec import decode, encode, encode_append
 from shoveling_ray.placement import build_chains, reassign_chains, slot_of
 from shoveling_ray.router import MAX_ROUNDS, Router
+from shoveling_ray.view import View
 
 NODES = ["node-a", "node-b", "node-c"]
 # A spill_dir keeps Ray's session out of it; removed when the test process exits.
@@ -29,7 +30,7 @@ SPILL_DIR = tempfile.TemporaryDirectory(prefix="router-spill-")
 
 def view_of(actors: dict, replicas: int = 1) -> dict:
     chains = build_chains(sorted(actors), max(replicas, 2))
-    return {"members": actors, "table": [c[0] for c in chains], "chains": chains, "replicas": replicas}
+    return View(actors, [c[0] for c in chains], chains, replicas)
 
 
 def make_actors(nodes: list[str] = NODES, replicas: int = 1) -> dict[str, _NodeActor]:
@@ -37,7 +38,7 @@ def make_actors(nodes: list[str] = NODES, replicas: int = 1) -> dict[str, _NodeA
     actors = {n: _NodeActor("unit", n, None, "reject", spill_dir=SPILL_DIR.name) for n in nodes}
     view = view_of(actors, replicas)
     for actor in actors.values():
-        actor.rebuild(None, view["chains"], [], actors, replicas)
+        actor.rebuild(None, view.chains, [], actors, replicas)
     return actors
 
 
@@ -229,7 +230,7 @@ def test_after_a_node_dies_its_records_become_lost_ids_and_data_elsewhere_stays_
     chains = reassign_chains(before.chains, survivors, 2)
     for actor in survivors.values():
         actor.rebuild(before.chains, chains, [dead], survivors, 1)
-    view = {"members": survivors, "table": [c[0] for c in chains], "chains": chains, "replicas": 1}
+    view = View(survivors, [c[0] for c in chains], chains, 1)
     after = Router("unit", view, lambda node, ids: Serial(survivors[node]))
     on_dead = sorted(i for i, n in placed.items() if n == dead)
     elsewhere = [i for i, n in placed.items() if n != dead]
