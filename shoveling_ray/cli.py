@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         connect(args.address)
         args.func(args)
-    except (CliError, ShovelingError, TypeError, ValueError) as exc:
+    except (CliError, ShovelingError, TypeError, ValueError, OSError) as exc:  # OSError: -o / FILE
         print(f"shoveling: {exc}", file=sys.stderr)
         sys.stderr.flush()
         if any(t.name == "shoveling-connect" and t.is_alive() for t in threading.enumerate()):
