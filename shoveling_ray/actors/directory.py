@@ -4,7 +4,9 @@ took over), and which of them were lost with the node that held their only copy.
 
 A slot's two directory nodes (the first two of its chain) keep the same records: the home
 answers clients, the backup home takes over when the home dies. Plain Python over the store,
-the layout and the peers it is given; no Ray. Which ids are held here as copies is
+the layout and the peers it is given; no Ray. The records and lost ids are two columns of the
+store's id table (:mod:`.idtable`), the node ids in them numbered: a few bytes per id instead
+of a dict entry and two strings. Which ids are held here as copies is
 :mod:`.replication`'s; the item methods that read and write the records are :mod:`.items`'.
 """
 
@@ -16,6 +18,7 @@ import threading
 from ..errors import NodeUnavailable
 from ..placement import slot_of
 from .. import protocol as p
+from .idtable import Interned, NodeColumn
 from .layout import Change, Layout
 from .peers import Peers
 from .storage import Store
@@ -37,10 +40,11 @@ class Directory:
     def __init__(self, store: Store, copies: dict, layout: Layout, peers: Peers, lock: threading.RLock) -> None:
         self.store, self._copies, self.layout, self.peers, self._lock = store, copies, layout, peers, lock
         self.node_id, self.cache = layout.node_id, peers.cache
+        nodes = Interned()
         # Placement records of ids homed here but placed on another node by init.
-        self.records: dict[str, str] = {}
+        self.records = NodeColumn(store.table, "record", nodes)
         # Ids homed here whose only copy was on a node that died: id -> that node.
-        self.lost: dict[str, str] = {}
+        self.lost = NodeColumn(store.table, "lost", nodes)
         # Ids a failed drain left here whose backup home still points at the drained node:
         # recorded again with the next client batch's created ids (see record_created).
         self.unsent: list[str] = []
