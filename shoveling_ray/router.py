@@ -351,21 +351,22 @@ class Router:
                 ids that fit are placed.
         """
         located = self.run("locate", [(i,) for i in ids], cached=False)
-        placed = {i: r[1][0] for i, r in zip(ids, located) if r[0] == p.OK}
-        new = [i for i in ids if i not in placed]
+        nodes = [r[1][0] if r[0] == p.OK else None for r in located]
+        new = [k for k, node in enumerate(nodes) if node is None]
         if new:
             targets = assign(len(new), weights)
-            answers = self.run("place", list(zip(new, targets)), cached=False)
-            for cache_id, target, (status, value, _node) in zip(new, targets, answers):
+            answers = self.run("place", [(ids[k], target) for k, target in zip(new, targets)], cached=False)
+            for k, target, (status, value, _node) in zip(new, targets, answers):
                 if status == p.UNAVAILABLE:
-                    raise NodeUnavailable(value[0], [cache_id], value[1])
+                    raise NodeUnavailable(value[0], [ids[k]], value[1])
                 if status == p.FULL:  # the node chosen for it has no room for its entry
-                    raise CacheFull(target, *value[:3], cache_id, value[3])
-                placed[cache_id] = value
-        for cache_id, node in placed.items():
-            if node != self.home(cache_id):
-                self.placements[cache_id] = node
-        return {i: placed[i] for i in ids}
+                    raise CacheFull(target, *value[:3], ids[k], value[3])
+                nodes[k] = value
+        placements = self.placements
+        for cache_id, node, home in zip(ids, nodes, home_index(ids, self.table)):
+            if node != home:
+                placements[cache_id] = node
+        return dict(zip(ids, nodes))
 
     def delete(self, cache_id: str) -> bool:
         """Delete an id and its placement record (the home does both). Whether it existed."""

@@ -16,7 +16,7 @@ import logging
 import threading
 
 from ..errors import NodeUnavailable
-from ..placement import slot_of
+from ..placement import slot_of, slots_of
 from .. import protocol as p
 from .idtable import Interned, NodeColumn
 from .layout import Change, Layout
@@ -51,12 +51,21 @@ class Directory:
 
     def absent(self, cache_id: str, via: int) -> tuple:
         """The answer for an id not held here (see :mod:`.protocol`)."""
-        target = self.records.get(cache_id)
+        return self.absent_known(self.records.get(cache_id), self.lost.get(cache_id), via)
+
+    def absent_known(self, target: str | None, lost: str | None, via: int) -> tuple:
+        """:meth:`absent` from the id's record and lost entry (see :meth:`known`)."""
         if target is not None and target != self.node_id:  # (to itself: evicted)
             return p.REDIRECT, target
-        if cache_id in self.lost:
-            return p.LOST, self.lost[cache_id]
+        if lost is not None:
+            return p.LOST, lost
         return (p.REROUTE, None) if via == p.VIA_CACHE else (p.MISS, None)
+
+    def known(self, cache_ids: list[str]) -> tuple[list, list]:
+        """The record and the lost entry of each id (``None`` where none), looked up at once."""
+        found = self.store.table.lookup(cache_ids, ("record", "lost"))
+        names = self.records.nodes.names()
+        return [names[n] for n in found["record"].tolist()], [names[n] for n in found["lost"].tolist()]
 
     def forget(self, cache_id: str) -> None:
         """Forget the record and the loss of an id deleted here."""
@@ -91,6 +100,20 @@ class Directory:
         if backup is not None:
             backups.setdefault(backup, []).append((cache_id, node))
 
+    def record_many(self, cache_ids: list[str], node: str, backups: dict) -> None:
+        """:meth:`record` for many ids placed on one node."""
+        if not cache_ids:
+            return
+        self.records.set_many(cache_ids, node)
+        chains, me = self.layout.chains, self.node_id
+        if chains is None:
+            return
+        backup_of = [c[1] if len(c) > 1 and c[1] != me else None for c in chains]
+        for cache_id, slot in zip(cache_ids, slots_of(cache_ids)):
+            backup = backup_of[slot]
+            if backup is not None:
+                backups.setdefault(backup, []).append((cache_id, node))
+
     def record_created(self, created: list) -> None:
         """With one copy: record the ids a write just created here (``created``, and those a
         failed drain left, see :attr:`unsent`), here and at their backup home (one call per
@@ -115,10 +138,13 @@ class Directory:
 
     def adopt_records(self, pairs: list) -> None:
         """At a home or backup home: record where ids of its slots live (see ``rebuild``)."""
-        for cache_id, node in pairs:
-            if cache_id in self._copies or cache_id not in self.store:
-                self.records[cache_id] = node
-                self.lost.pop(cache_id, None)
+        ids = [i for i, _ in pairs]
+        copies = self._copies
+        kept = [k for k, held in enumerate(self.store.holds_many(ids)) if not held or ids[k] in copies]
+        if len(kept) < len(ids):
+            ids, pairs = [ids[k] for k in kept], [pairs[k] for k in kept]
+        self.records.set_many(ids, [n for _, n in pairs])
+        self.lost.unset_many(ids)
 
     def adopt_directory(self, sent: tuple) -> None:
         """At a backup home: the home's records and lost ids of ``slots`` replace those here."""

@@ -143,7 +143,7 @@ class IdTable:
         row = self.row(name)
         if row < 0:
             if value:
-                self.add([name], column, value)
+                self._append_one(name, column, value)
             return
         col = self._cols[column]
         old = int(col[row])
@@ -157,6 +157,32 @@ class IdTable:
             self._live += -1 if alive else 1
             if alive and self._rows - self._live > max(1 << 16, self._live):
                 self._rebuild(len(self._index))  # it died
+
+    def _append_one(self, name: str, column: str, value: int) -> None:
+        """Add a row for ``name`` (absent) with ``column`` set: without numpy's per-call cost."""
+        encoded = name.encode()
+        row, used = self._rows, self._names_used
+        self._names = _grown(self._names, used, used + len(encoded))
+        self._names[used:used + len(encoded)] = np.frombuffer(encoded, np.uint8)
+        self._names_used = used + len(encoded)
+        self._ends = _grown(self._ends, row, row + 1)
+        self._hash = _grown(self._hash, row, row + 1)
+        h = hash(name) & _MASK32
+        self._ends[row], self._hash[row] = used + len(encoded), h
+        for c, col in self._cols.items():
+            self._cols[c] = col = _grown(col, row, row + 1)
+            col[row] = value if c == column else 0
+        self._rows, self._live = row + 1, self._live + 1
+        self._counts[column] += 1
+        if self._rows > MAX_LOAD * len(self._index):
+            self._reindex(2 * len(self._index))
+            return
+        index = self._index
+        mask = len(index) - 1
+        slot = h & mask
+        while index[slot] != _EMPTY:
+            slot = (slot + 1) & mask
+        index[slot] = row
 
     def _put(self, rows: np.ndarray, column: str, value) -> None:
         """Set ``column`` of existing ``rows`` (distinct) to ``value`` (a scalar or an array)."""
@@ -226,11 +252,24 @@ class IdTable:
 
     def values(self, names: Sequence[str], column: str) -> np.ndarray:
         """``column`` of each name (0 where unset or absent), as an int16 array."""
+        return self.lookup(names, (column,))[column]
+
+    def lookup(self, names: Sequence[str], columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{column: its value for each name}`` (0 where unset or absent), int16 arrays."""
         rows = self.rows(names)
-        out = np.zeros(len(names), np.int16)
         known = rows >= 0
-        out[known] = self._cols[column][rows[known]]
+        out = {}
+        for column in columns:
+            out[column] = values = np.zeros(len(names), np.int16)
+            values[known] = self._cols[column][rows[known]]
         return out
+
+    def unset_many(self, names: Sequence[str], column: str) -> None:
+        """Unset ``column`` of the ids in ``names`` that have it."""
+        rows = self.rows(names)
+        rows = rows[rows >= 0]
+        rows = np.unique(rows[self._cols[column][rows] != 0])
+        self._put(rows, column, 0)
 
     def add(self, names: Sequence[str], column: str, value) -> None:
         """Set ``column`` of every name in ``names`` to ``value`` (a scalar, or an array of one
@@ -239,10 +278,14 @@ class IdTable:
         values = np.broadcast_to(np.asarray(value, np.int16), (len(names),))
         missing = np.nonzero(rows < 0)[0]
         if len(missing):
-            fresh = list(dict.fromkeys(names[i] for i in missing.tolist()))
+            asked = names if len(missing) == len(names) else [names[i] for i in missing.tolist()]
+            fresh = list(dict.fromkeys(asked))
             first = self._append(fresh)
-            where = dict(zip(fresh, range(first, first + len(fresh))))
-            rows[missing] = [where[names[i]] for i in missing.tolist()]
+            if len(fresh) == len(asked):  # no name twice: rows in order
+                rows[missing] = np.arange(first, first + len(fresh))
+            else:
+                where = dict(zip(fresh, range(first, first + len(fresh))))
+                rows[missing] = [where[n] for n in asked]
         unique, last = np.unique(rows[::-1], return_index=True)  # a repeated name: its last value
         self._put(unique, column, values[::-1][last])
 
@@ -354,6 +397,10 @@ class Interned:
     def name(self, number: int) -> str:
         return self._names[number - 1]
 
+    def names(self) -> list[str | None]:
+        """The node of each number, ``None`` for 0."""
+        return [None, *self._names]
+
 
 class NodeColumn(MutableMapping):
     """One column of an :class:`IdTable` as a ``{id: node id}`` mapping (the node ids
@@ -414,13 +461,19 @@ class NodeColumn(MutableMapping):
         if isinstance(nodes, str):
             value = self.nodes.number(nodes)
         else:
-            value = np.fromiter((self.nodes.number(n) for n in nodes), np.int16, len(cache_ids))
+            nodes = list(nodes)
+            numbers = {n: self.nodes.number(n) for n in set(nodes)}
+            value = np.fromiter(map(numbers.__getitem__, nodes), np.int16, len(cache_ids))
         self.table.add(cache_ids, self.column, value)
 
     def get_many(self, cache_ids: Sequence[str]) -> list[str | None]:
         """The node of each id (``None`` where unset)."""
-        names = [None, *self.nodes._names]
+        names = self.nodes.names()
         return [names[n] for n in self.table.values(cache_ids, self.column).tolist()]
+
+    def unset_many(self, cache_ids: Sequence[str]) -> None:
+        """Forget the ids given (those without a value are skipped)."""
+        self.table.unset_many(cache_ids, self.column)
 
     def clear(self) -> None:
         self.table.unset(self.column)

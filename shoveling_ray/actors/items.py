@@ -77,9 +77,13 @@ class Items:
 
     def locate(self, batch: Batch, items: list) -> list:
         """Every node holding each id, its primary copy first."""
-        with self._lock:
-            return [(p.OK, self.replication.live_holders(i)) if i in self.store else self.directory.absent(i, via)
-                    for i, via in items]
+        ids = [i for i, _ in items]
+        with self._lock:  # looked up at once: init locates millions of ids
+            held = self.store.holds_many(ids)
+            records, lost = self.directory.known(ids)
+            live_holders, absent = self.replication.live_holders, self.directory.absent_known
+            return [(p.OK, live_holders(i)) if here else absent(target, dead, via)
+                    for (i, via), here, target, dead in zip(items, held, records, lost)]
 
     def _write(self, batch: Batch, items: list, apply, clears_loss: bool) -> list:
         """Apply writes to the ids this node may write (under the lock); ``apply`` adds each
@@ -212,6 +216,8 @@ class Items:
         here and at the backup home (also when it is here). Returns ``(OK, node)`` per id, or
         ``(UNAVAILABLE, (node, reason))`` when the target did not answer (nothing is recorded).
         """
+        if self.layout.replicas == 1:
+            return self._place_alone(items)
         out, primaries, copies, records = [], {}, {}, {}
         with self._lock:
             for index, (cache_id, _via, target) in enumerate(items):
@@ -239,6 +245,51 @@ class Items:
         self.directory.send_records(records)
         return out
 
+    def _place_alone(self, items: list) -> list:
+        """:meth:`place` with one copy per id, each step for all ids at once (``init`` of
+        millions of ids)."""
+        ids = [item[0] for item in items]
+        me, copies = self.node_id, self.replication.copies
+        out: list = [None] * len(items)
+        mine, primaries, records = [], {}, {}
+        with self._lock:
+            self.directory.lost.unset_many(ids)  # init recreates a lost id, empty
+            known = self.directory.records.get_many(ids)
+            held = self.store.holds_many(ids)
+            for index, ((cache_id, _via, target), node, here) in enumerate(zip(items, known, held)):
+                if node is not None:
+                    out[index] = (p.OK, node)
+                elif here and cache_id not in copies:
+                    out[index] = (p.OK, me)
+                else:
+                    (mine if target == me else primaries.setdefault(target, [])).append(index)
+                    out[index] = (p.OK, target)
+            if mine:
+                created = self._create_here([ids[k] for k in mine], out, mine)
+                self.directory.record_many(created, me, records)
+        self._create_placed(items, out, primaries, records)
+        self.directory.send_records(records)
+        return out
+
+    def _create_here(self, ids: list[str], out: list, indices: list[int]) -> list[str]:
+        """Create ``ids`` (at ``indices`` of ``out``) empty here for ``place``; returns those
+        created or held here, and sets ``FULL`` in ``out`` for those that did not fit."""
+        try:
+            self.store.create_empty_many(ids)
+        except CacheFull:  # one at a time: as many as fit
+            fit = []
+            for cache_id, index in zip(ids, indices):
+                try:
+                    self.store.create_empty(cache_id)
+                except CacheFull as exc:
+                    out[index] = (p.FULL, (exc.limit, exc.used, exc.needed, exc.reason))
+                else:
+                    fit.append(cache_id)
+            ids = fit
+        for cache_id in ids:
+            self.replication.copies.pop(cache_id, None)
+        return ids
+
     def _create_placed(self, items: list, out: list, primaries: dict, records: dict) -> None:
         """``place``: create the ids placed on other nodes there (``{node: [item index]}``) and
         record them; an id whose node did not answer gets ``UNAVAILABLE`` in ``out``, one it had
@@ -257,8 +308,7 @@ class Items:
                 for i in indices:
                     if items[i][0] in full:
                         out[i] = (p.FULL, full[items[i][0]])
-                    else:
-                        self.directory.record(items[i][0], node, records)
+                self.directory.record_many([i for i in ids if i not in full], node, records)
 
     def _create_copies(self, items: list, out: list, copies: dict) -> None:
         """``place``: create the copies of the ids placed (``{node: [(id, primary)]}``), but
@@ -290,6 +340,11 @@ class Items:
             raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
         full = {}
         copies = self.replication.copies
+        if all(primary == self.node_id for _, primary in pairs):  # init's primaries: at once
+            indices = list(range(len(pairs)))
+            out: list = [None] * len(pairs)
+            self._create_here([i for i, _ in pairs], out, indices)
+            return {pairs[k][0]: answer[1] for k, answer in enumerate(out) if answer is not None}
         for cache_id, primary in pairs:
             try:
                 self.store.create_empty(cache_id)

@@ -171,6 +171,11 @@ class Store:
     def __len__(self) -> int:
         return len(self._entries) + self.table.count("empty")
 
+    def holds_many(self, cache_ids: list[str]) -> list[bool]:
+        """Whether each id is held here (``in`` for many at once)."""
+        entries = self._entries
+        return [bool(e) or i in entries for i, e in zip(cache_ids, self.table.values(cache_ids, "empty").tolist())]
+
     def _is_empty(self, cache_id: str) -> bool:
         """Whether ``cache_id`` is held as an empty id without an entry."""
         return self.table.get(cache_id, "empty") != 0
