@@ -54,10 +54,27 @@ _READS = ("get", "exists", "size", "locate")
 _WRITES = ("set", "append")
 #: Item methods whose calls carry a stamp, so that a call sent again is applied once.
 STAMPED = ("set", "append", "delete")
+#: ``init`` locates and places ids this many at a time: a node's actor then holds a few
+#: megabytes of a call's temporaries at once, not a copy of millions of names (its freed heap
+#: stays in the process, see :mod:`shoveling_ray.heap`, and would count as its memory).
+PLACE_CHUNK = 100_000
 #: Reads in larger batches go to the primaries (see the module docstring): each node's actor
 #: serves its part of a batch one id after another, and a call costs about what a thousand
 #: small ids do.
 SPREAD_READS_OVER = 1000
+#: Placements a router remembers at most (about 100 MB of 12-byte ids and their entries); past
+#: it, it forgets the eighth it learned first. A forgotten id is asked of its home again,
+#: which redirects to the holder: one hop more, then it is remembered again.
+REMEMBERED = 1_000_000
+
+
+def forget_oldest(placements: dict, limit: int) -> None:
+    """Bound ``placements`` to ``limit`` entries: past it, forget the ones learned first, and an
+    eighth of ``limit`` more, so that the bound costs a pass over them once in a while."""
+    excess = len(placements) - limit
+    if excess > 0:
+        for cache_id in list(itertools.islice(placements, excess + limit // 8)):
+            del placements[cache_id]
 
 
 def call_now(handle: Any, method: str, *args: Any) -> Any:
@@ -99,6 +116,8 @@ class Router:
             cannot serve.
         submit, gather: how calls start and are waited for (see the module docstring).
         placements: remembered ``{id: node}`` of ids that live away from their home.
+        remember: how many placements to remember at most (:data:`REMEMBERED`): the oldest
+            learned are forgotten first; a forgotten id costs one redirect by its home.
         local: the node this process runs on: reads go to a copy there when there is one.
         nearest: ``(nodes) -> node``: the one of ``nodes`` nearest to ``local`` (Consul's
             network coordinates), or ``None`` when unknown; reads go to the nearest holder
@@ -115,8 +134,9 @@ class Router:
         placements: dict[str, str] | None = None,
         local: str | None = None,
         nearest: Callable[[list[str]], str | None] | None = None,
+        remember: int = REMEMBERED,
     ) -> None:
-        self.name, self.local, self.nearest = name, local, nearest
+        self.name, self.local, self.nearest, self.remember = name, local, nearest, remember
         self.handle_for, self.submit, self.gather = handle_for, submit, gather
         self.placements: dict[str, str] = placements if placements is not None else {}
         # Writes are numbered per router: (session, sequence) names a call to every node.
@@ -174,15 +194,15 @@ class Router:
         Raises:
             ShovelingError: an id's placement changed more than ``MAX_ROUNDS`` times.
         """
-        if stamp is not None or method not in STAMPED:
-            with no_gc():
-                return self._rounds(method, items, cached, stamp)
-        stamp = self.stamp()
+        own = stamp is None and method in STAMPED
+        stamp = self.stamp() if own else stamp
         try:
             with no_gc():
                 return self._rounds(method, items, cached, stamp)
         finally:
-            self.done(stamp)
+            if own:
+                self.done(stamp)
+            forget_oldest(self.placements, self.remember)
 
     def _rounds(self, method: str, items: list[tuple], cached: bool, stamp: tuple | None) -> list[tuple]:
         placements = self.placements
@@ -350,22 +370,27 @@ class Router:
             CacheFull: a chosen node had no room under ``max_memory`` for an id's entry; the
                 ids that fit are placed.
         """
-        located = self.run("locate", [(i,) for i in ids], cached=False)
-        nodes = [r[1][0] if r[0] == p.OK else None for r in located]
+        nodes: list = []
+        for k in range(0, len(ids), PLACE_CHUNK):  # chunks: what a node holds at once stays small
+            located = self.run("locate", [(i,) for i in ids[k:k + PLACE_CHUNK]], cached=False)
+            nodes.extend(r[1][0] if r[0] == p.OK else None for r in located)
         new = [k for k, node in enumerate(nodes) if node is None]
-        if new:
-            targets = assign(len(new), weights)
-            answers = self.run("place", [(ids[k], target) for k, target in zip(new, targets)], cached=False)
-            for k, target, (status, value, _node) in zip(new, targets, answers):
+        targets = assign(len(new), weights) if new else []
+        for c in range(0, len(new), PLACE_CHUNK):
+            chunk = list(zip(new[c:c + PLACE_CHUNK], targets[c:c + PLACE_CHUNK]))
+            answers = self.run("place", [(ids[k], target) for k, target in chunk], cached=False)
+            for (k, target), (status, value, _node) in zip(chunk, answers):
                 if status == p.UNAVAILABLE:
                     raise NodeUnavailable(value[0], [ids[k]], value[1])
                 if status == p.FULL:  # the node chosen for it has no room for its entry
                     raise CacheFull(target, *value[:3], ids[k], value[3])
                 nodes[k] = value
-        placements = self.placements
+        placements, limit = self.placements, self.remember
         for cache_id, node, home in zip(ids, nodes, home_index(ids, self.table)):
             if node != home:
                 placements[cache_id] = node
+                if len(placements) > limit:  # an init of millions of ids: remember the last ones
+                    forget_oldest(placements, limit)
         return dict(zip(ids, nodes))
 
     def delete(self, cache_id: str) -> bool:
