@@ -65,8 +65,9 @@ def used(cache: sr.Cache) -> int:
     return sum(s["used"] - s["bookkeeping"] for s in cache.stats().values())
 
 
-def bytes_per_id(report: Report, count: int, ids: list[str], redis: dict) -> tuple[float, str]:
-    """The two cases at ``count`` ids; returns the init time and the init cache's name (open)."""
+def bytes_per_id(report: Report, count: int, ids: list[str], redis: dict, set_ids: int) -> tuple[float, str]:
+    """The two cases at ``count`` ids (the ``set`` one up to ``set_ids``); returns the init time
+    and the init cache's name (open)."""
     name = f"bench-init-{count}"
     cache = sr.Cache(name, compression=None)
     rss0, used0 = settle(lambda: actor_rss(cache)), used(cache)
@@ -81,7 +82,13 @@ def bytes_per_id(report: Report, count: int, ids: list[str], redis: dict) -> tup
     report.add(f"init-placed id, {count:,} ids: bytes/id vs target", grown, TARGET_BYTES, "B", 1.0, False)
     report.add(f"init-placed id, {count:,} ids: bytes/id vs redis empty key", grown, redis["empty"], "B", None, False)
     report.add(f"init-placed id, {count:,} ids: used vs measured", counted, grown, "B", None)
+    if count <= set_ids:
+        set_bytes(report, count, ids, redis)
+    return seconds, name
 
+
+def set_bytes(report: Report, count: int, ids: list[str], redis: dict) -> None:
+    """Bytes per id of ids created by ``set_many`` of 100-byte values."""
     small = sr.Cache(f"bench-set-{count}", compression=None)
     rss0, used0 = settle(lambda: actor_rss(small)), used(small)
     value = np.random.default_rng(0).bytes(VALUE_BYTES)
@@ -99,7 +106,6 @@ def bytes_per_id(report: Report, count: int, ids: list[str], redis: dict) -> tup
                "B", None, False)
     report.add(f"set id of {VALUE_BYTES} B, {count:,} ids: used vs measured", counted, grown, "B", None)
     small.close()
-    return seconds, name
 
 
 def redis_bytes(ids: list[str]) -> dict:
@@ -150,7 +156,7 @@ def section_ids(args: argparse.Namespace, cluster) -> Report:
     redis = redis_bytes(every[:args.redis_keys])
     timings = {}
     for count in counts:
-        timings[count], name = bytes_per_id(report, count, every[:count], redis)
+        timings[count], name = bytes_per_id(report, count, every[:count], redis, args.set_ids)
         if count != counts[-1]:
             sr.Cache.attach(name).close()
     first = counts[0]
@@ -175,6 +181,8 @@ def main() -> None:
                         help="what to measure (repeatable; default: all)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--ids", default="1000000,10000000", help="id counts, comma separated (section ids)")
+    parser.add_argument("--set-ids", type=int, default=1_000_000,
+                        help="largest count for the set case (each set id still costs several hundred bytes)")
     parser.add_argument("--redis-keys", type=int, default=1_000_000, help="keys for Redis's bytes per key")
     args = parse_args(parser, {"ids": "20000,100000", "redis_keys": 20000})
     cluster = start(nodes=args.nodes, object_store_mb=1024)

@@ -731,7 +731,7 @@ class Cache:
 
     # -- placement -------------------------------------------------------------------------
 
-    def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes") -> dict[str, str]:
+    def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes") -> Mapping[str, str]:
         """Create ids (empty bytes) spread over the cluster.
 
         Ids that already exist keep their node and data; new ids are spread by ``strategy``:
@@ -746,7 +746,9 @@ class Cache:
         time, returns the same nodes and keeps the data.
 
         Returns:
-            ``{cache_id: node_id}`` for every id given.
+            ``{cache_id: node_id}`` for every id given: a dict for up to 100,000 ids; for more,
+            a read-only mapping (:class:`~shoveling_ray.placed.Placed`) that keeps about 10
+            bytes an id instead of a dict's hundred (a lookup by id first builds an index).
 
         Raises:
             ValueError: unknown strategy (names the valid ones), or an empty id.

@@ -42,6 +42,7 @@ from . import protocol as p
 from .codec import OBJECT_STORE_BYTES
 from .errors import CacheFull, NodeUnavailable, ShovelingError
 from .objects import refs_back
+from .placed import DICT_IDS, Placed
 from .placement import SLOTS, assign, holders, home_index, slot_of
 from .view import View
 from .wire import Bundled, no_gc, pack, split, unpack
@@ -353,7 +354,7 @@ class Router:
         pending = {node: self.submit(self.handle_for(node, []), method, *args) for node in self.members}
         return self.gather(pending, {node: [] for node in pending}, method)
 
-    def place(self, ids: list[str], weights: Mapping[str, float]) -> dict[str, str]:
+    def place(self, ids: list[str], weights: Mapping[str, float]) -> Mapping[str, str]:
         """``init``'s protocol: ids that exist keep their node; new ones are spread over the
         nodes in proportion to ``weights`` and created by their homes.
 
@@ -362,7 +363,8 @@ class Router:
         (after a failure, or from another client at the same time) changes nothing placed.
 
         Returns:
-            ``{id: node}`` for every id, in the given order.
+            ``{id: node}`` for every id, in the given order: a dict, or for more than
+            :data:`~shoveling_ray.placed.DICT_IDS` ids a :class:`~shoveling_ray.placed.Placed`.
 
         Raises:
             NodeUnavailable: a chosen node did not answer; the other ids are placed, and
@@ -391,7 +393,7 @@ class Router:
                 placements[cache_id] = node
                 if len(placements) > limit:  # an init of millions of ids: remember the last ones
                     forget_oldest(placements, limit)
-        return dict(zip(ids, nodes))
+        return dict(zip(ids, nodes)) if len(ids) <= DICT_IDS else Placed(ids, nodes)
 
     def delete(self, cache_id: str) -> bool:
         """Delete an id and its placement record (the home does both). Whether it existed."""

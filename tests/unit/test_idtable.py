@@ -10,6 +10,7 @@ import numpy as np
 from shoveling_ray.actors.idtable import IdTable, Interned, NodeColumn
 from shoveling_ray.actors.storage import EMPTY_BYTES, Store
 from shoveling_ray.codec import CODEC_RAW, KIND_BYTES
+from shoveling_ray.placed import Placed
 
 
 def test_table_answers_as_a_dict_under_random_changes():
@@ -116,3 +117,13 @@ def test_empty_ids_behave_as_empty_values():
     assert store.peek("a").raw == 2 and store.peek("b").raw == 3 and store.peek("c").raw == 0
     assert store.delete("c") and not store.delete("c") and "c" not in store
     assert sorted(store.ids()) == ["a", "b"] and store.table.count("empty") == 0
+
+
+def test_placed_is_the_mapping_a_dict_would_be():
+    ids = [f"i{k}" for k in range(1000)]
+    nodes = [("a", "b", "c")[k % 3] for k in range(1000)]
+    placed, plain = Placed(ids, nodes), dict(zip(ids, nodes))
+    assert placed == plain and list(placed) == ids and len(placed) == 1000
+    assert list(placed.items()) == list(plain.items()) and list(placed.values()) == nodes
+    assert placed["i5"] == "c" and "i5" in placed and "zz" not in placed and placed.get("zz") is None
+    assert placed.counts() == {"a": 334, "b": 333, "c": 333}
