@@ -24,7 +24,6 @@ import textwrap
 import time
 
 import numpy as np
-import psutil
 import ray
 
 import shoveling_ray as sr
@@ -43,9 +42,31 @@ def names(count: int) -> list[str]:
     return [f"id-{i:09d}" for i in range(count)]
 
 
-def actor_rss(cache: sr.Cache) -> int:
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+
+
+def actor_rss(cache: sr.Cache, field: str = "RssAnon") -> int:
+    """Resident memory of the node actors' processes: by default their own (``RssAnon``: heap
+    and anonymous maps), without the pages of Ray's object store they have touched
+    (``RssShmem``: Ray's shared pool, the same memory in every process that maps it)."""
     pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in cache._router.members.values()])
-    return sum(psutil.Process(pid).memory_info().rss for pid in pids)
+    return sum(_status(pid, field) for pid in pids)
+
+
+def _trim(actor) -> int:
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+def trimmed_rss(cache: sr.Cache) -> int:
+    """:func:`actor_rss` after each actor handed its freed heap back to the kernel: what it
+    holds, without the freed memory it keeps for reuse (up to 512 MiB, see heap.py)."""
+    ray.get([h.__ray_call__.remote(_trim) for h in cache._router.members.values()])
+    return actor_rss(cache)
 
 
 def settle(probe, rounds: int = 20) -> int:
@@ -70,15 +91,18 @@ def bytes_per_id(report: Report, count: int, ids: list[str], redis: dict, set_id
     and the init cache's name (open)."""
     name = f"bench-init-{count}"
     cache = sr.Cache(name, compression=None)
-    rss0, used0 = settle(lambda: actor_rss(cache)), used(cache)
+    rss0, used0 = settle(lambda: trimmed_rss(cache)), used(cache)
+    shm0 = actor_rss(cache, "RssShmem")
     t = time.perf_counter()
     placed = cache.init(ids)
     seconds = time.perf_counter() - t
     assert len(placed) == count
     del placed
     grown, counted = (settle(lambda: actor_rss(cache)) - rss0) / count, (used(cache) - used0) / count
-    print(f"init of {count:,} ids: {seconds:.2f} s; actors +{grown:.1f} B/id, used +{counted:.1f} B/id "
-          f"(used/measured {counted / grown:.2f})")
+    held = (trimmed_rss(cache) - rss0) / count
+    shared = (actor_rss(cache, "RssShmem") - shm0) / count
+    print(f"init of {count:,} ids: {seconds:.2f} s; actors +{grown:.1f} B/id ({held:.1f} after malloc_trim; "
+          f"object store pages touched +{shared:.1f}), used +{counted:.1f} B/id (used/measured {counted / grown:.2f})")
     report.add(f"init-placed id, {count:,} ids: bytes/id vs target", grown, TARGET_BYTES, "B", 1.0, False)
     report.add(f"init-placed id, {count:,} ids: bytes/id vs redis empty key", grown, redis["empty"], "B", None, False)
     report.add(f"init-placed id, {count:,} ids: used vs measured", counted, grown, "B", None)
@@ -90,7 +114,7 @@ def bytes_per_id(report: Report, count: int, ids: list[str], redis: dict, set_id
 def set_bytes(report: Report, count: int, ids: list[str], redis: dict) -> None:
     """Bytes per id of ids created by ``set_many`` of 100-byte values."""
     small = sr.Cache(f"bench-set-{count}", compression=None)
-    rss0, used0 = settle(lambda: actor_rss(small)), used(small)
+    rss0, used0 = settle(lambda: trimmed_rss(small)), used(small)
     value = np.random.default_rng(0).bytes(VALUE_BYTES)
     t = time.perf_counter()
     for k in range(0, count, SET_BATCH):
@@ -98,6 +122,7 @@ def set_bytes(report: Report, count: int, ids: list[str], redis: dict) -> None:
     set_seconds = time.perf_counter() - t
     small.set("flush", b"")  # the sessions forget the writes before this one
     grown, counted = (settle(lambda: actor_rss(small)) - rss0) / count, (used(small) - used0) / count
+    print(f"after malloc_trim: +{(trimmed_rss(small) - rss0) / count:.1f} B/id")
     print(f"set_many of {count:,} ids of {VALUE_BYTES} B: {set_seconds:.2f} s; actors +{grown:.1f} B/id with the "
           f"value, {grown - VALUE_BYTES:.1f} without; used +{counted:.1f} B/id (used/measured {counted / grown:.2f})")
     report.add(f"set id of {VALUE_BYTES} B, {count:,} ids: bytes/id without the value vs target",

@@ -123,9 +123,10 @@ class Directory:
             return
         backups: dict[str, list] = {}
         with self._lock:
-            for cache_id in [*self.unsent, *created]:
-                if cache_id in self.store and cache_id not in self._copies:
-                    self.record(cache_id, self.node_id, backups)
+            ids = list(dict.fromkeys([*self.unsent, *created]))
+            copies = self._copies
+            self.record_many([i for i, held in zip(ids, self.store.holds_many(ids)) if held and i not in copies],
+                             self.node_id, backups)
             self.unsent = []
         self.send_records(backups)
 
