@@ -18,7 +18,7 @@ from ..codec import OBJECT_STORE_BYTES
 from ..errors import CacheFull, NodeDrained, NodeUnavailable
 from ..objects import put_for_reads
 from .. import protocol as p
-from .batch import Batch, adopt_frames
+from .batch import Batch, adopt_frames, mapped
 from .directory import Directory
 from .drain import Drain
 from .layout import Layout
@@ -127,8 +127,10 @@ class Items:
         """Items are ``(cache_id, via, kind, meta, frames)``."""
 
         def apply(item):
-            frames = item[4] if batch.inline else adopt_frames(self.store, item[4])
+            frames = item[4] if batch.inline else adopt_frames(self.store, item[4], later=True)
             stored = self.store.set(item[0], item[2], item[3], frames)
+            if not batch.inline and mapped(frames):
+                batch.owed.append(item[0])
             batch.taken.append(item)
             return stored
 
@@ -140,8 +142,10 @@ class Items:
 
         def apply(item):
             fresh = item[0] not in self.store  # the append creates it: copies start it afresh
-            frames = item[2] if batch.inline else adopt_frames(self.store, item[2])
+            frames = item[2] if batch.inline else adopt_frames(self.store, item[2], later=True)
             added = self.store.append(item[0], frames, *item[3:])
+            if not batch.inline and mapped(frames):
+                batch.owed.append(item[0])
             batch.taken.append((item[0], fresh, *item[2:]))
             return added
 
