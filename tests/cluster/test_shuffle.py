@@ -249,3 +249,42 @@ def test_a_node_lost_during_the_reduce_phase_is_rebuilt_from_the_mappers(cluster
         print(f"rebuilt {on_extra} in {sum(r['seconds'] for r in sh.recoveries):.1f}s "
               f"(map {sh.times['map']:.1f}s, reduce {sh.times['reduce']:.1f}s)")
     assert cache.ids("rebuilt/") == []
+
+
+def test_on_a_cache_of_two_copies_partitions_are_scratch_and_outputs_keep_two(cluster):
+    """A ``replicas=2`` cache: the partitions have one copy (a lost one is rebuilt from the
+    mappers), what reducers store has two; a node lost in each phase changes no result."""
+    import numpy as np
+
+    cache = sr.Cache("shuffle-two-copies", replicas=2)
+    doomed = [cluster.add_node(num_cpus=1, object_store_memory=300 * MB) for _ in range(2)]
+    cluster.wait_for_nodes()
+    cache.init(["wake"])  # the new nodes get their actors
+    removed = []
+
+    def progress(phase, done, total):
+        if phase == "map" and done >= 3 and not removed:
+            cluster.remove_node(doomed[0])
+            removed.append(phase)
+        elif phase == "reduce" and len(removed) == 1:
+            cluster.remove_node(doomed[1])
+            removed.append(phase)
+
+    def store_sorted(partition, data):
+        numbers = np.sort(np.frombuffer(data, dtype=np.int64))
+        cache.set(f"two-out/{partition}", numbers)
+        return int(numbers.sum())
+
+    with Shuffle(cache, 6, prefix="two-copies") as sh:
+        assert {len(cache.node_ids(pid)) for pid in sh.partitions} == {1}
+        assert sum(s["under_replicated"] for s in cache.stats().values()) == 0  # one copy is their due
+        assert {sh.placement[pid] for pid in sh.partitions} & {n.node_id for n in doomed}
+        results = sh.run(range(12), _numbers_map, store_sorted, progress=progress, max_in_flight=2)
+    numbers = np.arange(12000)
+    assert removed == ["map", "reduce"]
+    assert results == [int(numbers[numbers % 6 == p].sum()) for p in range(6)]  # as undisturbed
+    for p in range(6):
+        assert len(cache.node_ids(f"two-out/{p}")) == 2
+        assert np.array_equal(cache.get(f"two-out/{p}"), numbers[numbers % 6 == p])
+    assert cache.ids("two-copies/") == []
+    cache.close()
