@@ -27,6 +27,7 @@ from . import codec, settings
 from . import protocol as p
 from .actors.coordinator import (DRAIN_DEADLINE, NAMESPACE, Coordinator, coordinator_name, find_coordinator,
                                  running_caches)
+from .actors.layout import SCRATCH
 from .actors.sessions import RESEND_WINDOW
 from .errors import (CacheClosed, CacheFull, CacheMiss, CacheNotFound, DataLost, NodeDrained, NodeUnavailable,
                      ShovelingError, ray_errors)
@@ -678,7 +679,8 @@ class Cache:
 
     # -- placement -------------------------------------------------------------------------
 
-    def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes", *, replicas: int | None = None) -> dict[str, str]:
+    def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes", *, replicas: int | None = None,
+             scratch: bool = False) -> dict[str, str]:
         """Create ids (empty bytes) spread over the cluster.
 
         Ids that already exist keep their node, data and copy count; new ids are spread by
@@ -703,13 +705,20 @@ class Cache:
                 makes its partitions so (see docs/fault-tolerance.md). Ids that writes create
                 (``set``, ``append``, ``*_many``) take the cache's ``replicas``: ``init`` them
                 first to give them another.
+            scratch: ids of one copy whose large pieces (1 MiB or more each) stay objects of
+                the processes that wrote them: the cache makes no copy of its own, neither at
+                the write nor at the first read (as a Ray core task's return stays its
+                owner's), and a writer that exits or dies takes its pieces along: reading the
+                id then raises ``DataLost``. For data you can write again, like a
+                ``Shuffle``'s partitions (its mappers run again); ``replicas`` must be 1 or
+                ``None``.
 
         Returns:
             ``{cache_id: node_id}`` for every id given.
 
         Raises:
             ValueError: unknown strategy (names the valid ones), an empty id, or ``replicas``
-                below 1 or above the cache's.
+                below 1 or above the cache's, or above 1 with ``scratch``.
             TypeError: ids not an iterable of str.
             NodeUnavailable: a chosen node did not answer and is still a member (call again to
                 place the rest). One that was drained or died meanwhile is left out at once.
@@ -717,13 +726,18 @@ class Cache:
         check_strategy(strategy)
         if replicas is not None:
             settings.check_replicas(replicas)
+        if not isinstance(scratch, bool):
+            raise TypeError(f"scratch must be a bool, not {type(scratch).__name__}")
+        if scratch and replicas not in (None, 1):
+            raise ValueError(f"scratch ids have one copy: replicas={replicas} cannot go with scratch=True")
         ids = list(dict.fromkeys(_check_ids(list_ids, "list_ids")))
         self._refresh()
         if replicas is not None and replicas > self._router.replicas:
             raise ValueError(f"replicas={replicas} is above cache {self.name!r}'s replicas={self._router.replicas}: "
                              "configure(replicas=...) it first")
         # a node drained or lost since the refresh: the ids not placed yet go to the others
-        return self._again_if_members_changed(lambda: self._router.place(ids, self._weights(strategy), replicas))
+        factor = SCRATCH if scratch else replicas
+        return self._again_if_members_changed(lambda: self._router.place(ids, self._weights(strategy), factor))
 
     def _weights(self, strategy: str) -> dict[str, float]:
         members = self._router.members

@@ -16,7 +16,7 @@ import threading
 
 from ..codec import OBJECT_STORE_BYTES
 from ..errors import CacheFull, NodeDrained, NodeUnavailable
-from ..objects import put_for_reads
+from ..objects import keep_writers, put_for_reads
 from .. import protocol as p
 from .batch import Batch, adopt_frames
 from .directory import Directory
@@ -129,7 +129,7 @@ class Items:
         """Items are ``(cache_id, via, kind, meta, frames)``."""
 
         def apply(item):
-            frames = item[4] if batch.inline else adopt_frames(self.store, item[4])
+            frames = item[4] if batch.inline else self._adopt(batch, item[0], item[4])
             stored = self.store.set(item[0], item[2], item[3], frames)
             batch.taken.append(item)
             return stored
@@ -142,13 +142,21 @@ class Items:
 
         def apply(item):
             fresh = item[0] not in self.store  # the append creates it: copies start it afresh
-            frames = item[2] if batch.inline else adopt_frames(self.store, item[2])
+            frames = item[2] if batch.inline else self._adopt(batch, item[0], item[2])
             added = self.store.append(item[0], frames, *item[3:])
             batch.taken.append((item[0], fresh, *item[2:]))
             return added
 
         with self._lock:
             return self._write(batch, items, apply, clears_loss=False)
+
+    def _adopt(self, batch: Batch, cache_id: str, frames: list) -> list:
+        """The frames of a write to keep: the writer's objects of a scratch id's large pieces
+        (:func:`~shoveling_ray.objects.keep_writers`), the rest as :func:`.adopt_frames` keeps
+        them."""
+        if self.layout.is_scratch(cache_id):
+            frames = keep_writers(frames, batch.arrived)
+        return adopt_frames(self.store, frames)
 
     def delete(self, batch: Batch, items: list) -> list:
         """At a home: delete the id, its copies and its placement records (here and at the

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from ..placement import holders, slot_of
 
+#: The factor of a *scratch* id (``init(ids, scratch=True)``): one copy, and its large pieces
+#: stay the objects of the writers that sent them (see :func:`~shoveling_ray.objects.keep_writers`).
+SCRATCH = 0
+
 
 class Layout:
     """The view of the cache that a node actor took last; changed only by :meth:`take`.
@@ -39,8 +43,11 @@ class Layout:
         if factors:
             own = factors.get(cache_id)
             if own is not None and own < self.replicas:
-                return own
+                return own or 1  # SCRATCH: one copy
         return self.replicas
+
+    def is_scratch(self, cache_id: str) -> bool:
+        return bool(self.factors) and self.factors.get(cache_id) == SCRATCH
 
     def take(self, old_chains: list | None, chains: list, gone: list, peers: dict, replicas: int,
              zones: dict | None) -> Change:
@@ -98,7 +105,7 @@ class Change:
     def old_factor(self, cache_id: str) -> int:
         """How many nodes held ``cache_id`` under the old view (see :meth:`Layout.factor`)."""
         own = self.layout.factors.get(cache_id) if self.layout.factors else None
-        return own if own is not None and own < self.old_replicas else self.old_replicas
+        return (own or 1) if own is not None and own < self.old_replicas else self.old_replicas
 
     def held_before(self, slot: int, primary: str, factor: int | None = None) -> list[str]:
         """The holders, under the old view, of an id of ``slot`` whose primary was ``primary``

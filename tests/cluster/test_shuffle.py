@@ -288,3 +288,31 @@ def test_on_a_cache_of_two_copies_partitions_are_scratch_and_outputs_keep_two(cl
         assert np.array_equal(cache.get(f"two-out/{p}"), numbers[numbers % 6 == p])
     assert cache.ids("two-copies/") == []
     cache.close()
+
+
+@ray.remote(num_cpus=0)
+class _Writer:
+    def append(self, cache: sr.Cache, ids: list[str], size: int) -> bytes:
+        piece = os.urandom(size)
+        cache.append_many({i: piece for i in ids})
+        return piece
+
+
+def test_a_scratch_ids_large_pieces_leave_with_their_writer(cache):
+    """Scratch ids (a Shuffle's partitions) keep their large pieces as the writer's objects:
+    readable while the writer lives, ``DataLost`` once it died; other ids keep theirs."""
+    from tests.conftest import wait_until_dead
+
+    cache.init(["scratch/a"], scratch=True)
+    cache.init(["kept/a"])
+    with pytest.raises(ValueError, match="one copy"):
+        cache.init(["scratch/b"], replicas=2, scratch=True)
+    writer = _Writer.remote()
+    piece = ray.get(writer.append.remote(cache, ["scratch/a", "kept/a"], 2 * MB))
+    assert cache.get("scratch/a") == piece and cache.get("kept/a") == piece
+    ray.kill(writer)
+    wait_until_dead(writer)
+    with pytest.raises(sr.DataLost):
+        wait_for(lambda: cache.get("scratch/a") != piece, what="the scratch piece to leave with its writer")
+    assert cache.get("kept/a") == piece
+    cache.delete_many(["scratch/a", "kept/a"])
