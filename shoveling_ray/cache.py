@@ -12,11 +12,14 @@ It does not store data (``actors``), decide placement (``placement``) or route (
 from __future__ import annotations
 
 import contextlib
+import heapq
 import html
+import itertools
 import math
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +80,8 @@ COORDINATOR_TIMEOUT = 300.0
 #: meanwhile). Writes are stamped, so each is applied once however often it is sent.
 RETRIES = 3
 NODE_ID_STRATEGIES = ("default",)
+#: Ids per page and node of :meth:`Cache.scan_ids` (a page of 12-byte names: about 300 KB).
+SCAN_BATCH = 5_000
 
 
 def _check_name(name: Any) -> str:
@@ -85,6 +90,11 @@ def _check_name(name: Any) -> str:
             f"cache name must be 1-128 characters of letters, digits, '_', '.', '-', got {name!r}"
         )
     return name
+
+
+def _check_prefix(prefix: Any) -> None:
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
 
 
 def _check_timeout(timeout: Any) -> float:
@@ -344,7 +354,7 @@ class Cache:
 
     def __reduce__(self):
         router = self._router
-        placements = dict(list(router.placements.items())[:_PICKLED_PLACEMENTS])
+        placements = dict(itertools.islice(router.placements.items(), _PICKLED_PLACEMENTS))
         return _restore, (self._name, self._compression, self._coordinator, router.view, placements, self._closed,
                           self._timeout)
 
@@ -622,11 +632,54 @@ class Cache:
         return value
 
     def ids(self, prefix: str = "") -> list[str]:
-        """All ids starting with ``prefix``, sorted."""
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
+        """All ids starting with ``prefix``, sorted: one list of the whole cache, built in this
+        process (for small caches; :meth:`scan_ids` streams a large one)."""
+        _check_prefix(prefix)
         found = self._each_node("ids", prefix)
         return sorted(i for ids in found.values() for i in ids)
+
+    def scan_ids(self, prefix: str = "", batch: int = SCAN_BATCH) -> Iterator[str]:
+        """The ids starting with ``prefix``, sorted, streamed: every node lists its own a page
+        of at most ``batch`` ids at a time (the next page is asked for while one is read) and
+        the pages are merged here, so this process holds at most two pages per node (``2 x
+        nodes x batch`` names), whatever the cache's size. :meth:`ids` is the same as one
+        list.
+
+        Each node lists a snapshot of its ids taken when the scan starts (it holds one pointer
+        per id until the scan ends or stops, see :mod:`.actors.scans`): an id that exists
+        throughout the scan is yielded exactly once; one set or deleted during it may or may
+        not be. The nodes are those of the cache when the scan starts.
+
+        Raises:
+            TypeError / ValueError: a bad ``prefix`` or ``batch``, at the call.
+            NodeUnavailable: a node did not answer (scan again: its ids moved to others).
+        """
+        _check_prefix(prefix)
+        if isinstance(batch, bool) or not isinstance(batch, int):
+            raise TypeError(f"batch must be int, not {type(batch).__name__}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        token = uuid.uuid4().hex
+        streams = [self._scan_node(node, token, prefix, batch) for node in sorted(self._router.members)]
+        for stream in streams:
+            next(stream)  # every node starts its snapshot now, in parallel
+        return _merged(streams)
+
+    def _scan_node(self, node: str, token: str, prefix: str, batch: int) -> Iterator[str]:
+        """One node's part of :meth:`scan_ids`: primed by one ``next`` (the first page is
+        asked for), then its ids."""
+        handle, done = self._handle(node, []), False
+        pending = _submit(handle, "scan", token, prefix, batch)
+        try:
+            yield ""
+            while not done:
+                page, done = self._gather({node: pending}, {node: []}, "scan_ids")[node]
+                if not done:
+                    pending = _submit(handle, "scan", token, prefix, batch)
+                yield from page
+        finally:
+            if not done:  # stopped early: the node forgets the snapshot now
+                _submit(handle, "scan_end", token)
 
     def lost_ids(self) -> list[str]:
         """Ids whose only copy was on a node that died (or whose actor died), sorted.
@@ -904,6 +957,15 @@ def _data_lost(lost: list[tuple], **counts: int) -> DataLost:
     ``total`` of a write."""
     nodes = {node for _id, _status, node, _asked in lost}
     return DataLost(lost[0][0], nodes.pop() if len(nodes) == 1 else "", ids=[f[0] for f in lost], **counts)
+
+
+def _merged(streams: list[Iterator[str]]) -> Iterator[str]:
+    """The sorted streams merged; each is closed (its node's scan ended) when this is."""
+    try:
+        yield from heapq.merge(*streams)
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.ObjectRef:

@@ -132,11 +132,16 @@ def cmd_ls(args: argparse.Namespace) -> None:
         elif datasets:
             print(_datasets_table(datasets))
         return
-    ids = cache.ids(args.prefix)
-    if args.json:
-        _print_json(ids)
-    elif ids:
-        print("\n".join(ids))
+    ids = cache.scan_ids(args.prefix)  # streamed: a cache of millions of ids lists too
+    if not args.json:
+        for cache_id in ids:
+            print(cache_id)
+        return
+    separator = "[\n  "  # the JSON list, written as it streams (as _print_json would lay it out)
+    for cache_id in ids:
+        print(separator + json.dumps(cache_id), end="")
+        separator = ",\n  "
+    print("[]" if separator.startswith("[") else "\n]")
 
 
 def cmd_get(args: argparse.Namespace) -> None:

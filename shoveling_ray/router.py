@@ -58,6 +58,19 @@ STAMPED = ("set", "append", "delete")
 #: serves its part of a batch one id after another, and a call costs about what a thousand
 #: small ids do.
 SPREAD_READS_OVER = 1000
+#: Placements a router remembers at most (about 100 MB of 12-byte ids and their entries); past
+#: it, it forgets the eighth it learned first. A forgotten id is asked of its home again,
+#: which redirects to the holder: one hop more, then it is remembered again.
+REMEMBERED = 1_000_000
+
+
+def forget_oldest(placements: dict, limit: int) -> None:
+    """Bound ``placements`` to ``limit`` entries: past it, forget the ones learned first, and an
+    eighth of ``limit`` more, so that the bound costs a pass over them once in a while."""
+    excess = len(placements) - limit
+    if excess > 0:
+        for cache_id in list(itertools.islice(placements, excess + limit // 8)):
+            del placements[cache_id]
 
 
 def call_now(handle: Any, method: str, *args: Any) -> Any:
@@ -99,6 +112,8 @@ class Router:
             cannot serve.
         submit, gather: how calls start and are waited for (see the module docstring).
         placements: remembered ``{id: node}`` of ids that live away from their home.
+        remember: how many placements to remember at most (:data:`REMEMBERED`): the oldest
+            learned are forgotten first; a forgotten id costs one redirect by its home.
         local: the node this process runs on: reads go to a copy there when there is one.
         nearest: ``(nodes) -> node``: the one of ``nodes`` nearest to ``local`` (Consul's
             network coordinates), or ``None`` when unknown; reads go to the nearest holder
@@ -115,8 +130,9 @@ class Router:
         placements: dict[str, str] | None = None,
         local: str | None = None,
         nearest: Callable[[list[str]], str | None] | None = None,
+        remember: int = REMEMBERED,
     ) -> None:
-        self.name, self.local, self.nearest = name, local, nearest
+        self.name, self.local, self.nearest, self.remember = name, local, nearest, remember
         self.handle_for, self.submit, self.gather = handle_for, submit, gather
         self.placements: dict[str, str] = placements if placements is not None else {}
         # Writes are numbered per router: (session, sequence) names a call to every node.
@@ -174,15 +190,15 @@ class Router:
         Raises:
             ShovelingError: an id's placement changed more than ``MAX_ROUNDS`` times.
         """
-        if stamp is not None or method not in STAMPED:
-            with no_gc():
-                return self._rounds(method, items, cached, stamp)
-        stamp = self.stamp()
+        own = stamp is None and method in STAMPED
+        stamp = self.stamp() if own else stamp
         try:
             with no_gc():
                 return self._rounds(method, items, cached, stamp)
         finally:
-            self.done(stamp)
+            if own:
+                self.done(stamp)
+            forget_oldest(self.placements, self.remember)
 
     def _rounds(self, method: str, items: list[tuple], cached: bool, stamp: tuple | None) -> list[tuple]:
         placements = self.placements
@@ -364,9 +380,12 @@ class Router:
                 if status == p.FULL:  # the node chosen for it has no room for its entry
                     raise CacheFull(target, *value[:3], cache_id, value[3])
                 placed[cache_id] = value
+        placements, limit = self.placements, self.remember
         for cache_id, node in placed.items():
             if node != self.home(cache_id):
-                self.placements[cache_id] = node
+                placements[cache_id] = node
+                if len(placements) > limit:  # an init of millions of ids: remember the last ones
+                    forget_oldest(placements, limit)
         return {i: placed[i] for i in ids}
 
     def delete(self, cache_id: str) -> bool:

@@ -15,7 +15,8 @@ This module is the Ray-facing shell only; each job is a part that owns its state
 - :mod:`.directory`: placement records and lost ids;
 - :mod:`.replication`: copies: forwarding writes, eviction drops, repairs;
 - :mod:`.drain`: handing this node's ids over, taking another's;
-- :mod:`.admin`: settings, the HTTP endpoint, Consul, stats and metrics.
+- :mod:`.admin`: settings, the HTTP endpoint, Consul, stats and metrics;
+- :mod:`.scans`: the pages of ``Cache.scan_ids``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .items import Items
 from .layout import Layout
 from .peers import Peers
 from .replication import Replication
+from .scans import Scans
 from .sessions import Sessions
 from .storage import Store
 
@@ -93,6 +95,7 @@ class _NodeActor:
         self.layout = Layout(node_id)
         self.peers = Peers(cache, self.layout)
         self.sessions = Sessions()  # what the clients' writes applied here, to apply each once
+        self.scans = Scans()  # Cache.scan_ids's open snapshots of the ids here
         parts = (self.store, self.layout, self.peers)
         copies: dict[str, str] = {}  # ids held here as a copy (Replication's; the directory reads it)
         self.directory = Directory(self.store, copies, self.layout, self.peers, self._lock)
@@ -240,6 +243,17 @@ class _NodeActor:
     def ids(self, prefix: str) -> list:
         """Ids whose primary copy is here (so that each id is listed by one node)."""
         return [i for i in self.store.ids(prefix) if i not in self.replication.copies]
+
+    @_locked
+    def scan(self, token: str, prefix: str, limit: int) -> tuple[list, bool]:
+        """The next page of scan ``token`` over :meth:`ids` (``Cache.scan_ids``, see
+        :mod:`.scans`): ``(up to limit ids, sorted; whether the scan is done)``."""
+        return self.scans.page(token, limit, lambda: self.ids(prefix))
+
+    def scan_end(self, token: str) -> None:
+        """Forget scan ``token`` before its end (the client stopped reading)."""
+        with self._lock:
+            self.scans.end(token)
 
     @_locked
     def lost_ids(self) -> dict:

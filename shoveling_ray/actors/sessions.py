@@ -38,6 +38,32 @@ SESSION_BYTES = 300
 MAX_CALLS = 4096
 
 
+class _Applied(dict):
+    """``{id: answer}`` of one call, keeping its :class:`Sessions`' count of remembered ids up
+    to date as ids are added (so that ``nbytes``, read at every publish, is not a walk over
+    every session's calls)."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self, count: list[int]) -> None:
+        super().__init__()
+        self._count = count
+
+    def __setitem__(self, cache_id: str, answer: Any) -> None:
+        if cache_id not in self:
+            self._count[0] += 1
+        dict.__setitem__(self, cache_id, answer)
+
+    def update(self, pairs) -> None:  # type: ignore[override]
+        for cache_id, answer in (pairs.items() if isinstance(pairs, dict) else pairs):
+            self[cache_id] = answer
+
+    def forget(self) -> None:
+        """Uncount it (its call is forgotten); what a batch still serving it adds is not counted."""
+        self._count[0] -= len(self)
+        self._count = [0]
+
+
 class Sessions:
     """The writes this node applied, per client session and call.
 
@@ -50,13 +76,13 @@ class Sessions:
         self.ttl, self.clock = ttl, clock
         # session -> [last seen, {sequence: {id: answer}}]
         self._sessions: dict[bytes, list] = {}
+        self._count = [0]  # ids remembered over all sessions' calls (shared with each _Applied)
         self._swept = clock()
 
     @property
     def nbytes(self) -> int:
         """The memory counted for what is remembered."""
-        entries = sum(len(applied) for _seen, calls in self._sessions.values() for applied in calls.values())
-        return entries * ENTRY_BYTES + SESSION_BYTES * len(self._sessions)
+        return self._count[0] * ENTRY_BYTES + SESSION_BYTES * len(self._sessions)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -78,15 +104,22 @@ class Sessions:
         if extra > 0:
             stale += sorted(s for s in calls if s >= low and s != sequence)[:extra]
         for old in stale:
-            del calls[old]
+            calls.pop(old).forget()
         if now - self._swept > self.ttl / 8:
             self._sweep(now)
-        return calls.setdefault(sequence, {})
+        return self._applied(calls, sequence)
+
+    def _applied(self, calls: dict, sequence: int) -> _Applied:
+        applied = calls.get(sequence)
+        if applied is None:
+            applied = calls[sequence] = _Applied(self._count)
+        return applied
 
     def _sweep(self, now: float) -> None:
         self._swept = now
         for session in [s for s, state in self._sessions.items() if now - state[0] > self.ttl]:
-            del self._sessions[session]
+            for applied in self._sessions.pop(session)[1].values():
+                applied.forget()
 
     def of(self, cache_ids: Iterable[str]) -> list[tuple]:
         """What is remembered of ``cache_ids``: ``(session, sequence, id, answer)`` entries,
@@ -103,4 +136,4 @@ class Sessions:
         for session, sequence, cache_id, answer in entries:
             state = self._sessions.setdefault(session, [now, {}])
             state[0] = now  # its client may resend these as long as to the node they came from
-            state[1].setdefault(sequence, {})[cache_id] = answer
+            self._applied(state[1], sequence)[cache_id] = answer

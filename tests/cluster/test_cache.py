@@ -224,6 +224,35 @@ def test_batched_calls(cache):
         cache.delete_many("batch/1")  # a str is not a list of ids
 
 
+def test_scan_ids_streams_every_id_once_sorted_from_every_node(cache):
+    placed = cache.init([f"scan/i{i:03}" for i in range(150)])
+    cache.set_many({f"scan/s{i:03}": b"v" for i in range(150)})
+    assert len(set(placed.values())) == len(cache.nodes())  # ids on every node
+    listed = cache.ids("scan/")
+    assert len(listed) == 300
+    for batch in (1, 7, 300, 10_000):
+        assert list(cache.scan_ids("scan/", batch=batch)) == listed
+    assert list(cache.scan_ids("scan/s", batch=13)) == listed[150:]
+    assert list(cache.scan_ids("scan/none")) == []
+    # An id set during the scan: listed at most once; every id there throughout exactly once.
+    scan = cache.scan_ids("scan/", batch=5)
+    first = [next(scan) for _ in range(10)]
+    cache.set("scan/i0005x", b"new")
+    cache.delete("scan/s149")
+    rest = list(scan)
+    seen = Counter(first + rest)
+    assert max(seen.values()) == 1 and first + rest == sorted(seen)
+    assert set(listed) - {"scan/s149"} <= set(seen)
+    stopped = cache.scan_ids("scan/", batch=3)  # stopped early: the nodes forget it
+    assert next(stopped) == "scan/i000"
+    stopped.close()
+    with pytest.raises(TypeError):
+        cache.scan_ids(b"scan/")
+    with pytest.raises(ValueError):
+        cache.scan_ids("scan/", batch=0)
+    cache.delete_many(cache.ids("scan/"))
+
+
 # -- 3. init ---------------------------------------------------------------------------------
 
 

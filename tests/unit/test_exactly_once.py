@@ -12,7 +12,7 @@ import pytest
 
 from shoveling_ray import NodeUnavailable
 from shoveling_ray import protocol as p
-from shoveling_ray.actors.sessions import ENTRY_BYTES, Sessions
+from shoveling_ray.actors.sessions import ENTRY_BYTES, SESSION_BYTES, Sessions
 from shoveling_ray.codec import encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
 from shoveling_ray.router import Router
@@ -218,3 +218,30 @@ def test_writes_a_node_adopts_are_kept_as_long_as_those_it_applied_and_refused_i
     blob, buffers = pack([("x", 0, b"", [(0, 5, b"hello")], [])])
     assert full.take_copies(("node-a", entries, {}), buffers, blob) == ["x"]
     assert full.sessions.of(["x"]) == []  # it took nothing: a resend there must apply
+
+
+def test_the_count_of_remembered_ids_follows_every_way_they_come_and_go():
+    """``nbytes`` is read at every publish, so it is kept as a count: it must equal what a walk
+    over every session's calls finds, whatever the order of calls, resends, adoptions, trims and
+    sweeps."""
+    import random
+
+    now = [0.0]
+    sessions = Sessions(ttl=60.0, clock=lambda: now[0])
+    rng = random.Random(7)
+    for step in range(3000):
+        now[0] += rng.random()
+        session = bytes([rng.randrange(6)])
+        sequence = rng.randrange(1, 40)
+        if rng.random() < 0.2:
+            sessions.adopt([(session, sequence, f"m{rng.randrange(50)}", (p.OK, None))])
+        else:
+            applied = sessions.call((session, sequence, max(1, sequence - rng.randrange(10))))
+            for _ in range(rng.randrange(4)):
+                applied[f"i{rng.randrange(50)}"] = (p.OK, None)
+            if rng.random() < 0.3:
+                applied.update({f"u{rng.randrange(50)}": p.APPLIED})
+        if step % 500 == 499:
+            now[0] += 100.0  # every session goes quiet past the ttl: the next call sweeps
+        walked = sum(len(a) for _seen, calls in sessions._sessions.values() for a in calls.values())
+        assert sessions.nbytes == walked * ENTRY_BYTES + len(sessions) * SESSION_BYTES

@@ -128,6 +128,30 @@ def test_an_init_placed_id_is_found_through_its_home_then_directly():
     assert_consistent(actors, reader)
 
 
+def test_a_client_remembers_a_bounded_number_of_placements_and_still_finds_forgotten_ids():
+    actors = make_actors()
+    ids = [f"b{i}" for i in range(300)]
+    placed = make_router(actors).place(ids, {n: 1.0 for n in NODES})
+    for cache_id in ids:
+        set_(make_router(actors), cache_id, cache_id.encode())
+    calls = Counter()
+    reader = Router("unit", view_of(actors), lambda node, ids: Counting(actors[node], calls, node), remember=40)
+    reader.place(ids, {n: 1.0 for n in NODES})  # learns about 200 placements away from home
+    assert len(reader.placements) <= 40
+    for cache_id in ids:  # the forgotten ones through their home, every one found
+        assert get(reader, cache_id) == cache_id.encode()
+        assert len(reader.placements) <= 40
+        assert reader.placements.get(cache_id, reader.home(cache_id)) == placed[cache_id]
+    recent = next(reversed(reader.placements))  # still remembered: one call, to its holder
+    calls.clear()
+    assert get(reader, recent) == recent.encode() and calls == Counter({(placed[recent], "get"): 1})
+    forgotten = next(i for i in ids if placed[i] != reader.home(i) and i not in reader.placements)
+    calls.clear()  # forgotten: its home redirects, then the holder answers
+    assert get(reader, forgotten) == forgotten.encode()
+    assert calls == Counter({(reader.home(forgotten), "get"): 1, (placed[forgotten], "get"): 1})
+    assert_consistent(actors, reader)
+
+
 def test_a_stale_placement_is_rerouted_to_the_home():
     actors = make_actors()
     first, second = make_router(actors), make_router(actors)
