@@ -163,6 +163,13 @@ def put_for_reads(frames: list) -> None:
             frames[index] = (frame[0], frame[1], _own(frame[2]))
 
 
+def own_copies(frames: list) -> dict:
+    """The copies :func:`put_for_reads` would make, made without changing ``frames``:
+    ``{index: frame}`` (for the node's background thread, which puts them in place later)."""
+    return {index: (f[0], f[1], _own(f[2])) for index, f in enumerate(frames)
+            if type(f[2]) is np.ndarray and f[2].nbytes >= OBJECT_STORE_BYTES}
+
+
 def _own(payload: np.ndarray) -> Stored:
     """``payload`` put into the object store by this process, which owns the object."""
     return Stored(ray.put(payload), payload.nbytes)

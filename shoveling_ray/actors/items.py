@@ -18,7 +18,7 @@ from ..codec import OBJECT_STORE_BYTES
 from ..errors import CacheFull, NodeDrained, NodeUnavailable
 from ..objects import keep_writers, put_for_reads
 from .. import protocol as p
-from .batch import Batch, adopt_frames
+from .batch import Batch, adopt_frames, mapped
 from .directory import Directory
 from .drain import Drain
 from .layout import Layout
@@ -131,6 +131,8 @@ class Items:
         def apply(item):
             frames = item[4] if batch.inline else self._adopt(batch, item[0], item[4])
             stored = self.store.set(item[0], item[2], item[3], frames)
+            if not batch.inline and mapped(frames):
+                batch.owed.append(item[0])
             batch.taken.append(item)
             return stored
 
@@ -144,6 +146,8 @@ class Items:
             fresh = item[0] not in self.store  # the append creates it: copies start it afresh
             frames = item[2] if batch.inline else self._adopt(batch, item[0], item[2])
             added = self.store.append(item[0], frames, *item[3:])
+            if not batch.inline and mapped(frames):
+                batch.owed.append(item[0])
             batch.taken.append((item[0], fresh, *item[2:]))
             return added
 
@@ -151,12 +155,12 @@ class Items:
             return self._write(batch, items, apply, clears_loss=False)
 
     def _adopt(self, batch: Batch, cache_id: str, frames: list) -> list:
-        """The frames of a write to keep: the writer's objects of a scratch id's large pieces
-        (:func:`~shoveling_ray.objects.keep_writers`), the rest as :func:`.adopt_frames` keeps
-        them."""
+        """The frames of a write to keep: the writer's references for a scratch id's large
+        pieces (:func:`~shoveling_ray.objects.keep_writers`: no copy of the actor's, ever), the
+        rest as :func:`.adopt_frames` keeps them (the holder's copies made after the write)."""
         if self.layout.is_scratch(cache_id):
             frames = keep_writers(frames, batch.arrived)
-        return adopt_frames(self.store, frames)
+        return adopt_frames(self.store, frames, later=True)
 
     def delete(self, batch: Batch, items: list) -> list:
         """At a home: delete the id, its copies and its placement records (here and at the
