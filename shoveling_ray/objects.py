@@ -139,6 +139,24 @@ def adopt(frames: list, keep_views: bool = True) -> list:
     return out
 
 
+def keep_writers(frames: list, arrived: dict) -> list:
+    """Frames of a scratch id (``init(ids, scratch=True)``): each payload of at least
+    :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` that came as an object of its writer (see
+    :func:`resolve`) stays that object, kept by reference as a
+    :class:`~shoveling_ray.codec.Stored`: no copy of the actor's, neither now nor at the first
+    read, as a Ray core task's return stays its owner's. A writer that dies takes the object
+    along, and reading the id then raises ``DataLost``. Other payloads are left as they are."""
+    out = []
+    for frame in frames:
+        payload = frame[2]
+        if type(payload) is np.ndarray and payload.nbytes >= OBJECT_STORE_BYTES:
+            ref = arrived.get((payload.ctypes.data, payload.nbytes))
+            if isinstance(ref, ray.ObjectRef):
+                frame = (frame[0], frame[1], Stored(ref, payload.nbytes))
+        out.append(frame)
+    return out
+
+
 def put_for_reads(frames: list) -> None:
     """Put each payload of ``frames`` (in place) of at least
     :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` that is not in the object store yet there,

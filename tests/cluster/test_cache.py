@@ -145,6 +145,37 @@ def test_many_small_appends_through_a_writer_read_back_whole_and_in_order(cache)
     cache.delete("pieces")
 
 
+def test_numpy_slices_and_other_buffers_are_written_as_their_bytes(cache):
+    import array
+
+    import numpy as np
+
+    rows = np.arange(600_000, dtype=np.int64).reshape(-1, 4)  # 4.8 MB: the object store path
+    pieces = {"buf/a": rows[:1000], "buf/b": rows[1000:], "buf/c": rows[5]}
+    cache.append_many(pieces)
+    cache.append("buf/a", rows[1000:1002])
+    assert cache.get("buf/a") == rows[:1002].tobytes()
+    assert cache.get_many(["buf/b", "buf/c"]) == {"buf/b": rows[1000:].tobytes(), "buf/c": rows[5].tobytes()}
+    cache.set("buf/d", array.array("i", [1, 2, 3]))
+    assert cache.get("buf/d") == array.array("i", [1, 2, 3]).tobytes()
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        cache.append_many({"buf/e": b"ok", "buf/f": rows[:, 1]})  # a column: strided
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        cache.set("buf/e", memoryview(rows)[::2])
+    assert not cache.exists("buf/e")  # refused before anything was sent
+    assert cache.delete_many([*pieces, "buf/d"]) == 4
+
+
+def test_init_replicas_is_checked_before_anything_is_sent(cache):
+    with pytest.raises(ValueError, match="at least 1"):
+        cache.init(["rep/x"], replicas=0)
+    with pytest.raises(ValueError, match="above cache 'main'"):
+        cache.init(["rep/x"], replicas=2)  # the cache keeps one copy
+    assert not cache.exists("rep/x")
+    assert cache.init(["rep/x"], replicas=1)["rep/x"] == cache.node_ids("rep/x")[0]
+    cache.delete("rep/x")
+
+
 def test_append_to_non_bytes_is_type_error_and_keeps_value(cache):
     cache.set("dict", {"a": 1})
     with pytest.raises(TypeError, match="not bytes"):
