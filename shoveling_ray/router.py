@@ -354,9 +354,10 @@ class Router:
         pending = {node: self.submit(self.handle_for(node, []), method, *args) for node in self.members}
         return self.gather(pending, {node: [] for node in pending}, method)
 
-    def place(self, ids: list[str], weights: Mapping[str, float]) -> Mapping[str, str]:
+    def place(self, ids: list[str], weights: Mapping[str, float], replicas: int | None = None) -> Mapping[str, str]:
         """``init``'s protocol: ids that exist keep their node; new ones are spread over the
-        nodes in proportion to ``weights`` and created by their homes.
+        nodes in proportion to ``weights`` and created by their homes, held by ``replicas``
+        nodes (``None``: the cache's ``replicas``).
 
         Each home decides for its ids and creates them on their nodes before it answers, so
         every client sees each id placed once, existing, with its record; running it again
@@ -378,9 +379,10 @@ class Router:
             nodes.extend(r[1][0] if r[0] == p.OK else None for r in located)
         new = [k for k, node in enumerate(nodes) if node is None]
         targets = assign(len(new), weights) if new else []
+        own = () if replicas is None else (replicas,)
         for c in range(0, len(new), PLACE_CHUNK):
             chunk = list(zip(new[c:c + PLACE_CHUNK], targets[c:c + PLACE_CHUNK]))
-            answers = self.run("place", [(ids[k], target) for k, target in chunk], cached=False)
+            answers = self.run("place", [(ids[k], target, *own) for k, target in chunk], cached=False)
             for (k, target), (status, value, _node) in zip(chunk, answers):
                 if status == p.UNAVAILABLE:
                     raise NodeUnavailable(value[0], [ids[k]], value[1])
