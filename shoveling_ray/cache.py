@@ -900,8 +900,8 @@ class Cache:
         disk tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` /
         ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``copies`` (ids
         held there as a copy of another node's; counted in ``ids`` too), ``under_replicated``
-        (ids whose primary copy is there with fewer copies than ``replicas``: being rebuilt,
-        or fewer nodes than ``replicas``), ``lost`` (ids homed there whose only copy died) and
+        (ids whose primary copy is there with fewer copies than their count, ``replicas`` or
+        their own from :meth:`init`: being rebuilt, or fewer nodes than that), ``lost`` (ids homed there whose only copy died) and
         ``consul`` (``None`` without Consul, else the
         heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
         return Stats(self._each_node("stats"))
