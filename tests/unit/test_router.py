@@ -131,12 +131,13 @@ def test_an_init_placed_id_is_found_through_its_home_then_directly():
 def test_a_client_remembers_a_bounded_number_of_placements_and_still_finds_forgotten_ids():
     actors = make_actors()
     ids = [f"b{i}" for i in range(300)]
-    placed = make_router(actors).place(ids, {n: 1.0 for n in NODES})
+    on_a = {"node-a": 1.0, "node-b": 0.0, "node-c": 0.0}  # every id on node-a: most away from home
+    placed = make_router(actors).place(ids, on_a)
     for cache_id in ids:
         set_(make_router(actors), cache_id, cache_id.encode())
     calls = Counter()
     reader = Router("unit", view_of(actors), lambda node, ids: Counting(actors[node], calls, node), remember=40)
-    reader.place(ids, {n: 1.0 for n in NODES})  # learns about 200 placements away from home
+    reader.place(ids, on_a)  # learns about 200 placements away from home
     assert len(reader.placements) <= 40
     for cache_id in ids:  # the forgotten ones through their home, every one found
         assert get(reader, cache_id) == cache_id.encode()
