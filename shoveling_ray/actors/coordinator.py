@@ -254,8 +254,10 @@ class _Coordinator:
         (see ``_NodeActor.rebuild``) before any client sees it: this answers only when they
         are done."""
         peers = dict(self.members)
-        calls = [h.rebuild.remote(old_chains, self.chains, gone, peers, self.replicas, full, self.zones)
-                 for h in peers.values()]
+        # The view's parts go into the object store once, for every member (one serialization
+        # per view change, not one per member; each member's call carries references).
+        old, new, handles = ray.put(old_chains), ray.put(self.chains), ray.put(peers)
+        calls = [h.rebuild.remote(old, new, gone, handles, self.replicas, full, self.zones) for h in peers.values()]
         self.sent["rebuild"] += len(calls)
         ready = _wait_all(calls, deadline)
         if gone or full:
