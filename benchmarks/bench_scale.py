@@ -23,11 +23,13 @@ docs/scaling.md extrapolates these figures to 1,000 nodes.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+import common
 import shoveling_ray as sr
 from common import MB, Report, parse_args, start, stop
 
@@ -197,8 +199,8 @@ def nodes_section(args: argparse.Namespace, report: Report) -> None:
           f"id read back in {loss['read_all']:.1f} s and the copies were rebuilt after {loss['rebuilt']:.1f} s; "
           f"lost ids {loss['lost']}; "
           f"calls: coordinator {loss['loss_calls']}, between actors {loss['loss_peer_calls']}")
-    report.rows.append({"case": f"node loss at {loss['nodes']} nodes", **loss})
-    report.rows.append({"case": "node table", "rows": rows})
+    common.RESULTS.mkdir(parents=True, exist_ok=True)  # the table itself, beside the ratios
+    (common.RESULTS / "scale-nodes.json").write_text(json.dumps({"rows": rows, "node_loss": loss}, indent=1))
 
 
 COLUMNS = [("nodes", "{:>5}"), ("bare", "{:>6.1f}"), ("open", "{:>6.1f}"), ("attach", "{:>6.2f}"),
