@@ -1,6 +1,7 @@
-"""What a cache costs as it grows: per id (``--ids``) and per node (``--nodes``).
+"""What a cache costs as it grows: per node (``--nodes``), and per id beside it.
 
-Sections (each its own function; run one, or both by default):
+Sections (each its own function, listed in ``SECTIONS`` with its flag; a run without a flag
+runs them all):
 
 - ``--nodes``: one local cluster grown through ``--node-counts`` (4, 8, 16, 32 nodes of one
   CPU). At each count, a fresh cache is opened and measured: opening it (``Cache()``: the
@@ -216,21 +217,21 @@ def table(rows: list[dict], header: bool = True) -> str:
     return "\n".join(lines)
 
 
-#: The sections, each run by its flag (all of them without one): ``name -> (function, help)``.
+#: The sections, each run by its flag (all of them without one): ``flag -> (function, help)``.
 SECTIONS = {
-    "nodes": (nodes_section, "the node table and the node loss at the largest count"),
+    "--nodes": (nodes_section, "the node table and the node loss at the largest count"),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, (_, help_) in SECTIONS.items():
-        parser.add_argument(f"--{name}", action="store_true", help=help_)
+    for flag, (_, help_) in SECTIONS.items():
+        parser.add_argument(flag, action="store_true", help=help_)
     parser.add_argument("--node-counts", default="4,8,16,32", help="--nodes: cluster sizes of the node table, growing")
     parser.add_argument("--ids-per-run", type=int, default=20_000, help="--nodes: ids of init and of set_many per row")
     parser.add_argument("--object-store-mb", type=int, default=100, help="object store of each node")
     args = parse_args(parser, {"node_counts": "4", "ids_per_run": 1000})
-    chosen = [name for name in SECTIONS if getattr(args, name)] or list(SECTIONS)
+    chosen = [flag for flag in SECTIONS if getattr(args, flag[2:].replace("-", "_"))] or list(SECTIONS)
     report = Report("scale")
     for name in chosen:
         SECTIONS[name][0](args, report)
