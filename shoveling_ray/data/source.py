@@ -86,13 +86,44 @@ def read_dataset(cache: Cache, name: str) -> Dataset:
 def _read(cache: Cache, name: str, manifest: dict) -> Dataset:
     if not manifest["blocks"]:
         return ray.data.from_arrow(b.schema_from_bytes(manifest["schema"]).empty_table())
-    ds = ray.data.from_arrow_refs(_table_refs(cache, name, manifest["blocks"]))
+    return _dataset(_table_refs(cache, name, manifest["blocks"]), manifest)
+
+
+def _dataset(refs: list, manifest: dict) -> Dataset:
+    """The dataset of the tables of ``refs``, as ``ray.data.from_arrow_refs(refs)`` makes it
+    but without its task per block to learn the blocks' rows and schema: the manifest knows
+    them, and a job's first tasks on a node wait for a worker process to start (seconds, in a
+    second job's first epoch). That takes Ray Data's internals (Ray 2.60); if they moved,
+    ``from_arrow_refs``."""
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators.from_operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.block import BlockMetadataWithSchema
+        from ray.data.dataset import MaterializedDataset
+
+        schema = b.schema_from_bytes(manifest["schema"])
+        metadata = [BlockMetadataWithSchema(num_rows=rows, size_bytes=size, exec_stats=None, input_files=None,
+                                            schema=schema) for _id, rows, size, _node in manifest["blocks"]]
+        context = _local_context()
+        stats = DatasetStats(metadata={"FromArrow": metadata}, parent=None)
+        return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context, stats)
+    except (ImportError, TypeError, AttributeError):
+        ds = ray.data.from_arrow_refs(refs)
+        ds.context.large_args_threshold = _local_context().large_args_threshold
+        return ds
+
+
+def _local_context() -> ray.data.DataContext:
+    """The current ``DataContext`` with every map task sent to the node of its input block."""
     with warnings.catch_warnings():
         # Deprecated ("Ray Data manages scheduling internally"), and still what sends a map
-        # task to the node of its input block instead of spreading it.
+        # task to the node of its input block instead of spreading it. (Copying a context
+        # warns about Ray's own deprecated settings too.)
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds.context.large_args_threshold = 0
-    return ds
+        context = ray.data.DataContext.get_current().copy()
+        context.large_args_threshold = 0
+    return context
 
 
 def _table_refs(cache: Cache, name: str, blocks: list) -> list:
