@@ -5,6 +5,8 @@ generator; generation is included everywhere) on a local 3-node cluster of one C
   reducers store the sorted partitions back in the cache;
 - ``api``: the same sort written on the public API (``init``, ``append_many`` in the mappers,
   reducers placed by ``scheduling_strategy`` that ``get`` their partition and return it sorted);
+  ``api (scratch)``: the same with ``init(ids, scratch=True)``, whose large pieces stay the
+  mappers' objects (as a ``Shuffle``'s partitions);
 - ``ray core``: the same sort hand-rolled with Ray tasks (mappers return their pieces with
   ``num_returns``, reducers take them as arguments and return the sorted partition);
 - Ray Data's ``sort`` (pull-based and push-based shuffle; the faster is the baseline),
@@ -16,8 +18,11 @@ The contenders alternate: each round runs every one of them once, ``--repeat`` r
 starting once the object stores are back to what they held before the first. The first round
 is cold: on virtual machines that hand freed pages back to the host, memory a
 process has not touched lately costs 2-3 s per GB to touch again. The ratios use each
-contender's best run; the cold runs are printed beside them, and so are the bytes each
-contender writes into memory per byte sorted (its copies).
+contender's best run, and against the Ray core shuffle the first (cold) runs too; the bytes
+each contender writes into memory per byte sorted (its copies) are printed beside them.
+
+``--large-pieces``: 6 mappers and 12 partitions whatever the size (pieces of about 14 MB at
+1 GB: the object-store path of every piece), instead of blocks of ``--block`` records.
 """
 
 from __future__ import annotations
@@ -190,18 +195,19 @@ def run_shuffle(cache: sr.Cache, n: int, block: int, partitions: int) -> tuple[f
     return seconds, summary
 
 
-def api_sort(cache: sr.Cache, n: int, block: int, seed: int, partitions: int) -> float:
+def api_sort(cache: sr.Cache, n: int, block: int, seed: int, partitions: int, scratch: bool = False) -> float:
     """Seconds of the same sort written on the cache's public API, as a user would write it
     beside the Ray core version: ``init`` the partitions, mappers ``append_many`` their pieces,
     reducers placed with ``scheduling_strategy`` ``get`` their partition, sort it and return it
-    (it stays in the object store, as Ray core's does). Validated the same way."""
+    (it stays in the object store, as Ray core's does). Validated the same way. ``scratch``:
+    the partitions are ``init``ed with ``scratch=True``."""
     blocks = ds.blocks_of(n, block)
     t = time.perf_counter()
     samples = np.concatenate(ray.get([ds.sample.remote(seed, b, c, 2000) for b, c in blocks]))
     splitters = np.quantile(np.sort(samples), np.linspace(0, 1, partitions + 1)[1:-1], method="lower")
     map_block = ds.make_map(seed, splitters)
     ids = [f"api-sort/{p:04d}" for p in range(partitions)]
-    cache.init(ids)
+    cache.init(ids, scratch=scratch)
 
     @ray.remote
     def mapper(spec):
@@ -273,11 +279,13 @@ def main() -> None:
     parser.add_argument("--skip-ray-core", action="store_true", help="no hand-rolled Ray core shuffle")
     parser.add_argument("--skip-api", action="store_true", help="no sort written on the public API")
     parser.add_argument("--partitions", type=int, help="default: 2 per node, up to one per block (64 at most)")
+    parser.add_argument("--large-pieces", action="store_true",
+                        help="6 mappers x 12 partitions (pieces of ~14 MB at 1 GB) instead of --block")
     args = parse_args(parser, {"records": "40000", "block": 10000, "repeat": 1})
     sizes = [int(float(s)) for s in args.records.split(",")]
     from ray.data.context import ShuffleStrategy
 
-    report = Report("sort-spill" if args.max_memory_mb else "sort")
+    report = Report("sort-spill" if args.max_memory_mb else "sort-large" if args.large_pieces else "sort")
     store_mb = args.object_store_mb or min(max(512, 3 * max(sizes) * 100 // MB), 6000)
     cluster = start(nodes=3, object_store_mb=store_mb)
     max_memory = args.max_memory_mb * MB if args.max_memory_mb else None
@@ -286,21 +294,23 @@ def main() -> None:
     base = plasma_bytes()
     for n in sizes:
         gb = n * 100 / 1e9
-        blocks = len(ds.blocks_of(n, args.block))
-        partitions = args.partitions or max(6, min(blocks, 64))
+        block = -(-n // 6) if args.large_pieces else args.block
+        blocks = len(ds.blocks_of(n, block))
+        partitions = args.partitions or (12 if args.large_pieces else max(6, min(blocks, 64)))
         print(f"== {n:,} records ({gb:.1f} GB), {blocks} blocks, {partitions} partitions; "
               f"{args.repeat} rounds, each contender once per round", flush=True)
-        contenders = {"shuffle": partial(run_shuffle, cache, n, args.block, partitions)}
+        contenders = {"shuffle": partial(run_shuffle, cache, n, block, partitions)}
         if not args.skip_api:
-            contenders["api"] = partial(api_sort, cache, n, args.block, 1, partitions)
+            contenders["api"] = partial(api_sort, cache, n, block, 1, partitions)
+            contenders["api (scratch)"] = partial(api_sort, cache, n, block, 1, partitions, scratch=True)
         if not args.skip_ray_core:
-            contenders["ray core"] = partial(ray_core_sort, n, args.block, 1, partitions)
+            contenders["ray core"] = partial(ray_core_sort, n, block, 1, partitions)
         if not args.skip_floor:
-            contenders["numpy"] = partial(numpy_floor, n, args.block, 1)
+            contenders["numpy"] = partial(numpy_floor, n, block, 1)
         if not (args.skip_ray_data or n > args.ray_data_max_records):
-            expected = sum(ds.checksum(ds.generate(1, b, c)) for b, c in ds.blocks_of(n, args.block)) % 2**64
+            expected = sum(ds.checksum(ds.generate(1, b, c)) for b, c in ds.blocks_of(n, block)) % 2**64
             for strategy in (ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, ShuffleStrategy.SORT_SHUFFLE_PUSH_BASED):
-                contenders[f"ray data {strategy.value}"] = partial(ray_data_sort, n, args.block, 1, strategy, expected)
+                contenders[f"ray data {strategy.value}"] = partial(ray_data_sort, n, block, 1, strategy, expected)
         runs: dict[str, list[float]] = {name: [] for name in contenders}
         unvalidated: list[float] = []  # Ray Data's sorts without their validation
         summaries = []
@@ -325,28 +335,32 @@ def main() -> None:
         print("  Shuffle's best run: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times"].items()) + "; summed over tasks: "
               + ", ".join(f"{k} {v:.2f}s" for k, v in summary["task_stats"].items() if k.endswith("seconds")))
         if "numpy" in contenders:
-            print(f"  numpy floor with the same validation: {numpy_floor(n, args.block, 1, validate=True):.2f}s (one run)")
+            print(f"  numpy floor with the same validation: {numpy_floor(n, block, 1, validate=True):.2f}s (one run)")
         stats = summary["task_stats"]
         piece = summary["bytes"] / partitions / blocks
         for name in ("shuffle", "api", "ray core", "numpy"):
             if name in contenders:
                 print_copies(name, copies(name, piece, stats["remote_bytes"] / max(stats["bytes"], 1)))
-        labels = {"shuffle": "sort (Shuffle)", "api": "sort (public API)"}
+        labels = {"shuffle": "sort (Shuffle)", "api": "sort (public API)", "api (scratch)": "sort (public API, scratch)"}
+        mode = ", 6x12 large pieces" if args.large_pieces else ""
         data = [t for k, t in best.items() if k.startswith("ray data")]
         if unvalidated:
             print(f"  Ray Data's fastest sort without its validation: {min(unvalidated):.2f}s; against it "
                   + ", ".join(f"{name} {min(unvalidated) / best[name]:.2f}x" for name in ("shuffle", "api") if name in best))
-        for name in ("shuffle", "api"):
+        for name in labels:
             if name not in best:
                 continue
             rate = 1000 * gb / best[name]
+            label = f"{labels[name]} {gb:.1f} GB{mode}"
             if "numpy" in best:
-                report.add(f"{labels[name]} {gb:.1f} GB vs single-process numpy (floor)", rate, 1000 * gb / best["numpy"], "MB/s", None)
+                report.add(f"{label} vs single-process numpy (floor)", rate, 1000 * gb / best["numpy"], "MB/s", None)
             if "ray core" in best:
-                report.add(f"{labels[name]} {gb:.1f} GB vs hand-rolled Ray core shuffle", rate, 1000 * gb / best["ray core"], "MB/s", 1.0)
+                report.add(f"{label} vs hand-rolled Ray core shuffle", rate, 1000 * gb / best["ray core"], "MB/s", 1.0)
+                report.add(f"{label}, first runs, vs the same", 1000 * gb / runs[name][0], 1000 * gb / runs["ray core"][0],
+                           "MB/s", 1.0)
             if data:
                 target = 3.0 if max_memory else 5.0  # spilling (issue 12) / in memory (issue 14)
-                report.add(f"{labels[name]} {gb:.1f} GB vs Ray Data sort (faster strategy)", rate, 1000 * gb / min(data), "MB/s", target)
+                report.add(f"{label} vs Ray Data sort (faster strategy)", rate, 1000 * gb / min(data), "MB/s", target)
     cache.close()
     stop(cluster)
     print(f"saved {report.save()}")

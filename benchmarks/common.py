@@ -22,7 +22,10 @@ def plasma_bytes() -> int:
     """Bytes in use in the cluster's object stores, as the stores count them: an object a
     process still maps counts until it lets go (the cache keeps written payloads that way),
     where Ray's ``object_store_memory`` resource frees it when its owner does."""
-    return get_memory_info_reply(get_state_from_address()).store_stats.object_store_bytes_used
+    # The connected cluster's address: without it Ray picks "the" local cluster, and fails when
+    # other clusters run on the machine too.
+    address = ray.get_runtime_context().gcs_address
+    return get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
 
 
 RESULTS = Path(os.environ.get("SHOVELING_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))

@@ -30,6 +30,7 @@ from . import codec, settings
 from . import protocol as p
 from .actors.coordinator import (DRAIN_DEADLINE, NAMESPACE, Coordinator, coordinator_name, find_coordinator,
                                  running_caches)
+from .actors.layout import SCRATCH
 from .actors.sessions import RESEND_WINDOW
 from .errors import (CacheClosed, CacheFull, CacheMiss, CacheNotFound, DataLost, NodeDrained, NodeUnavailable,
                      ShovelingError, ray_errors)
@@ -731,10 +732,12 @@ class Cache:
 
     # -- placement -------------------------------------------------------------------------
 
-    def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes") -> dict[str, str]:
+    def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes", *, replicas: int | None = None,
+             scratch: bool = False) -> dict[str, str]:
         """Create ids (empty bytes) spread over the cluster.
 
-        Ids that already exist keep their node and data; new ids are spread by ``strategy``:
+        Ids that already exist keep their node, data and copy count; new ids are spread by
+        ``strategy``:
 
         - ``uniform_nodes``: per-node counts differ by at most one;
         - ``uniform_cpu``: in proportion to each node's CPUs;
@@ -745,20 +748,49 @@ class Cache:
         id for every client: calling it again, from here or from another process at the same
         time, returns the same nodes and keeps the data.
 
+        Args:
+            replicas: how many nodes hold each new id, for as long as it exists (``set``
+                keeps it, ``delete`` ends it): at most the cache's ``replicas``; ``None``: the
+                cache's, following :meth:`configure`. An id of its own factor keeps it when
+                ``configure`` raises the cache's ``replicas``, and has at most the cache's
+                when it lowers them. With ``replicas=1`` on a cache of copies, an id whose
+                node dies is lost (``DataLost``), as on a cache of one copy; a ``Shuffle``
+                makes its partitions so (see docs/fault-tolerance.md). Ids that writes create
+                (``set``, ``append``, ``*_many``) take the cache's ``replicas``: ``init`` them
+                first to give them another.
+            scratch: ids of one copy whose large pieces (1 MiB or more each) stay objects of
+                the processes that wrote them: the cache makes no copy of its own, neither at
+                the write nor at the first read (as a Ray core task's return stays its
+                owner's), and a writer that exits or dies takes its pieces along: reading the
+                id then raises ``DataLost``. For data you can write again, like a
+                ``Shuffle``'s partitions (its mappers run again); ``replicas`` must be 1 or
+                ``None``.
+
         Returns:
             ``{cache_id: node_id}`` for every id given.
 
         Raises:
-            ValueError: unknown strategy (names the valid ones), or an empty id.
+            ValueError: unknown strategy (names the valid ones), an empty id, or ``replicas``
+                below 1 or above the cache's, or above 1 with ``scratch``.
             TypeError: ids not an iterable of str.
             NodeUnavailable: a chosen node did not answer and is still a member (call again to
                 place the rest). One that was drained or died meanwhile is left out at once.
         """
         check_strategy(strategy)
+        if replicas is not None:
+            settings.check_replicas(replicas)
+        if not isinstance(scratch, bool):
+            raise TypeError(f"scratch must be a bool, not {type(scratch).__name__}")
+        if scratch and replicas not in (None, 1):
+            raise ValueError(f"scratch ids have one copy: replicas={replicas} cannot go with scratch=True")
         ids = list(dict.fromkeys(_check_ids(list_ids, "list_ids")))
         self._refresh()
+        if replicas is not None and replicas > self._router.replicas:
+            raise ValueError(f"replicas={replicas} is above cache {self.name!r}'s replicas={self._router.replicas}: "
+                             "configure(replicas=...) it first")
         # a node drained or lost since the refresh: the ids not placed yet go to the others
-        return self._again_if_members_changed(lambda: self._router.place(ids, self._weights(strategy)))
+        factor = SCRATCH if scratch else replicas
+        return self._again_if_members_changed(lambda: self._router.place(ids, self._weights(strategy), factor))
 
     def _weights(self, strategy: str) -> dict[str, float]:
         members = self._router.members

@@ -77,16 +77,31 @@ def check_compression(compression: Any) -> None:
         raise ValueError(f"compression must be one of 'auto', 'lz4' or None, not {compression!r}")
 
 
-def _as_buffer(data: Any) -> bytes | np.ndarray | None:
-    """Bytes-like input as ``bytes`` or a flat uint8 array (zero-copy), else ``None``."""
+def as_buffer(data: Any) -> bytes | np.ndarray | None:
+    """Input that exports a buffer (bytes, bytearray, memoryview, numpy arrays, ``array``,
+    pyarrow buffers, ...) as ``bytes`` or a flat uint8 array over the same memory (no copy),
+    else ``None``.
+
+    Raises:
+        ValueError: the buffer is not C-contiguous (its bytes are not one run of memory).
+        TypeError: a numpy array of dtype object (its memory holds pointers, not data).
+    """
     if isinstance(data, bytes):
         return data
-    if isinstance(data, (bytearray, memoryview)):
+    if isinstance(data, np.ndarray):
+        if data.dtype.hasobject:
+            raise TypeError("numpy arrays of dtype object cannot be stored; convert them first")
+        if not data.flags.c_contiguous:
+            raise ValueError(f"the array (shape {data.shape}) is not C-contiguous: pass np.ascontiguousarray(...) "
+                             "of it (a copy)")
+        return data.reshape(-1).view(np.uint8) if data.size else np.empty(0, np.uint8)
+    try:
         view = memoryview(data)
-        if not view.c_contiguous:
-            return view.tobytes()
-        return np.frombuffer(view.cast("B"), dtype=np.uint8)
-    return None
+    except TypeError:
+        return None
+    if not view.c_contiguous:
+        raise ValueError(f"the {type(data).__name__} is not C-contiguous: pass bytes(...) of it (a copy)")
+    return np.frombuffer(view.cast("B"), dtype=np.uint8)
 
 
 def _nbytes(payload: Any) -> int:
@@ -132,8 +147,10 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
     """Encode a value for storage.
 
     Args:
-        value: bytes-like (bytes, bytearray, memoryview), a numpy array of a non-object dtype,
-            or any msgpack-able value (None, bool, int, float, str, list, tuple, dict).
+        value: a numpy array of a non-object dtype (kept with its dtype and shape; one that
+            is not C-contiguous is copied), any other object exporting a C-contiguous buffer
+            (bytes, bytearray, memoryview, ``array.array``, ...: stored as its bytes, without
+            a copy), or any msgpack-able value (None, bool, int, float, str, list, tuple, dict).
         compression: ``"auto"`` (compress when it pays), ``"lz4"`` (always) or ``None``.
 
     Returns:
@@ -142,13 +159,11 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
     Raises:
         TypeError: the value is of an unsupported type (an object array, a set, a custom
             class), or it would not read back (a dict key that msgpack turns into a list).
-        ValueError: msgpack cannot represent the value (an int outside 64 bits, say).
+        ValueError: msgpack cannot represent the value (an int outside 64 bits, say), or a
+            buffer other than a numpy array is not C-contiguous.
     """
     if type(value) is bytes and len(value) < AUTO_MIN_BYTES and compression != "lz4":
         return KIND_BYTES, b"", [(CODEC_RAW, len(value), value)]  # the common small case, fast
-    buf = _as_buffer(value)
-    if buf is not None:
-        return KIND_BYTES, b"", _frames(buf, compression)
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("numpy arrays of dtype object cannot be stored; convert them first")
@@ -156,6 +171,9 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
         meta = msgpack.packb([np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape)])
         flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
         return KIND_NUMPY, meta, _frames(flat, compression)
+    buf = as_buffer(value)
+    if buf is not None:
+        return KIND_BYTES, b"", _frames(buf, compression)
     try:
         packed = msgpack.packb(value, use_bin_type=True)
     except TypeError as exc:
@@ -187,14 +205,18 @@ def _unpack(data: bytes) -> Any:
 
 
 def encode_append(data: Any, compression: str | None = "auto") -> list[Frame]:
-    """Encode bytes-like ``data`` for ``append``.
+    """Encode ``data`` for ``append``: the bytes of any object exporting a C-contiguous buffer
+    (bytes, bytearray, memoryview, a numpy array in C order, ...), without a copy.
 
     Raises:
-        TypeError: ``data`` is not bytes, bytearray or memoryview.
+        TypeError: ``data`` exports no buffer (a str, a list, ...), or is a numpy array of
+            dtype object.
+        ValueError: its buffer is not C-contiguous.
     """
-    buf = _as_buffer(data)
+    buf = as_buffer(data)
     if buf is None:
-        raise TypeError(f"append takes bytes-like data (bytes, bytearray, memoryview), not {type(data).__name__}")
+        raise TypeError(f"append takes data exporting a buffer (bytes, bytearray, memoryview, a numpy array, ...), "
+                        f"not {type(data).__name__}")
     return _frames(buf, compression)
 
 

@@ -11,7 +11,8 @@ without another copy (:func:`resolve`). Then:
   outlives its writer without a copy of its own, on the actor's node, where ``node_id`` says
   the data is (``test_every_data_path_outlives_a_killed_writer...`` kills the writer's
   process); deleting the value unmaps it and the store frees it. Ray cannot spill a mapped
-  object, so past half its ``max_memory`` the actor puts its own copy instead
+  object: a client write's payloads get the actor's own copy after the write (see below), and
+  the copies and drains other nodes send get it at once past half its ``max_memory``
   (:func:`~shoveling_ray.actors.batch.adopt_frames`).
 - :func:`forwardable` (actor): a primary forwards a write to the other copies with the
   writer's references, not a copy of its own: each copy fetches the object from where it is.
@@ -19,11 +20,13 @@ without another copy (:func:`resolve`). Then:
   too (a :class:`~shoveling_ray.wire.Bundled` batch, one per node and copy holders), so the
   primary hands that on as well instead of putting them into the object store again, and a
   copy on the writer's node reads them there without a transfer.
-- :func:`put_for_reads` (actor): the first read of a payload of at least
-  :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` puts it into the object store, owned by the
-  actor (Ray 2.56 removed ``ray.put(_owner=...)``), as a :class:`~shoveling_ray.codec.Stored`:
-  every read then gets a reference instead of a copy in its reply. A value written and never
-  read (a shuffle's sorted output) never pays that copy.
+- :func:`own_copies` (the actor's background thread, :mod:`~shoveling_ray.actors.spiller`)
+  puts each payload of at least :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` a client wrote
+  into the object store after the write, owned by the actor (Ray 2.56 removed
+  ``ray.put(_owner=...)``), as a :class:`~shoveling_ray.codec.Stored`: every read then gets a
+  reference instead of a copy in its reply, and the first read does not pay the copy. A read
+  that comes before it makes it itself (:func:`put_for_reads`); a value spilled first needs
+  none.
 - :func:`refs_beside` (actor) and :func:`refs_back` (client): a reply carries its ObjectRefs
   beside its pickle blob, where Ray counts references, and each ``Stored`` inside the blob
   holds its ref's index.
@@ -136,6 +139,24 @@ def adopt(frames: list, keep_views: bool = True) -> list:
     return out
 
 
+def keep_writers(frames: list, arrived: dict) -> list:
+    """Frames of a scratch id (``init(ids, scratch=True)``): each payload of at least
+    :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` that came as an object of its writer (see
+    :func:`resolve`) stays that object, kept by reference as a
+    :class:`~shoveling_ray.codec.Stored`: no copy of the actor's, neither now nor at the first
+    read, as a Ray core task's return stays its owner's. A writer that dies takes the object
+    along, and reading the id then raises ``DataLost``. Other payloads are left as they are."""
+    out = []
+    for frame in frames:
+        payload = frame[2]
+        if type(payload) is np.ndarray and payload.nbytes >= OBJECT_STORE_BYTES:
+            ref = arrived.get((payload.ctypes.data, payload.nbytes))
+            if isinstance(ref, ray.ObjectRef):
+                frame = (frame[0], frame[1], Stored(ref, payload.nbytes))
+        out.append(frame)
+    return out
+
+
 def put_for_reads(frames: list) -> None:
     """Put each payload of ``frames`` (in place) of at least
     :data:`~shoveling_ray.codec.OBJECT_STORE_BYTES` that is not in the object store yet there,
@@ -143,6 +164,13 @@ def put_for_reads(frames: list) -> None:
     for index, frame in enumerate(frames):
         if type(frame[2]) is np.ndarray and frame[2].nbytes >= OBJECT_STORE_BYTES:
             frames[index] = (frame[0], frame[1], _own(frame[2]))
+
+
+def own_copies(frames: list) -> dict:
+    """The copies :func:`put_for_reads` would make, made without changing ``frames``:
+    ``{index: frame}`` (for the node's background thread, which puts them in place later)."""
+    return {index: (f[0], f[1], _own(f[2])) for index, f in enumerate(frames)
+            if type(f[2]) is np.ndarray and f[2].nbytes >= OBJECT_STORE_BYTES}
 
 
 def _own(payload: np.ndarray) -> Stored:

@@ -349,9 +349,10 @@ class Router:
         pending = {node: self.submit(self.handle_for(node, []), method, *args) for node in self.members}
         return self.gather(pending, {node: [] for node in pending}, method)
 
-    def place(self, ids: list[str], weights: Mapping[str, float]) -> dict[str, str]:
+    def place(self, ids: list[str], weights: Mapping[str, float], replicas: int | None = None) -> dict[str, str]:
         """``init``'s protocol: ids that exist keep their node; new ones are spread over the
-        nodes in proportion to ``weights`` and created by their homes.
+        nodes in proportion to ``weights`` and created by their homes, held by ``replicas``
+        nodes (``None``: the cache's ``replicas``).
 
         Each home decides for its ids and creates them on their nodes before it answers, so
         every client sees each id placed once, existing, with its record; running it again
@@ -371,7 +372,8 @@ class Router:
         new = [i for i in ids if i not in placed]
         if new:
             targets = assign(len(new), weights)
-            answers = self.run("place", list(zip(new, targets)), cached=False)
+            own = () if replicas is None else (replicas,)
+            answers = self.run("place", [(i, t, *own) for i, t in zip(new, targets)], cached=False)
             for cache_id, target, (status, value, _node) in zip(new, targets, answers):
                 if status == p.UNAVAILABLE:
                     raise NodeUnavailable(value[0], [cache_id], value[1])

@@ -14,7 +14,12 @@ Built on the public :class:`~shoveling_ray.Cache` API only::
   scheduled with ``cache.scheduling_strategy(partition)``, so it reads its partition from its
   own node without a transfer.
 
-The partitions are deleted when the ``with`` block ends (or on ``cleanup()``), also when a
+The partitions are *scratch* ids (``init(..., scratch=True)``): one copy each, on any cache,
+and their large pieces stay objects of the mapper processes that wrote them, because a lost
+partition is rebuilt from its inputs (lineage, as Spark does with its shuffle files), whether
+its node died or a mapper's process did (its reducer's ``get`` raises ``DataLost``); what
+reducers store is the user's, with the cache's ``replicas``. The partitions are
+deleted when the ``with`` block ends (or on ``cleanup()``), also when a
 task failed. ``run`` returns the reduce results in partition order.
 
 A node lost during ``run`` loses the partitions it held; ``run`` recreates them, reruns every
@@ -190,7 +195,9 @@ class Shuffle:
         self.prefix = prefix or f"shuffle-{uuid.uuid4().hex[:12]}"
         self.partitions = [f"{self.prefix}/{i:06d}" for i in range(num_partitions)]
         self.strategy = strategy
-        self.placement = cache.init(self.partitions, strategy=strategy)
+        # Scratch: one copy whatever the cache's replicas, large pieces left to their mappers
+        # (a lost partition is rebuilt by mapping again, see the module docstring)
+        self.placement = cache.init(self.partitions, strategy=strategy, scratch=True)
         #: After ``run``: partitions rebuilt after a node died during the reduce phase, and
         #: what it took (``[{"partitions": [index, ...], "seconds": s}]``).
         self.recoveries: list[dict] = []
@@ -309,7 +316,7 @@ class Shuffle:
         whose home died may have started it again with part of the data."""
         lost = self._lost() if lost is None else lost
         self.cache.delete_many([self.partitions[i] for i in lost])
-        self.placement.update(self.cache.init([self.partitions[i] for i in lost], strategy=self.strategy))
+        self.placement.update(self.cache.init([self.partitions[i] for i in lost], strategy=self.strategy, scratch=True))
         return lost
 
     def _reduce(self, indices, reduce_task, options: dict, limit: int, progress) -> list:

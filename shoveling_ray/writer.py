@@ -9,8 +9,9 @@ after everything this writer flushed before.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .codec import as_buffer
 from .ids import check_id
 
 if TYPE_CHECKING:
@@ -41,17 +42,20 @@ class BufferedWriter:
         self._size = 0
         self.flushes = 0
 
-    def append(self, cache_id: str, data: bytes | bytearray | memoryview) -> None:
-        """Buffer ``data`` for ``cache_id``; flushes when the buffer is full.
+    def append(self, cache_id: str, data: Any) -> None:
+        """Buffer the bytes of ``data`` (as :meth:`~shoveling_ray.Cache.append` takes them) for
+        ``cache_id``; flushes when the buffer is full.
 
         Raises:
-            TypeError: ``data`` is not bytes-like, or the id is not a str (nothing buffered).
-            ValueError: empty id.
+            TypeError: ``data`` exports no buffer, or the id is not a str (nothing buffered).
+            ValueError: empty id, or a buffer that is not C-contiguous.
         """
         check_id(cache_id)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"append takes bytes-like data (bytes, bytearray, memoryview), not {type(data).__name__}")
-        chunk = bytes(data)  # the caller may reuse its buffer
+        buf = as_buffer(data)
+        if buf is None:
+            raise TypeError(f"append takes data exporting a buffer (bytes, bytearray, memoryview, a numpy array, "
+                            f"...), not {type(data).__name__}")
+        chunk = bytes(buf)  # the caller may reuse its buffer
         parts = self._parts.get(cache_id)
         if parts is None:
             self._parts[cache_id] = [chunk]

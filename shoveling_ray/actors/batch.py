@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..codec import OBJECT_STORE_BYTES
 from ..objects import adopt, resolve
 from ..wire import join, unpack
 from .storage import Store
@@ -31,6 +34,8 @@ class Batch:
             ``Replication.forward`` sends to the copies).
         created: ids the batch created here (with one copy their backup homes learn them).
         moved: bytes stored or returned.
+        owed: ids the batch stored large payloads of that are still the writer's objects: the
+            node's background thread makes the holder's copies (see :mod:`.spiller`).
         applied: what the sessions remember of this call (``{id: answer}``; ``None``: a read,
             or a write without a stamp): an id in it took the call here before (the client sent
             it again after a failure) and is answered as it was, not written again.
@@ -42,6 +47,7 @@ class Batch:
     taken: list = field(default_factory=list)
     created: list = field(default_factory=list)
     moved: int = 0
+    owed: list = field(default_factory=list)
     applied: dict | None = None
 
 
@@ -56,10 +62,18 @@ def unpack_batch(stamp: tuple | None, buffers: list, blob: tuple) -> tuple[Batch
     return Batch(stamp, arrived, inline=not arrays), unpack(join(blob), arrays)
 
 
-def adopt_frames(store: Store, frames: list) -> list:
+def adopt_frames(store: Store, frames: list, later: bool = False) -> list:
     """:func:`~shoveling_ray.objects.adopt`, keeping the writer's objects mapped only while
     ``store`` holds less than :data:`MAPPED_SHARE` of ``max_memory``: Ray cannot spill a mapped
     object, so a store full of them would leave Ray's own objects (replies, arguments) no room;
-    past that share large payloads become objects of the actor's own, which Ray spills."""
+    past that share large payloads become objects of the actor's own, which Ray spills.
+    ``later``: keep them mapped anyway, the node's background thread copies them (or spills
+    them first) after the write."""
     limit = store.max_memory
-    return adopt(frames, keep_views=limit is None or store.used < MAPPED_SHARE * limit)
+    return adopt(frames, keep_views=later or limit is None or store.used < MAPPED_SHARE * limit)
+
+
+def mapped(frames: list) -> bool:
+    """Whether ``frames`` hold a large payload that is still the writer's object (see
+    :func:`~shoveling_ray.objects.own_copies`)."""
+    return any(type(f[2]) is np.ndarray and f[2].nbytes >= OBJECT_STORE_BYTES for f in frames)

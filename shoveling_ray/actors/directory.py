@@ -85,7 +85,7 @@ class Directory:
         self.records[cache_id] = node
         backup = self.layout.backup(cache_id)
         if backup is not None:
-            backups.setdefault(backup, []).append((cache_id, node))
+            backups.setdefault(backup, []).append(self.pair(cache_id, node))
 
     def record_created(self, created: list) -> None:
         """With one copy: record the ids a write just created here (``created``, and those a
@@ -102,6 +102,11 @@ class Directory:
             self.unsent = []
         self.send_records(backups)
 
+    def pair(self, cache_id: str, node: str) -> tuple:
+        """A record as it travels: ``(id, node)``, and the id's own factor if it has one."""
+        factor = self.layout.factors.get(cache_id) if self.layout.factors else None
+        return (cache_id, node) if factor is None else (cache_id, node, factor)
+
     def send_records(self, backups: dict[str, list]) -> None:
         """Give backup homes the records made here (``{node: [(id, node), ...]}``), all at once.
         One that does not answer gets this slot's records from the next rebuild."""
@@ -110,11 +115,14 @@ class Directory:
                 log.warning("cache %s: backup home %s missed %d records: %s", self.cache, node, len(backups[node]), failed)
 
     def adopt_records(self, pairs: list) -> None:
-        """At a home or backup home: record where ids of its slots live (see ``rebuild``)."""
-        for cache_id, node in pairs:
+        """At a home or backup home: record where ids of its slots live (see ``rebuild``):
+        ``(id, node)`` pairs, or ``(id, node, its own factor)`` for an id created with one."""
+        for cache_id, node, *factor in pairs:
             if cache_id in self._copies or cache_id not in self.store:
                 self.records[cache_id] = node
                 self.lost.pop(cache_id, None)
+                if factor:
+                    self.layout.factors[cache_id] = factor[0]
 
     def adopt_directory(self, sent: tuple) -> None:
         """At a backup home: the home's records and lost ids of ``slots`` replace those here."""
@@ -123,9 +131,11 @@ class Directory:
         for entries in (self.records, self.lost):
             for cache_id in [i for i in entries if slot_of(i) in slots]:
                 del entries[cache_id]
-        for cache_id, node in records:
+        for cache_id, node, *factor in records:
             if cache_id in self._copies or cache_id not in self.store:
                 self.records[cache_id] = node
+                if factor:
+                    self.layout.factors[cache_id] = factor[0]
         self.lost.update((i, n) for i, n in lost if i not in self.store)
 
     def mend(self, change: Change) -> None:
@@ -138,9 +148,12 @@ class Directory:
             slot = slot_of(cache_id)
             if me not in chains[slot][:2]:
                 del self.records[cache_id]
+                if self.layout.factors and cache_id not in self.store:
+                    self.layout.factors.pop(cache_id, None)
             elif not change.alive(node):
                 del self.records[cache_id]
-                holder = change.survivor(node, slot) if change.old_replicas > 1 else None
+                factor = change.old_factor(cache_id)  # one copy: its data died with its node
+                holder = change.survivor(node, slot, factor) if factor > 1 else None
                 if holder is None:
                     self.lost[cache_id] = node
                 else:
@@ -175,8 +188,9 @@ class Directory:
         return sum(len(pairs) for pairs in announce.values()) + sum(len(d[1][0]) for d in directory.values())
 
     def _of_slots(self, slots: set) -> tuple[list, list]:
-        """The records and lost ids here of ``slots``."""
-        return ([(i, n) for i, n in self.records.items() if slot_of(i) in slots],
+        """The records and lost ids here of ``slots`` (a record of an id of its own factor
+        with that factor, as :meth:`adopt_records` takes them)."""
+        return ([self.pair(i, n) for i, n in self.records.items() if slot_of(i) in slots],
                 [(i, n) for i, n in self.lost.items() if slot_of(i) in slots])
 
     def _send_directory(self, node: str, method: str, arg, count: int) -> None:

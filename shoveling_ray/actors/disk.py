@@ -67,13 +67,32 @@ class SpillFiles:
         return max(self.limit() - self.used, 0)
 
     def write(self, payloads: list) -> list[Spilled]:
-        """Write bytes-like payloads into one new segment; returns where each went.
+        """Write bytes-like payloads into one new segment; returns where each went
+        (:meth:`reserve`, :meth:`write_segment` and :meth:`register` in one).
 
         Raises:
             OSError: the disk refused (full, ENOSPC, or failing); the segment is removed, so
                 nothing of the failed write stays on disk.
         """
+        segment = self.reserve()
+        out = self.write_segment(segment, payloads)
+        self.register(segment, sum(w.size for w in out))
+        return out
+
+    def reserve(self) -> int:
+        """A new segment's number, for :meth:`write_segment`."""
         segment, self._next = self._next, self._next + 1
+        return segment
+
+    def write_segment(self, segment: int, payloads: list) -> list[Spilled]:
+        """Write bytes-like payloads into the file of ``segment`` (from :meth:`reserve`);
+        returns where each went. It touches no other state of the tier, so it may run on
+        another thread than the rest; the bytes count once :meth:`register` is called.
+
+        Raises:
+            OSError: the disk refused (full, ENOSPC, or failing); the file is removed, so
+                nothing of the failed write stays on disk.
+        """
         out, offset = [], 0
         try:
             with open(self._path(segment), "wb") as f:
@@ -83,12 +102,19 @@ class SpillFiles:
                     out.append(Spilled(segment, offset, view.nbytes))
                     offset += view.nbytes
         except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(self._path(segment))
+            self.discard(segment)
             raise
-        self._live[segment] = [offset, offset]
-        self.used += offset
         return out
+
+    def register(self, segment: int, size: int) -> None:
+        """Count a segment written by :meth:`write_segment` (``size`` bytes)."""
+        self._live[segment] = [size, size]
+        self.used += size
+
+    def discard(self, segment: int) -> None:
+        """Remove the file of a segment that was never registered."""
+        with contextlib.suppress(OSError):
+            os.unlink(self._path(segment))
 
     def read(self, where: Spilled) -> Any:
         """The payload: ``bytes`` when small, else a uint8 array (which travels out of band)."""

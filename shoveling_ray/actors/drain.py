@@ -104,8 +104,9 @@ class Drain:
         With one copy per id, every id held here goes to its home under ``chains`` (which no
         longer names this node; ``old_chains`` is what it replaces), and the placement records
         and lost ids homed here to their new homes. With replicas, the copies it still owed
-        other holders are sent first; the coordinator's rebuild then promotes the copies of
-        its ids elsewhere.
+        other holders are sent first, and its ids of one copy (see :meth:`.Layout.factor`) go
+        to their homes; the coordinator's rebuild then promotes the copies of its other ids
+        elsewhere.
 
         Calls wait until it is done. If a home refuses (full, unreachable), what was sent is
         dropped there again and nothing changes here, except for the ids clients wrote or
@@ -117,31 +118,10 @@ class Drain:
         """
         deadline = time.monotonic() + HAND_OVER_DEADLINE
         if self.layout.replicas > 1:
-            return self._hand_over_copies(deadline)
-        old_table, table = [c[0] for c in old_chains], [c[0] for c in chains]
+            return self._hand_over_copies(old_chains, chains, peers, deadline)
         with self._lock:
-            held: dict[str, list] = {}
-            for cache_id in list(self.store.ids()):
-                held.setdefault(table[slot_of(cache_id)], []).append(cache_id)
-            directory = self.directory.by_home(table)
-            sent: dict[str, tuple] = {}  # home -> ([(id, homed here)], records, lost) it took
-            try:
-                for home in set(held) | set(directory):
-                    records, lost = directory.get(home, ([], []))
-                    for chunk in chunks(self.store, held.get(home, [])) or [[]]:
-                        homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
-                        packed = pack([(*v, h) for v, h in zip(values(self.store, chunk), homed)])
-                        if time.monotonic() > deadline:
-                            raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} took "
-                                                 f"longer than {HAND_OVER_DEADLINE:.0f} s; the node keeps its data")
-                        took = sent.setdefault(home, ([], records, lost))
-                        took[0].extend(zip(chunk, homed))
-                        handed = (self.node_id, records, lost, self.sessions.of(chunk))
-                        self.peers.call(home, "receive", handed, packed, members=peers)
-                        records, lost = [], []
-            except ShovelingError:
-                self._take_back(sent, peers)
-                raise
+            table = [c[0] for c in chains]
+            self._send_home(list(self.store.ids()), self.directory.by_home(table), old_chains, chains, peers, deadline)
             moved = len(self.store)
             self.store.close()
             self.directory.clear()
@@ -149,9 +129,45 @@ class Drain:
             log.warning("cache %s: drained, %d ids moved to other nodes", self.cache, moved)
             return moved
 
-    def _hand_over_copies(self, deadline: float) -> int:
-        """``hand_over`` with copies: stop taking calls and send the copies this node still
-        owes other holders; returns how many ids had their primary copy here.
+    def _send_home(self, ids: list, directory: dict, old_chains: list, chains: list, peers: dict,
+                   deadline: float) -> None:
+        """Send ``ids`` (held here, with the writes remembered of them and their own factors)
+        and the records and lost ids of ``directory`` (:meth:`.Directory.by_home`) to their
+        homes under ``chains`` (under the lock).
+
+        Raises:
+            ShovelingError: a home refused, or the deadline passed: what was sent is taken
+                back (:meth:`_take_back`).
+        """
+        old_table, table = [c[0] for c in old_chains], [c[0] for c in chains]
+        held: dict[str, list] = {}
+        for cache_id in ids:
+            held.setdefault(table[slot_of(cache_id)], []).append(cache_id)
+        factors = self.layout.factors
+        sent: dict[str, tuple] = {}  # home -> ([(id, homed here)], records, lost) it took
+        try:
+            for home in set(held) | set(directory):
+                records, lost = directory.get(home, ([], []))
+                for chunk in chunks(self.store, held.get(home, [])) or [[]]:
+                    homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
+                    packed = pack([(*v, h) for v, h in zip(values(self.store, chunk), homed)])
+                    if time.monotonic() > deadline:
+                        raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} took "
+                                             f"longer than {HAND_OVER_DEADLINE:.0f} s; the node keeps its data")
+                    took = sent.setdefault(home, ([], records, lost))
+                    took[0].extend(zip(chunk, homed))
+                    own = {i: factors[i] for i in chunk if i in factors} if factors else {}
+                    handed = (self.node_id, records, lost, self.sessions.of(chunk), own)
+                    self.peers.call(home, "receive", handed, packed, members=peers)
+                    records, lost = [], []
+        except ShovelingError:
+            self._take_back(sent, peers)
+            raise
+
+    def _hand_over_copies(self, old_chains: list, chains: list, peers: dict, deadline: float) -> int:
+        """``hand_over`` with copies: stop taking calls, send the copies this node still owes
+        other holders, and the ids of one copy whose primary is here to their homes; returns
+        how many ids had their primary copy here.
 
         Raises:
             ShovelingError: holders kept refusing them (rounds without progress) or the deadline
@@ -169,11 +185,15 @@ class Drain:
                 if stalled >= HAND_OVER_STALLS or time.monotonic() > deadline:
                     raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} gave up: {left} ids "
                                          "still miss a copy its holders would not take; the node keeps its data")
+            with self._lock:
+                single = [i for i in self.layout.factors if self.layout.factor(i) == 1
+                          and i in self.store and i not in self.replication.copies]
+                if single:
+                    self._send_home(single, {}, old_chains, chains, peers, deadline)
+                return len(self.store) - len(self.replication.copies)
         except BaseException:
             self.retired = False  # it keeps serving: nothing depends on the drain
             raise
-        with self._lock:
-            return len(self.store) - len(self.replication.copies)
 
     def _take_back(self, sent: dict, peers: dict) -> None:
         """After a home refused: ask every home what it took to give it back (under the lock)."""
@@ -187,12 +207,12 @@ class Drain:
     def receive(self, handed: tuple, buffers: list, blob: tuple) -> None:
         """At a new home, from a node being drained (under the lock): values (with their append
         tokens), placement records, lost ids and the writes it remembers of those values (see
-        :mod:`.sessions`).
+        :mod:`.sessions`), and the ids' own factors (see :meth:`.Layout.factor`).
 
         A value whose home did not change is taken only while this home's record still points
         at the drained node (a ``delete`` that raced the drain removed it: it stays deleted).
         """
-        source, records, lost, entries = handed
+        source, records, lost, entries, factors = handed
         self.sessions.adopt(entries)
         directory = self.directory
         for cache_id, kind, meta, frames, tokens, homed_there in unpack(join(blob), resolve(buffers)[0]):
@@ -200,6 +220,8 @@ class Drain:
                 self.store.set(cache_id, kind, meta, adopt_frames(self.store, frames), tokens)
                 directory.records[cache_id] = self.node_id  # the full rebuild after the drain tells the backup
                 directory.lost.pop(cache_id, None)
+                if cache_id in factors:
+                    self.layout.factors[cache_id] = factors[cache_id]
                 self._received[cache_id] = source
         directory.take_handed(records, lost)
         self.replication.evictions()

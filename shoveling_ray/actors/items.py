@@ -16,9 +16,9 @@ import threading
 
 from ..codec import OBJECT_STORE_BYTES
 from ..errors import CacheFull, NodeDrained, NodeUnavailable
-from ..objects import put_for_reads
+from ..objects import keep_writers, put_for_reads
 from .. import protocol as p
-from .batch import Batch, adopt_frames
+from .batch import Batch, adopt_frames, mapped
 from .directory import Directory
 from .drain import Drain
 from .layout import Layout
@@ -108,6 +108,8 @@ class Items:
                     continue
                 del lost[cache_id]
             created = target is None and cache_id not in self.store and cache_id not in records
+            if created and self.layout.factors:  # a write creates ids with the cache's factor
+                self.layout.factors.pop(cache_id, None)
             try:
                 batch.moved += apply(item)
             except CacheFull as exc:
@@ -127,8 +129,10 @@ class Items:
         """Items are ``(cache_id, via, kind, meta, frames)``."""
 
         def apply(item):
-            frames = item[4] if batch.inline else adopt_frames(self.store, item[4])
+            frames = item[4] if batch.inline else self._adopt(batch, item[0], item[4])
             stored = self.store.set(item[0], item[2], item[3], frames)
+            if not batch.inline and mapped(frames):
+                batch.owed.append(item[0])
             batch.taken.append(item)
             return stored
 
@@ -140,13 +144,23 @@ class Items:
 
         def apply(item):
             fresh = item[0] not in self.store  # the append creates it: copies start it afresh
-            frames = item[2] if batch.inline else adopt_frames(self.store, item[2])
+            frames = item[2] if batch.inline else self._adopt(batch, item[0], item[2])
             added = self.store.append(item[0], frames, *item[3:])
+            if not batch.inline and mapped(frames):
+                batch.owed.append(item[0])
             batch.taken.append((item[0], fresh, *item[2:]))
             return added
 
         with self._lock:
             return self._write(batch, items, apply, clears_loss=False)
+
+    def _adopt(self, batch: Batch, cache_id: str, frames: list) -> list:
+        """The frames of a write to keep: the writer's references for a scratch id's large
+        pieces (:func:`~shoveling_ray.objects.keep_writers`: no copy of the actor's, ever), the
+        rest as :func:`.adopt_frames` keeps them (the holder's copies made after the write)."""
+        if self.layout.is_scratch(cache_id):
+            frames = keep_writers(frames, batch.arrived)
+        return adopt_frames(self.store, frames, later=True)
 
     def delete(self, batch: Batch, items: list) -> list:
         """At a home: delete the id, its copies and its placement records (here and at the
@@ -169,6 +183,8 @@ class Items:
                 backup = self.layout.backup(cache_id)
                 if primary is None:
                     if lost.pop(cache_id, None) is not None:
+                        if self.layout.factors:
+                            self.layout.factors.pop(cache_id, None)
                         if backup:
                             calls.setdefault(backup, []).append(cache_id)
                         out.append((p.OK, True))
@@ -177,6 +193,8 @@ class Items:
                     continue
                 lost.pop(cache_id, None)
                 nodes = set(self.layout.holders(cache_id, primary))
+                if self.layout.factors:  # its factor ends with it, here at its home too
+                    self.layout.factors.pop(cache_id, None)
                 if backup:  # its record there (init) or its lost entry
                     nodes.add(backup)
                 if self.node_id in nodes:
@@ -205,7 +223,8 @@ class Items:
 
     def place(self, batch: Batch, items: list) -> list:
         """At a home: decide where new ids live and create them there, with their copies.
-        Items are ``(cache_id, via, target)``.
+        Items are ``(cache_id, via, target)``, or ``(cache_id, via, target, factor)`` for ids
+        created with a copy count of their own (see :meth:`.Layout.factor`).
 
         An id that exists here or has a record keeps its node; otherwise it is created here
         (target is this node) or on ``target``, its copies on the other holders, and recorded
@@ -214,7 +233,7 @@ class Items:
         """
         out, primaries, copies, records = [], {}, {}, {}
         with self._lock:
-            for index, (cache_id, _via, target) in enumerate(items):
+            for index, (cache_id, _via, target, *factor) in enumerate(items):
                 self.directory.lost.pop(cache_id, None)  # init recreates a lost id, empty
                 if cache_id in self.directory.records:
                     out.append((p.OK, self.directory.records[cache_id]))
@@ -222,6 +241,10 @@ class Items:
                 if cache_id in self.store and cache_id not in self.replication.copies:
                     out.append((p.OK, self.node_id))
                     continue
+                if factor:
+                    self.layout.factors[cache_id] = factor[0]
+                elif self.layout.factors:
+                    self.layout.factors.pop(cache_id, None)
                 if target == self.node_id:
                     try:
                         self.store.create_empty(cache_id)
@@ -232,7 +255,7 @@ class Items:
                 else:
                     primaries.setdefault(target, []).append(index)
                 for node in set(self.layout.holders(cache_id, target)) - {target}:
-                    copies.setdefault(node, []).append((cache_id, target))
+                    copies.setdefault(node, []).append((cache_id, target, *factor))
                 out.append((p.OK, target))
         self._create_placed(items, out, primaries, records)
         self._create_copies(items, out, copies)
@@ -246,9 +269,8 @@ class Items:
         # The lock is free while the targets create their ids: a target that is itself a home
         # placing ids here must find this actor's peer methods able to run.
         for node, indices in primaries.items():
-            ids = [items[i][0] for i in indices]
             try:
-                full = self.peers.call(node, "create_empty", [(i, node) for i in ids])
+                full = self.peers.call(node, "create_empty", [(items[i][0], node, *items[i][3:]) for i in indices])
             except NodeUnavailable as exc:
                 for i in indices:
                     out[i] = (p.UNAVAILABLE, (node, exc.reason))
@@ -279,9 +301,10 @@ class Items:
                 log.warning("cache %s: node %s had no room for copies of %d new ids", self.cache, node, len(full))
 
     def create_empty(self, pairs: list) -> dict:
-        """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs (under the
-        lock): the primary copy when that node is this one, else a copy. Returns ``{id: (limit,
-        used, needed, reason)}`` of those that did not fit under ``max_memory``.
+        """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs, or
+        ``(id, primary node, factor)`` for an id of its own copy count (under the lock): the
+        primary copy when that node is this one, else a copy. Returns ``{id: (limit, used,
+        needed, reason)}`` of those that did not fit under ``max_memory``.
 
         Raises:
             NodeDrained: this node was drained.
@@ -290,12 +313,17 @@ class Items:
             raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
         full = {}
         copies = self.replication.copies
-        for cache_id, primary in pairs:
+        factors = self.layout.factors
+        for cache_id, primary, *factor in pairs:
             try:
                 self.store.create_empty(cache_id)
             except CacheFull as exc:
                 full[cache_id] = (exc.limit, exc.used, exc.needed, exc.reason)
                 continue
+            if factor:
+                factors[cache_id] = factor[0]
+            elif factors and cache_id not in self.directory.records:
+                factors.pop(cache_id, None)
             if primary == self.node_id:
                 copies.pop(cache_id, None)
             else:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from ..placement import holders, slot_of
 
+#: The factor of a *scratch* id (``init(ids, scratch=True)``): one copy, and its large pieces
+#: stay the objects of the writers that sent them (see :func:`~shoveling_ray.objects.keep_writers`).
+SCRATCH = 0
+
 
 class Layout:
     """The view of the cache that a node actor took last; changed only by :meth:`take`.
@@ -27,6 +31,23 @@ class Layout:
         self.zones: dict[str, str] = {}  # members' failure domains (see placement.holders)
         # Per slot: the other holders of an id whose primary copy is here (None with one copy).
         self.others: list | None = None
+        # The copy count of the ids held or recorded here that were created with one of their
+        # own (``init(ids, replicas=k)``); every other id has ``replicas``. Empty in the default
+        # case, so that ids cost nothing more.
+        self.factors: dict[str, int] = {}
+
+    def factor(self, cache_id: str) -> int:
+        """How many nodes hold ``cache_id``: its own factor, at most ``replicas`` (lowering the
+        cache's copy count caps the ids created with more), else ``replicas``."""
+        factors = self.factors
+        if factors:
+            own = factors.get(cache_id)
+            if own is not None and own < self.replicas:
+                return own or 1  # SCRATCH: one copy
+        return self.replicas
+
+    def is_scratch(self, cache_id: str) -> bool:
+        return bool(self.factors) and self.factors.get(cache_id) == SCRATCH
 
     def take(self, old_chains: list | None, chains: list, gone: list, peers: dict, replicas: int,
              zones: dict | None) -> Change:
@@ -42,7 +63,15 @@ class Layout:
         first."""
         if self.chains is None:
             return [primary]
-        return holders(primary, self.chains[slot_of(cache_id)], self.replicas, self.zones)
+        return holders(primary, self.chains[slot_of(cache_id)], self.factor(cache_id), self.zones)
+
+    def others_of(self, cache_id: str) -> list[str]:
+        """The other holders of an id whose primary copy is here."""
+        if self.others is None:
+            return []
+        if self.factors and cache_id in self.factors:
+            return self.holders(cache_id, self.node_id)[1:]
+        return self.others[slot_of(cache_id)]
 
     def backup(self, cache_id: str) -> str | None:
         """The backup home of an id's slot: the other node keeping its placement record."""
@@ -73,10 +102,18 @@ class Change:
         """A member that kept its data (not a replaced actor)."""
         return node in self.layout.peers and node not in self.gone
 
-    def held_before(self, slot: int, primary: str) -> list[str]:
-        """The holders, under the old view, of an id of ``slot`` whose primary was ``primary``."""
-        return holders(primary, self.old_chains[slot], self.old_replicas, self.old_zones)
+    def old_factor(self, cache_id: str) -> int:
+        """How many nodes held ``cache_id`` under the old view (see :meth:`Layout.factor`)."""
+        own = self.layout.factors.get(cache_id) if self.layout.factors else None
+        return (own or 1) if own is not None and own < self.old_replicas else self.old_replicas
 
-    def survivor(self, primary: str, slot: int) -> str | None:
-        """The first holder that kept its data of an id of ``slot`` whose primary was ``primary``."""
-        return next((n for n in self.held_before(slot, primary) if self.alive(n)), None)
+    def held_before(self, slot: int, primary: str, factor: int | None = None) -> list[str]:
+        """The holders, under the old view, of an id of ``slot`` whose primary was ``primary``
+        (``factor``: its copy count then, see :meth:`old_factor`; the old ``replicas`` by
+        default)."""
+        return holders(primary, self.old_chains[slot], factor or self.old_replicas, self.old_zones)
+
+    def survivor(self, primary: str, slot: int, factor: int | None = None) -> str | None:
+        """The first holder that kept its data of an id of ``slot`` whose primary was
+        ``primary`` (``factor``: as for :meth:`held_before`)."""
+        return next((n for n in self.held_before(slot, primary, factor) if self.alive(n)), None)

@@ -31,7 +31,7 @@ import ray
 from ..errors import NodeDrained
 from ..heap import keep_freed_memory
 from ..membership.consul import ConsulConfig
-from ..objects import adopt, load, refs_beside
+from ..objects import adopt, load, own_copies, refs_beside
 from ..wire import no_gc, pack
 from .admin import Admin
 from .batch import unpack_batch
@@ -44,6 +44,7 @@ from .peers import Peers
 from .replication import Replication
 from .scans import Scans
 from .sessions import Sessions
+from .spiller import Spiller
 from .storage import Store
 from .tables import Tables
 
@@ -90,10 +91,11 @@ class _NodeActor:
         self.cache = cache
         self.node_id = node_id
         disk = SpillFiles(os.path.join(spill_dir or _session_dir(), cache, node_id), max_disk)
-        self.store = Store(node_id, max_memory, policy, disk, own=adopt, load=load)
         # Held while state changes; free during calls to peers. Reentrant: Admin.publish takes
         # it too, from methods that hold it and from those that do not.
         self._lock = threading.RLock()
+        self.store = Store(node_id, max_memory, policy, disk, own=adopt, load=load, wake=self._wake)
+        self.spiller = Spiller(self.store, self._lock, own_copies)
         self.layout = Layout(node_id)
         self.peers = Peers(cache, self.layout)
         self.sessions = Sessions()  # what the clients' writes applied here, to apply each once
@@ -107,6 +109,9 @@ class _NodeActor:
         self.items = Items(*parts, self.directory, self.replication, self.drain, self._lock)
         base = {"max-memory": max_memory, "max-disk": max_disk, "eviction": policy, "http": http}
         self.admin = Admin(self, self.store, self.directory, self.replication, self.sessions, self._lock, base, consul)
+
+    def _wake(self) -> None:
+        self.spiller.wake()
 
     def ping(self) -> str:
         """The node this actor really runs on, as Ray reports it."""
@@ -149,6 +154,9 @@ class _NodeActor:
                         self.replication.forward(method, served)
                     served.taken = []  # it holds the frames' ObjectRefs: a deleted value must free them
             served.arrived = {}  # the writer's references: its objects are freed once the views go
+            if served.owed:
+                with self._lock:
+                    self.spiller.own(served.owed)
             if self.store.evicted:
                 with self._lock:
                     self.replication.evictions()
@@ -327,6 +335,7 @@ class _NodeActor:
         """Stop the HTTP endpoint and the Consul threads (each joined), deregister this
         actor's instance and remove its spill files."""
         self.admin.stop()
+        self.spiller.stop()
         with self._lock:
             self.store.close()
 

@@ -68,7 +68,7 @@ class Replication:
         for their copy (the copy they get will have the write)."""
         if self.layout.others is None:
             return []
-        nodes = self.layout.others[slot_of(cache_id)]
+        nodes = self.layout.others_of(cache_id)
         pending = self.repairs.get(cache_id) if self.repairs else None
         return [n for n in nodes if n not in pending] if pending else nodes
 
@@ -82,17 +82,25 @@ class Replication:
         return [n for n in self.layout.holders(cache_id, primary) if n in self.layout.peers and n not in pending]
 
     def under_replicated(self) -> int:
-        """Ids whose primary copy is here with fewer copies than ``replicas``."""
-        if self.layout.replicas == 1:
+        """Ids whose primary copy is here with fewer copies than their factor (see
+        :meth:`.Layout.factor`)."""
+        layout = self.layout
+        if layout.replicas == 1:
             return 0
-        if len(self.layout.peers) < self.layout.replicas:
-            return len(self.store) - len(self.copies)
+        if len(layout.peers) < layout.replicas:
+            short = len(self.store) - len(self.copies)
+            # ids of their own factor that the members can hold are not short
+            short -= sum(1 for i in layout.factors if layout.factor(i) <= len(layout.peers)
+                         and i in self.store and i not in self.copies)
+            return short
         return len(self.repairs)
 
     def forget(self, cache_id: str) -> None:
         """Forget the copies bookkeeping of an id deleted here."""
         self.copies.pop(cache_id, None)
         self.repairs.pop(cache_id, None)
+        if self.layout.factors:
+            self.layout.factors.pop(cache_id, None)
 
     def forward(self, method: str, batch: Batch) -> None:
         """Apply the writes of a batch that this node took as the primary copy on the ids'
@@ -105,8 +113,12 @@ class Replication:
         groups: dict[str, list] = {}
         with self._lock:
             others, pending, crc = self.layout.others, self.repairs, zlib.crc32
+            factors, others_of = self.layout.factors, self.layout.others_of
             for item in batch.taken:
-                targets = others[crc(item[0].encode()) % SLOTS]
+                if factors and item[0] in factors:
+                    targets = others_of(item[0])
+                else:
+                    targets = others[crc(item[0].encode()) % SLOTS]
                 if pending and item[0] in pending:
                     targets = [n for n in targets if n not in pending[item[0]]]
                 for node in targets:
@@ -177,6 +189,8 @@ class Replication:
         """Forget this node's copy of an id (the directory records kept here stay)."""
         self.copies.pop(cache_id, None)
         self.store.delete(cache_id)
+        if self.layout.factors and cache_id not in self.directory.records:
+            self.layout.factors.pop(cache_id, None)
 
     def evictions(self) -> None:
         """Take the ids the store evicted (``lru``; under the lock): with copies, an id evicted
@@ -188,6 +202,8 @@ class Replication:
         for cache_id in evicted:
             if cache_id in self.store:  # written again since
                 continue
+            if self.layout.factors and cache_id not in self.directory.records:
+                self.layout.factors.pop(cache_id, None)
             primary = self.copies.pop(cache_id, None)
             if primary is not None:
                 self._drops.setdefault(primary, []).append(cache_id)
@@ -242,14 +258,17 @@ class Replication:
 
     def take_copies(self, sent: tuple, buffers: list, blob: tuple) -> list:
         """At a new holder (under the lock): whole copies from their primary (``sent``:
-        ``(primary, the writes it remembers of them)``, see :mod:`.sessions`; the values packed
-        as in :meth:`.Peers.call`). Returns the ids that did not fit."""
-        primary, entries = sent
+        ``(primary, the writes it remembers of them, {id: its own factor})``, see
+        :mod:`.sessions` and :meth:`.Layout.factor`; the values packed as in
+        :meth:`.Peers.call`). Returns the ids that did not fit."""
+        primary, entries, factors = sent
         failed = []
         for cache_id, kind, meta, frames, tokens in unpack(join(blob), resolve(buffers)[0]):
             try:
                 self.store.set(cache_id, kind, meta, adopt_frames(self.store, frames), tokens)
                 self.copies[cache_id] = primary
+                if cache_id in factors:
+                    self.layout.factors[cache_id] = factors[cache_id]
             except CacheFull:
                 failed.append(cache_id)
         self.sessions.adopt(e for e in entries if e[2] not in failed)  # a refused id took nothing
@@ -277,9 +296,11 @@ class Replication:
                     break
             packed = {node: pack(values(self.store, ids)) for node, ids in by_node.items()}
             remembered = {node: self.sessions.of(ids) for node, ids in by_node.items()}
+            factors = self.layout.factors
+            own = {node: {i: factors[i] for i in ids if i in factors} if factors else {} for node, ids in by_node.items()}
         for node, copied in packed.items():
             try:
-                sent = (self.node_id, remembered[node])
+                sent = (self.node_id, remembered[node], own[node])
                 failed = set(self.peers.call(node, "take_copies", sent, copied))
             except NodeUnavailable as exc:
                 log.warning("cache %s: could not copy %d ids to node %s: %s", self.cache, len(by_node[node]), node, exc)
@@ -335,9 +356,10 @@ class Replication:
         for cache_id in list(self.store.ids()):
             slot = slot_of(cache_id)
             old_primary = self.copies.get(cache_id, me)
-            primary = old_primary if change.alive(old_primary) else (change.survivor(old_primary, slot) or me)
-            before = change.held_before(slot, old_primary)
-            after = holders(primary, chains[slot], layout.replicas, layout.zones)
+            factor = change.old_factor(cache_id)
+            primary = old_primary if change.alive(old_primary) else (change.survivor(old_primary, slot, factor) or me)
+            before = change.held_before(slot, old_primary, factor)
+            after = holders(primary, chains[slot], layout.factor(cache_id), layout.zones)
             if primary == me:
                 self.copies.pop(cache_id, None)
                 # Promoted here: another surviving copy may lack what the dead primary
@@ -356,7 +378,7 @@ class Replication:
                 if (directory[0] != me and (primary != old_primary or full or renewed)) or lowered:
                     for node in directory:
                         if node != me:
-                            announce.setdefault(node, []).append((cache_id, me))
+                            announce.setdefault(node, []).append(self.directory.pair(cache_id, me))
             elif me in after:
                 self.copies[cache_id] = primary
                 self.repairs.pop(cache_id, None)

@@ -13,9 +13,14 @@ Policies when a write would pass ``max_memory``:
   (:mod:`.disk`) until the write fits, and come back into memory when read, if they fit
   without pushing anything else out (otherwise they are served from disk). A value may be
   partly on disk: what is appended after it was spilled stays in memory until the next spill.
-  The write waits while this happens (back-pressure, counted in ``spill_wait``); it gets
-  ``CacheFull`` only when the disk tier has no room either, or spilling took longer than
-  :data:`SPILL_TIMEOUT`, and then nothing stored changes.
+  With a background spiller (the node actor runs one, :mod:`.spiller`; ``wake``), a write
+  that passes ``max_memory`` returns once its bytes are counted, and the spiller writes the
+  least recently used values out in rounds, down to :data:`SPILL_TO` of the limit, without
+  holding the actor's lock while it writes (:meth:`Store.start_spill`). Only a write that
+  would pass the hard ceiling (:data:`CEILING` times the limit) spills first, and waits while
+  it does (back-pressure, counted in ``spill_wait``); without a spiller every write past the
+  limit does. A write gets ``CacheFull`` only when the disk tier has no room either, or
+  spilling took longer than :data:`SPILL_TIMEOUT`, and then nothing stored changes.
 - ``reject``: the write raises :class:`~shoveling_ray.CacheFull` and nothing stored changes.
 - ``lru``: least recently used non-empty entries are evicted until the write fits. A value
   larger than the whole limit is refused with ``CacheFull`` and evicts nothing.
@@ -64,6 +69,10 @@ SEGMENT_BYTES = 64 << 20
 OWN_FILE_BYTES = 1 << 20
 #: Seconds a write may wait for spilling to make room before it gets ``CacheFull``.
 SPILL_TIMEOUT = 60.0
+#: With a background spiller, the hard ceiling as a multiple of ``max_memory``: a write that
+#: stays under it returns once its bytes are counted while the node spills in the background;
+#: one that would pass it spills first (back-pressure, counted in ``spill_wait``).
+CEILING = 1.25
 
 
 def overhead(cache_id: str, frames: int) -> int:
@@ -98,6 +107,19 @@ class Entry:
         return self.nbytes + overhead(cache_id, len(self.frames)) + tokens
 
 
+class SpillJob:
+    """One round of spilling: its segment, its values ``(id, entry, frames in memory then)``,
+    their payload bytes; once written, where each frame went (or the disk's error)."""
+
+    __slots__ = ("segment", "victims", "size", "written", "error")
+
+    def __init__(self, segment: int, victims: list) -> None:
+        self.segment, self.victims = segment, victims
+        self.size = 0
+        self.written: list = []
+        self.error: OSError | None = None
+
+
 def _is_small_raw(frame: tuple) -> bool:
     payload = frame[2]
     return frame[0] == CODEC_RAW and type(payload) is bytes and len(payload) < COALESCE_BYTES
@@ -121,6 +143,9 @@ class Store:
         own: makes frames read back from disk the store's own (the actor puts large payloads
             into Ray's object store); identity by default.
         load: the bytes of a payload kept in Ray's object store, to write it to disk.
+        wake: with ``spill``, called when a write leaves the store over ``max_memory``: the
+            owner then spills in the background (:meth:`start_spill`), and writes spill
+            themselves only past :data:`CEILING`; ``None``: writes spill before they return.
     """
 
     def __init__(
@@ -131,12 +156,16 @@ class Store:
         disk: SpillFiles | None = None,
         own: Callable[[list], list] = lambda frames: frames,
         load: Callable | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.max_memory = check_max_memory(max_memory)
         self.policy = check_policy(policy)
         self.disk = disk
-        self._own, self._load = own, load
+        self._own, self._load, self._wake = own, load, wake
+        self._spilling: set[str] = set()  # ids a spill round is writing
+        self._inflight = 0  # payload bytes those rounds are writing
+        self._closed = False
         self._entries: dict[str, Entry] = {}
         # Ids with payload bytes in memory, least recently used first: what may be spilled.
         self._resident: OrderedDict[str, None] = OrderedDict()
@@ -250,6 +279,20 @@ class Store:
         self._settle()
         return added.nbytes
 
+    def swap(self, cache_id: str, entry: Entry, frames: dict) -> int:
+        """Put frames of the same payload bytes (``{id(frame): new frame}``) in place of frames of
+        ``entry`` that are still the value of ``cache_id``; returns how many were put (none when
+        the value changed: deleted, replaced, or those frames spilled or joined meanwhile)."""
+        if self._entries.get(cache_id) is not entry:
+            return 0
+        done = 0
+        for index, f in enumerate(entry.frames):
+            new = frames.get(id(f))
+            if new is not None:
+                entry.frames[index] = new
+                done += 1
+        return done
+
     def create_empty(self, cache_id: str) -> bool:
         """Create ``cache_id`` as empty bytes unless it exists. Returns whether it was created.
 
@@ -319,6 +362,7 @@ class Store:
 
     def close(self) -> None:
         """Drop every entry and remove the spill files."""
+        self._closed = True
         self._entries.clear()
         self._resident.clear()
         self.used = self.payload = self.raw = self.bookkeeping = 0
@@ -348,19 +392,26 @@ class Store:
 
     # -- making room -----------------------------------------------------------------------
 
+    def _disk_room(self) -> int:
+        """Bytes the disk tier can still take, less what spills under way will write."""
+        return self.disk.room() - self._inflight
+
     def _make_room(self, cache_id: str, grows: int, payload: int) -> None:
         """Raise ``CacheFull`` unless ``grows`` more bytes of memory can be held, spilling
-        others first under ``spill``. ``payload`` is the part of it that spilling can free."""
+        others first under ``spill`` (in the background up to the ceiling, see
+        :data:`CEILING`). ``payload`` is the part of it that spilling can free."""
         limit = self.max_memory
         if limit is None or grows <= 0 or self.used + grows <= limit:
             return
         if self.policy == "spill" and self.disk is not None:
             need = self.used + grows - limit
-            room = self.disk.room()
+            room = self._disk_room()
             if need > min(room, self.payload + payload):
                 reason = (f"and max_disk is reached too ({self.disk.used} bytes on disk, room for {room})"
                           if need > room else "and what is left in memory cannot be spilled")
                 raise CacheFull(self.node_id, limit, self.used, grows, cache_id, reason)
+            if self._wake is not None and self.used + grows <= CEILING * limit:
+                return  # the write goes ahead; _settle wakes the background spiller
             started = time.monotonic()
             try:
                 self._spill_until(min(int(SPILL_TO * limit), limit - grows), keep=cache_id,
@@ -378,10 +429,14 @@ class Store:
 
     def _settle(self) -> None:
         """After a spilling write, or a lower limit: spill what still passes the limit, the new
-        value too. The write is done either way: a disk that refuses leaves it in memory,
-        above the limit, until later writes make room (they get ``CacheFull`` meanwhile)."""
+        value too (with a background spiller: wake it, and spill here only past the ceiling).
+        The write is done either way: a disk that refuses leaves it in memory, above the
+        limit, until later writes make room (they get ``CacheFull`` meanwhile)."""
         limit = self.max_memory
         if limit is not None and self.used > limit and self.policy == "spill" and self.disk is not None:
+            if self._wake is not None and self.used <= CEILING * limit:
+                self._wake()
+                return
             try:
                 self._spill_until(limit, deadline=None)
             except OSError as exc:
@@ -389,63 +444,127 @@ class Store:
                             self.node_id, self.used - limit, exc)
 
     def _spill_until(self, target: int, keep: str | None = None, deadline: float | None = None) -> None:
-        """Spill least recently used values until ``used <= target``, a file at a time.
+        """Spill least recently used values until ``used <= target``, a file at a time (under
+        the owner's lock throughout; values a background round is writing are left to it).
 
         Raises:
             CacheFull: past ``deadline`` with ``used`` still above ``target``; what was
                 spilled stays spilled (readable), nothing is lost.
+            OSError: the disk refused; nothing of that round was spilled.
         """
         while self.used > target:
-            victims, size = [], 0
-            room = self.disk.room()  # max_disk is a limit: never spill past it
-            for cache_id in self._resident:
-                nbytes = self._entries[cache_id].nbytes
-                if cache_id != keep and size + nbytes <= room:
-                    victims.append(cache_id)
-                    size += nbytes
-                    if self.used - size <= target or size >= SEGMENT_BYTES:
-                        break
-            if not victims:
+            job = self._pick(self.used - target, keep)
+            if job is None:
                 return
-            self._spill(victims)
+            self.write_spill(job)
+            self.finish_spill(job)
+            if job.error is not None:
+                raise job.error
             if deadline is not None and self.used > target and time.monotonic() > deadline:
                 raise CacheFull(self.node_id, self.max_memory, self.used, self.used - target, keep or "",
                                 f"and spilling did not make room within {SPILL_TIMEOUT:.0f} s")
 
-    def _spill(self, victims: list[str]) -> None:
-        """Write the in-memory payloads of ``victims`` to disk: values of at least
-        :data:`OWN_FILE_BYTES` each into a file of their own (freed as soon as the value is
-        deleted or replaced, as a shuffle does with each partition), the others together."""
-        large = [c for c in victims if self._entries[c].nbytes >= OWN_FILE_BYTES]
-        small = [c for c in victims if self._entries[c].nbytes < OWN_FILE_BYTES]
-        for group in [[c] for c in large] + ([small] if small else []):
-            self._spill_together(group)
+    # -- spilling in rounds: pick (locked), write (unlocked), finish (locked) -----------------
 
-    def _spill_together(self, victims: list[str]) -> None:
-        frames = [f for c in victims for f in self._entries[c].frames if _in_memory(f)]
-        written = iter(self.disk.write([self._load(f[2]) if is_stored(f) else f[2] for f in frames]))
-        for cache_id in victims:
+    def start_spill(self) -> SpillJob | None:
+        """The next round of background spilling, or ``None`` when memory, less what rounds
+        under way will free, is down to :data:`SPILL_TO` of ``max_memory`` (or nothing can be
+        spilled). Call it under the owner's lock, then :meth:`write_spill` without the lock
+        (writes and reads go on meanwhile), then :meth:`finish_spill` under the lock again."""
+        limit = self.max_memory
+        if limit is None or self.policy != "spill" or self.disk is None or self._closed:
+            return None
+        excess = self.used - self._inflight - int(SPILL_TO * limit)
+        return self._pick(excess, None) if excess > 0 else None
+
+    def _pick(self, excess: int, keep: str | None) -> SpillJob | None:
+        """A round: the least recently used value of at least :data:`OWN_FILE_BYTES` alone (a
+        file of its own, freed as soon as the value is deleted or replaced, as a shuffle does
+        with each partition), or smaller ones together up to ``excess`` or
+        :data:`SEGMENT_BYTES`; never past the disk's room, never a value another round has."""
+        room = self._disk_room()
+        victims, size = [], 0
+        for cache_id in self._resident:
+            if cache_id == keep or cache_id in self._spilling:
+                continue
             entry = self._entries[cache_id]
-            self._account(cache_id, entry, -1)
-            frames: list = []
-            for f in entry.frames:
-                if not _in_memory(f):
-                    frames.append(f)
-                    continue
-                where = next(written)
-                last = frames[-1] if frames else None
-                if f[0] == CODEC_RAW and last and last[0] == CODEC_RAW and type(last[2]) is Spilled \
-                        and last[2].segment == where.segment and last[2].offset + last[2].size == where.offset:
-                    # Raw pieces written one after another read back as one.
-                    where = Spilled(where.segment, last[2].offset, last[2].size + where.size)
-                    frames[-1] = (CODEC_RAW, last[1] + f[1], where)
-                else:
-                    frames.append((f[0], f[1], where))
-            entry.frames = frames
-            entry.disk += entry.nbytes
-            entry.nbytes = entry.tail = entry.tail_bytes = 0
-            self._account(cache_id, entry, +1)
-            self.spills += 1
+            if size + entry.nbytes > room or (victims and entry.nbytes >= OWN_FILE_BYTES):
+                continue
+            victims.append(cache_id)
+            size += entry.nbytes
+            if entry.nbytes >= OWN_FILE_BYTES or size >= excess or size >= SEGMENT_BYTES:
+                break
+        if not victims:
+            return None
+        job = SpillJob(self.disk.reserve(), [(c, self._entries[c], [f for f in self._entries[c].frames if _in_memory(f)])
+                                            for c in victims])
+        job.size = size
+        self._spilling.update(victims)
+        self._inflight += size
+        return job
+
+    def write_spill(self, job: SpillJob) -> None:
+        """Write a round's payloads into its segment (no state of the store is touched: run it
+        without the owner's lock). A disk that refuses is kept in ``job.error``."""
+        payloads = [self._load(f[2]) if is_stored(f) else f[2] for _c, _e, frames in job.victims for f in frames]
+        try:
+            job.written = self.disk.write_segment(job.segment, payloads)
+        except OSError as exc:
+            job.error = exc
+
+    def finish_spill(self, job: SpillJob) -> None:
+        """Under the owner's lock: the frames a round wrote that its values still hold become
+        spill-file places; what changed meanwhile is kept: a value deleted or replaced frees its
+        written bytes, pieces appended stay in memory, pieces joined with them since are freed
+        on disk (the joined frame stays in memory)."""
+        self._inflight -= job.size
+        self._spilling.difference_update(c for c, _e, _f in job.victims)
+        if job.error is not None:
+            return
+        if self._closed:
+            self.disk.discard(job.segment)
+            return
+        self.disk.register(job.segment, sum(w.size for w in job.written))
+        written = iter(job.written)
+        for cache_id, entry, frames in job.victims:
+            places: dict[int, list] = {}
+            for f in frames:
+                places.setdefault(id(f), []).append(next(written))
+            if self._entries.get(cache_id) is entry:
+                self._place(cache_id, entry, places)
+            for left in places.values():  # not held any more
+                for where in left:
+                    self.disk.free(where)
+
+    def _place(self, cache_id: str, entry: Entry, places: dict) -> None:
+        """Put spill-file places (``{id(frame): [Spilled]}``, taken from it) in place of the
+        frames of ``entry`` they were written from."""
+        self._account(cache_id, entry, -1)
+        frames: list = []
+        moved = 0
+        for f in entry.frames:
+            where = places.get(id(f))
+            if not where:
+                frames.append(f)
+                continue
+            where = where.pop(0)
+            moved += where.size
+            last = frames[-1] if frames else None
+            if f[0] == CODEC_RAW and last and last[0] == CODEC_RAW and type(last[2]) is Spilled \
+                    and last[2].segment == where.segment and last[2].offset + last[2].size == where.offset:
+                # Raw pieces written one after another read back as one.
+                frames[-1] = (CODEC_RAW, last[1] + f[1], Spilled(where.segment, last[2].offset, last[2].size + where.size))
+            else:
+                frames.append((f[0], f[1], where))
+        entry.frames = frames
+        entry.nbytes -= moved
+        entry.disk += moved
+        tail = 0
+        while tail < len(frames) and _is_small_raw(frames[-1 - tail]):
+            tail += 1
+        entry.tail, entry.tail_bytes = tail, sum(len(f[2]) for f in frames[len(frames) - tail:])
+        self._account(cache_id, entry, +1)
+        self.spills += 1
 
     def _evict_until(self, target: int, keep: str | None = None) -> None:
         for victim in list(self._resident):

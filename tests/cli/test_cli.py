@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -63,10 +67,40 @@ def fails(code: int, *args: str) -> str:
     return err
 
 
+def stop(temp_dir: str) -> None:
+    """Stop the Ray processes of this module's cluster only (``ray stop`` would stop every Ray
+    process on the machine, other test runs' included): those whose command line names its
+    temp dir or its address's port (the head's client server names only that)."""
+    markers = (temp_dir.encode(), f":{PORT}\0".encode())
+
+    def own() -> list[int]:
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(m in cmdline for m in markers):
+                pids.append(int(pid))
+        return pids
+
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        for pid in own():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while own() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     common = ["--num-cpus", "1", "--object-store-memory", str(150 * MB), "--disable-usage-stats"]
-    ray_cli("start", "--head", "--port", str(PORT), "--include-dashboard=false", *common)
+    temp_dir = tempfile.mkdtemp(prefix="shoveling-cli-", dir="/tmp")  # short: Ray's socket paths
+    ray_cli("start", "--head", "--port", str(PORT), "--include-dashboard=false", f"--temp-dir={temp_dir}", *common)
     try:
         ray_cli("start", "--address", ADDRESS, *common)
         starter = (
@@ -76,7 +110,7 @@ def cluster():
         subprocess.run([sys.executable, "-c", starter], check=True, timeout=180, env=env())
         yield
     finally:
-        ray_cli("stop", "--force")
+        stop(temp_dir)
 
 
 def test_help_and_bad_usage_exit_2():

@@ -249,3 +249,70 @@ def test_a_node_lost_during_the_reduce_phase_is_rebuilt_from_the_mappers(cluster
         print(f"rebuilt {on_extra} in {sum(r['seconds'] for r in sh.recoveries):.1f}s "
               f"(map {sh.times['map']:.1f}s, reduce {sh.times['reduce']:.1f}s)")
     assert cache.ids("rebuilt/") == []
+
+
+def test_on_a_cache_of_two_copies_partitions_are_scratch_and_outputs_keep_two(cluster):
+    """A ``replicas=2`` cache: the partitions have one copy (a lost one is rebuilt from the
+    mappers), what reducers store has two; a node lost in each phase changes no result."""
+    import numpy as np
+
+    cache = sr.Cache("shuffle-two-copies", replicas=2)
+    doomed = [cluster.add_node(num_cpus=1, object_store_memory=300 * MB) for _ in range(2)]
+    cluster.wait_for_nodes()
+    cache.init(["wake"])  # the new nodes get their actors
+    removed = []
+
+    def progress(phase, done, total):
+        if phase == "map" and done >= 3 and not removed:
+            cluster.remove_node(doomed[0])
+            removed.append(phase)
+        elif phase == "reduce" and len(removed) == 1:
+            cluster.remove_node(doomed[1])
+            removed.append(phase)
+
+    def store_sorted(partition, data):
+        numbers = np.sort(np.frombuffer(data, dtype=np.int64))
+        cache.set(f"two-out/{partition}", numbers)
+        return int(numbers.sum())
+
+    with Shuffle(cache, 6, prefix="two-copies") as sh:
+        assert {len(cache.node_ids(pid)) for pid in sh.partitions} == {1}
+        assert sum(s["under_replicated"] for s in cache.stats().values()) == 0  # one copy is their due
+        assert {sh.placement[pid] for pid in sh.partitions} & {n.node_id for n in doomed}
+        results = sh.run(range(12), _numbers_map, store_sorted, progress=progress, max_in_flight=2)
+    numbers = np.arange(12000)
+    assert removed == ["map", "reduce"]
+    assert results == [int(numbers[numbers % 6 == p].sum()) for p in range(6)]  # as undisturbed
+    for p in range(6):
+        assert len(cache.node_ids(f"two-out/{p}")) == 2
+        assert np.array_equal(cache.get(f"two-out/{p}"), numbers[numbers % 6 == p])
+    assert cache.ids("two-copies/") == []
+    cache.close()
+
+
+@ray.remote(num_cpus=0)
+class _Writer:
+    def append(self, cache: sr.Cache, ids: list[str], size: int) -> bytes:
+        piece = os.urandom(size)
+        cache.append_many({i: piece for i in ids})
+        return piece
+
+
+def test_a_scratch_ids_large_pieces_leave_with_their_writer(cache):
+    """Scratch ids (a Shuffle's partitions) keep their large pieces as the writer's objects:
+    readable while the writer lives, ``DataLost`` once it died; other ids keep theirs."""
+    from tests.conftest import wait_until_dead
+
+    cache.init(["scratch/a"], scratch=True)
+    cache.init(["kept/a"])
+    with pytest.raises(ValueError, match="one copy"):
+        cache.init(["scratch/b"], replicas=2, scratch=True)
+    writer = _Writer.remote()
+    piece = ray.get(writer.append.remote(cache, ["scratch/a", "kept/a"], 2 * MB))
+    assert cache.get("scratch/a") == piece and cache.get("kept/a") == piece
+    ray.kill(writer)
+    wait_until_dead(writer)
+    with pytest.raises(sr.DataLost):
+        wait_for(lambda: cache.get("scratch/a") != piece, what="the scratch piece to leave with its writer")
+    assert cache.get("kept/a") == piece
+    cache.delete_many(["scratch/a", "kept/a"])

@@ -216,7 +216,7 @@ def test_writes_a_node_adopts_are_kept_as_long_as_those_it_applied_and_refused_i
     entries = [(b"s", 7, "x", (p.OK, None))]
     from shoveling_ray.wire import pack
     blob, buffers = pack([("x", 0, b"", [(0, 5, b"hello")], [])])
-    assert full.take_copies(("node-a", entries), buffers, blob) == ["x"]
+    assert full.take_copies(("node-a", entries, {}), buffers, blob) == ["x"]
     assert full.sessions.of(["x"]) == []  # it took nothing: a resend there must apply
 
 
