@@ -743,6 +743,10 @@ class Cache:
         - ``uniform_cpu``: in proportion to each node's CPUs;
         - ``uniform_memory``: in proportion to each node's free cache memory.
 
+        Within those counts each new id goes to its home (the node its hash names, where
+        ``set`` would put it) while that node's share lasts, the rest are spread over the
+        shares left: a home creates most of its ids itself (see docs/scaling.md).
+
         Nodes that joined the cluster since the cache started get their actor first. Each id's
         home creates it on its node and records it before answering, so ``init`` is atomic per
         id for every client: calling it again, from here or from another process at the same

@@ -42,7 +42,7 @@ from . import protocol as p
 from .codec import OBJECT_STORE_BYTES
 from .errors import CacheFull, NodeUnavailable, ShovelingError
 from .objects import refs_back
-from .placement import SLOTS, assign, holders, home_index, slot_of
+from .placement import SLOTS, assign_homes, holders, home_index, slot_of
 from .view import View
 from .wire import Bundled, no_gc, pack, split, unpack
 
@@ -371,7 +371,7 @@ class Router:
         placed = {i: r[1][0] for i, r in zip(ids, located) if r[0] == p.OK}
         new = [i for i in ids if i not in placed]
         if new:
-            targets = assign(len(new), weights)
+            targets = assign_homes(home_index(new, self.table), weights)
             own = () if replicas is None else (replicas,)
             answers = self.run("place", [(i, t, *own) for i, t in zip(new, targets)], cached=False)
             for cache_id, target, (status, value, _node) in zip(new, targets, answers):
