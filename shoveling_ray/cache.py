@@ -355,8 +355,9 @@ class Cache:
     def __reduce__(self):
         router = self._router
         placements = dict(itertools.islice(router.placements.items(), _PICKLED_PLACEMENTS))
+        single = set(itertools.islice(router.single, _PICKLED_PLACEMENTS))
         return _restore, (self._name, self._compression, self._coordinator, router.view, placements, self._closed,
-                          self._timeout)
+                          self._timeout, single)
 
     def __repr__(self) -> str:
         return f"Cache({self._name!r}, nodes={len(self._router.members)})"
@@ -921,8 +922,8 @@ class Cache:
         disk tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` /
         ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``copies`` (ids
         held there as a copy of another node's; counted in ``ids`` too), ``under_replicated``
-        (ids whose primary copy is there with fewer copies than ``replicas``: being rebuilt,
-        or fewer nodes than ``replicas``), ``lost`` (ids homed there whose only copy died) and
+        (ids whose primary copy is there with fewer copies than their count, ``replicas`` or
+        their own from :meth:`init`: being rebuilt, or fewer nodes than that), ``lost`` (ids homed there whose only copy died) and
         ``consul`` (``None`` without Consul, else the
         heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
         return Stats(self._each_node("stats"))
@@ -995,9 +996,10 @@ def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.Objec
     return getattr(handle, method).remote(*args)
 
 
-def _restore(name, compression, coordinator, view, placements, closed, timeout) -> Cache:
+def _restore(name, compression, coordinator, view, placements, closed, timeout, single) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
     cache._closed, cache._timeout = closed, timeout
     cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements, _this_node(), cache._nearest)
+    cache._router.single.update(single)
     return cache
