@@ -812,6 +812,23 @@ class Cache:
         (status, value, _node), = self._run("locate", [(_check_id(cache_id),)])
         return list(value) if status == p.OK else []
 
+    def _home(self, cache_id: str) -> str:
+        """The node a ``set`` of ``cache_id`` creates it on when no placement names another
+        (for ``shoveling_ray.data``, which salts block ids until they are homed on the
+        writer's node)."""
+        return self._router.home(cache_id)
+
+    def _arrow_tables(self, node: str, cache_ids: list[str]) -> ray.ObjectRef:
+        """``node``'s actor asked for the values of ``cache_ids`` as Arrow tables in its object
+        store (for ``shoveling_ray.data``, see :mod:`.actors.tables`); the pending reply: a
+        reference per id, ``None`` for an id not held there. An empty list only lets the actor
+        forget the tables of ids gone.
+
+        Raises:
+            CacheClosed / NodeUnavailable: the cache was closed; ``node`` is not a member.
+        """
+        return self._handle(node, cache_ids).arrow_tables.remote(list(cache_ids))
+
     def node_id(self, cache_id: str, strategy: str = "default") -> str:
         """The Ray node id (hex) best placed to work on ``cache_id``.
 
