@@ -812,6 +812,12 @@ class Cache:
         (status, value, _node), = self._run("locate", [(_check_id(cache_id),)])
         return list(value) if status == p.OK else []
 
+    def _node_ids_many(self, cache_ids: list[str]) -> list[list[str]]:
+        """:meth:`node_ids` of each of ``cache_ids``, one call per node (for
+        ``shoveling_ray.data``'s ``dataset_info``)."""
+        results = self._run("locate", [(i,) for i in _check_ids(cache_ids)])
+        return [list(value) if status == p.OK else [] for status, value, _node in results]
+
     def _home(self, cache_id: str) -> str:
         """The node a ``set`` of ``cache_id`` creates it on when no placement names another
         (for ``shoveling_ray.data``, which salts block ids until they are homed on the
