@@ -43,7 +43,7 @@ from .codec import OBJECT_STORE_BYTES
 from .errors import CacheFull, NodeUnavailable, ShovelingError
 from .objects import refs_back
 from .placed import DICT_IDS, Placed
-from .placement import SLOTS, assign, holders, home_index, slot_of
+from .placement import SLOTS, assign_homes, holders, home_index, slot_of
 from .view import View
 from .wire import Bundled, no_gc, pack, split, unpack
 
@@ -140,6 +140,9 @@ class Router:
         self.name, self.local, self.nearest, self.remember = name, local, nearest, remember
         self.handle_for, self.submit, self.gather = handle_for, submit, gather
         self.placements: dict[str, str] = placements if placements is not None else {}
+        # Ids this client placed with one copy (``init(..., replicas=1)`` or scratch) on a cache
+        # of copies: their writes need no bundle for copies (see _calls). At most ``remember``.
+        self.single: set[str] = set()
         # Writes are numbered per router: (session, sequence) names a call to every node.
         self.session = os.urandom(8)
         self._sequence = itertools.count(1)
@@ -335,18 +338,23 @@ class Router:
         A write to ids with copies whose payloads under ``OBJECT_STORE_BYTES`` add up to that
         much goes as one call per set of copy holders, its buffers
         :class:`~shoveling_ray.wire.Bundled`: those payloads become one object, which the
-        primary hands on whole to the copies (see :mod:`shoveling_ray.objects`)."""
+        primary hands on whole to the copies (see :mod:`shoveling_ray.objects`). Ids this
+        client placed with one copy (:attr:`single`) go as without copies: a bundle is fetched
+        by the actor inside its call, while Ray fetches a call's arguments before it runs."""
         blob, buffers = pack(batch)
         small = sum(b.nbytes for b in buffers if b.nbytes < OBJECT_STORE_BYTES)
         if self.replicas < 2 or method not in _WRITES or small < OBJECT_STORE_BYTES:
             return [(range(len(batch)), blob, buffers)]
         by_copies: dict[tuple, list[int]] = defaultdict(list)
+        single = self.single
         for k, item in enumerate(batch):
-            by_copies[tuple(self._holders(node, slot_of(item[0]))[1:])].append(k)
+            by_copies[() if item[0] in single else tuple(self._holders(node, slot_of(item[0]))[1:])].append(k)
+        if len(by_copies) == 1 and () in by_copies:
+            return [(range(len(batch)), blob, buffers)]
         calls = []
-        for positions in by_copies.values():
+        for others, positions in by_copies.items():
             blob, buffers = pack([batch[k] for k in positions])
-            calls.append((positions, blob, Bundled(buffers)))
+            calls.append((positions, blob, Bundled(buffers) if others else buffers))
         return calls
 
     def each_node(self, method: str, *args: Any) -> dict[str, Any]:
@@ -377,8 +385,9 @@ class Router:
         for k in range(0, len(ids), PLACE_CHUNK):  # chunks: what a node holds at once stays small
             located = self.run("locate", [(i,) for i in ids[k:k + PLACE_CHUNK]], cached=False)
             nodes.extend(r[1][0] if r[0] == p.OK else None for r in located)
+        homes = home_index(ids, self.table)
         new = [k for k, node in enumerate(nodes) if node is None]
-        targets = assign(len(new), weights) if new else []
+        targets = assign_homes([homes[k] for k in new], weights) if new else []
         own = () if replicas is None else (replicas,)
         for c in range(0, len(new), PLACE_CHUNK):
             chunk = list(zip(new[c:c + PLACE_CHUNK], targets[c:c + PLACE_CHUNK]))
@@ -389,8 +398,10 @@ class Router:
                 if status == p.FULL:  # the node chosen for it has no room for its entry
                     raise CacheFull(target, *value[:3], ids[k], value[3])
                 nodes[k] = value
+                if replicas is not None and replicas <= 1 and len(self.single) < self.remember:
+                    self.single.add(ids[k])
         placements, limit = self.placements, self.remember
-        for cache_id, node, home in zip(ids, nodes, home_index(ids, self.table)):
+        for cache_id, node, home in zip(ids, nodes, homes):
             if node != home:
                 placements[cache_id] = node
                 if len(placements) > limit:  # an init of millions of ids: remember the last ones
@@ -407,4 +418,5 @@ class Router:
         results = self.run("delete", [(i,) for i in cache_ids], cached=False, stamp=stamp)
         for cache_id in cache_ids:
             self.placements.pop(cache_id, None)
+            self.single.discard(cache_id)
         return [bool(existed) for _status, existed, _node in results]

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -95,6 +96,8 @@ class _Coordinator:
         self.zones: dict[str, str] = {}
         self.chains: list[list[str]] | None = None
         self.version = 0
+        # Calls made to the node actors, by method (what a view change costs, see counts()).
+        self.sent: Counter[str] = Counter()
         # Tells this incarnation of the cache from one closed and started again under its name.
         self.epoch = uuid.uuid4().hex
         threading.Thread(target=self._follow_ray, name="shoveling-ray-follower", daemon=True).start()
@@ -251,18 +254,21 @@ class _Coordinator:
         (see ``_NodeActor.rebuild``) before any client sees it: this answers only when they
         are done."""
         peers = dict(self.members)
-        calls = [h.rebuild.remote(old_chains, self.chains, gone, peers, self.replicas, full, self.zones)
-                 for h in peers.values()]
+        # The view's parts go into the object store once, for every member (one serialization
+        # per view change, not one per member; each member's call carries references).
+        old, new, handles = ray.put(old_chains), ray.put(self.chains), ray.put(peers)
+        calls = [h.rebuild.remote(old, new, gone, handles, self.replicas, full, self.zones) for h in peers.values()]
+        self.sent["rebuild"] += len(calls)
         ready = _wait_all(calls, deadline)
         if gone or full:
             log.warning("cache %s: copies and directory rebuilt without %s (%d of %d members done)",
                         self.cache, gone or "a drained node", len(ready), len(calls))
 
-    @staticmethod
-    def _answering(actors: dict[str, ray.actor.ActorHandle], deadline: float) -> dict[str, bool | None]:
+    def _answering(self, actors: dict[str, ray.actor.ActorHandle], deadline: float) -> dict[str, bool | None]:
         """Ping every actor at once: ``True`` answered, ``False`` dead, ``None`` no answer by
         the deadline (busy or still starting)."""
         pings = {h.ping.remote(): m for m, h in actors.items()}
+        self.sent["ping"] += len(pings)
         ready = _wait_all(list(pings), deadline)
         out: dict[str, bool | None] = {m: None for m in actors}
         for ref in ready:
@@ -274,6 +280,7 @@ class _Coordinator:
         return out
 
     def _start(self, node: NodeInfo) -> ray.actor.ActorHandle:
+        self.sent["start"] += 1
         # No get_if_exists: this coordinator is the only creator of its cache's node actors and
         # runs one call at a time, so two actors on one node cannot start.
         return NodeActor.options(
@@ -283,6 +290,13 @@ class _Coordinator:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         ).remote(self.cache, node.node_id, self._limit(node), self.settings["eviction"], self.settings["max_disk"],
                  self.settings["spill_dir"], self.consul, self.settings["http"])
+
+    def counts(self) -> dict:
+        """What this coordinator did: ``version`` (view changes), ``members``, and ``sent``,
+        its calls to node actors by method (``start``, ``ping``, ``rebuild``) since it
+        started: a view change costs one ping and one rebuild per member
+        (benchmarks/bench_scale.py counts them)."""
+        return {"version": self.version, "members": len(self.members), "sent": dict(self.sent)}
 
     def view(self) -> View:
         """What a client needs to route: members with their actors and resources, the table."""

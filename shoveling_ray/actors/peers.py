@@ -41,6 +41,7 @@ class Peers:
     def __init__(self, cache: str, layout: Layout) -> None:
         self.cache = cache
         self.layout = layout
+        self.sent = 0  # calls made to other members (``stats()``'s ``peer_calls``)
 
     def call(self, node: str, method: str, arg, packed: tuple | None = None, members: dict | None = None):
         """Call another node's actor and wait (plain objects are called directly, in tests).
@@ -52,6 +53,7 @@ class Peers:
             NodeUnavailable: it is not a member, died, or did not answer in ``PEER_TIMEOUT``.
         """
         peer = (self.layout.peers if members is None else members).get(node)
+        self.sent += 1
         if peer is None:
             raise NodeUnavailable(node, arg, "not a member of the cache")
         if not isinstance(peer, ray.actor.ActorHandle):
@@ -68,6 +70,7 @@ class Peers:
             peer = self.layout.peers.get(node)
             extra = packed.get(node) if packed else None
             if isinstance(peer, ray.actor.ActorHandle):
+                self.sent += 1
                 pending[node] = getattr(peer, method).remote(*_peer_args(arg, extra, True))
             else:
                 try:

@@ -6,7 +6,9 @@ Ray Data's commit protocol is the dataset's:
 - ``write`` (a Ray Data write task, fused with the operators that produce its blocks, so on
   their node): each block becomes an Arrow IPC stream stored under an id whose home is the
   task's own node (``blocks.id_on_node``), so no block crosses the network on write. With
-  ``replicas >= 2`` the cache copies it to other nodes as it copies any value.
+  ``replicas >= 2`` the cache copies it to other nodes as it copies any value. Then the
+  node's actor is asked, without waiting, to put the blocks' tables into its object store
+  for readers (:mod:`shoveling_ray.actors.tables`) while the pipeline runs on.
 - ``on_write_complete`` (the driver): the manifest, written last, makes the dataset visible;
   then the blocks of the version it replaced, and of write tasks that Ray ran twice, are
   deleted.
@@ -16,7 +18,6 @@ Ray Data's commit protocol is the dataset's:
 
 from __future__ import annotations
 
-import copy
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from ray.data import Dataset
 from ray.data.datasource import Datasink
 
 from ..cache import Cache
-from ..errors import CacheMiss
+from ..errors import CacheMiss, ShovelingError, ray_errors
 from . import blocks as b
 from . import manifest as m
 
@@ -55,6 +56,17 @@ def read_manifest(cache: Cache, name: str) -> dict:
     return m.check_manifest(cache.get(m.manifest_id(name)), name)
 
 
+def forget_tables(cache: Cache) -> None:
+    """Have every node forget the tables it handed out of blocks deleted since (see
+    :mod:`shoveling_ray.actors.tables`), so the object stores free them. A node that does
+    not answer forgets them at its next read instead."""
+    try:
+        with ray_errors(f"cache {cache.name!r}: freeing the tables of deleted blocks"):
+            ray.get([cache._arrow_tables(node, []) for node in cache.nodes()])
+    except ShovelingError:
+        pass
+
+
 class CacheDatasink(Datasink):
     """A ``ray.data.Datasink`` that stores a dataset in a cache under ``name`` (see the module
     docstring); ``ds.write_datasink(CacheDatasink(cache, "features"))``.
@@ -74,8 +86,7 @@ class CacheDatasink(Datasink):
         self.name = m.check_name(name)
         # Blocks are stored uncompressed whatever the handle's compression: a reader maps the
         # Arrow stream where it lies instead of decompressing a copy of it.
-        self._cache = copy.copy(cache)
-        self._cache._compression = None
+        self._cache = Cache.attach(cache.name, compression=None, timeout=cache.timeout)
         self._token = uuid.uuid4().hex[:12]
         self._schema: pa.Schema | None = None
         self._started = False
@@ -111,6 +122,10 @@ class CacheDatasink(Datasink):
             block_id = b.id_on_node(self._cache, m.block_base(self.name, self._token, ctx.task_idx, index), here)
             self._cache.set(block_id, data)
             stored.append([block_id, table.num_rows, int(data.nbytes), here])
+        if stored and here in self._cache.nodes():
+            # The node's actor makes the tables readers get while the pipeline runs on; not
+            # waited for (a read's request waits behind it on the actor).
+            self._cache._arrow_tables(here, [block[0] for block in stored])
         return {"task": ctx.task_idx, "blocks": stored, "schema": b.schema_bytes(schema) if schema else None}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
@@ -128,11 +143,13 @@ class CacheDatasink(Datasink):
         stale = [i for i in old + block_ids(self._cache, self.name, self._token) if i not in kept]
         if stale:
             self._cache.delete_many(stale)
+            forget_tables(self._cache)
 
     def on_write_failed(self, error: Exception) -> None:
         ids = block_ids(self._cache, self.name, self._token)
         if ids:
             self._cache.delete_many(ids)
+            forget_tables(self._cache)
 
     def get_name(self) -> str:
         return f"Cache({self.name})"

@@ -8,7 +8,7 @@
 
 from .hashing import SLOTS, build_chains, holders, home_index, reassign_chains, slot_of, slots_of
 from .scoring import DEFAULT_REMOTE_SCORE, Coordinate, rtt_seconds
-from .strategies import STRATEGIES, apportion, assign, check_strategy
+from .strategies import STRATEGIES, apportion, assign, assign_homes, check_strategy
 
 __all__ = [
     "SLOTS",
@@ -24,5 +24,6 @@ __all__ = [
     "STRATEGIES",
     "apportion",
     "assign",
+    "assign_homes",
     "check_strategy",
 ]

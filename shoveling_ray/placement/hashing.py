@@ -22,6 +22,8 @@ import hashlib
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
 SLOTS = 4096
 
 
@@ -30,8 +32,33 @@ def slot_of(cache_id: str) -> int:
     return zlib.crc32(cache_id.encode()) % SLOTS
 
 
-def _weight(slot: int, node: str) -> bytes:
-    return hashlib.blake2b(f"{slot}:{node}".encode(), digest_size=8).digest()
+#: SplitMix64's constants: the golden-ratio step and the finaliser's two multipliers.
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _node_keys(nodes: Sequence[str]) -> np.ndarray:
+    """Each node's 64-bit key: BLAKE2b of its id."""
+    return np.array([int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "little") for n in nodes],
+                    dtype=np.uint64)
+
+
+def _weights(slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Rendezvous weights, a row per slot and a column per node key: SplitMix64's finaliser of
+    the key plus the slot's step (numpy's unsigned arithmetic wraps, as the finaliser wants).
+    Vectorised: the whole table of 4,096 slots over 1,000 nodes in well under a second."""
+    z = keys[None, :] + (slots[:, None].astype(np.uint64) + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def _ranked(weights: np.ndarray, nodes: Sequence[str], top: int) -> list[str]:
+    """The ``top`` nodes of one slot's row of weights, the heaviest first."""
+    if top < len(nodes):
+        best = np.argpartition(weights, len(nodes) - top)[len(nodes) - top:]
+    else:
+        best = np.arange(len(nodes))
+    return [nodes[i] for i in best[np.argsort(weights[best])[::-1]]]
 
 
 def _fill(slot: int, chain: list[str], nodes: Iterable[str], length: int, zones: Mapping[str, str]) -> list[str]:
@@ -39,8 +66,9 @@ def _fill(slot: int, chain: list[str], nodes: Iterable[str], length: int, zones:
     node of a zone the chain lacks first."""
     if len(chain) >= length:
         return chain[:length]
-    candidates = sorted((n for n in nodes if n not in chain), key=lambda n: _weight(slot, n), reverse=True)
-    return _zone_first(chain, candidates, length, zones)
+    candidates = sorted(n for n in nodes if n not in chain)
+    weights = _weights(np.array([slot]), _node_keys(candidates))[0]
+    return _zone_first(chain, _ranked(weights, candidates, len(candidates)), length, zones)
 
 
 def _zone_first(picked: list[str], candidates: list[str], length: int, zones: Mapping[str, str]) -> list[str]:
@@ -63,7 +91,11 @@ def build_chains(nodes: Sequence[str], length: int, zones: Mapping[str, str] | N
     """
     if not nodes:
         raise ValueError("a slot table needs at least one node")
-    return [_fill(slot, [], nodes, length, zones or {}) for slot in range(SLOTS)]
+    nodes = sorted(set(nodes))
+    weights = _weights(np.arange(SLOTS), _node_keys(nodes))
+    # Without zones a chain is its slot's heaviest nodes; with zones a lighter one may come first.
+    top = min(length, len(nodes)) if not zones else len(nodes)
+    return [_zone_first([], _ranked(row, nodes, top), length, zones or {}) for row in weights]
 
 
 def reassign_chains(

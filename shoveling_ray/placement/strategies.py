@@ -1,8 +1,10 @@
 """How ``init`` spreads a batch of new ids over nodes.
 
 A strategy turns per-node weights into per-node counts (largest-remainder apportionment, so
-counts are exact and differ from the ideal share by less than one), then interleaves the
-nodes so that neighbouring ids (consecutive shuffle partitions, say) land on different nodes.
+counts are exact and differ from the ideal share by less than one). ``init`` then puts each
+new id on its home (the node its hash names, :mod:`.hashing`) while that node's count lasts and
+interleaves the rest over the counts left (:func:`assign_homes`), so that a home creates most
+of its ids itself and calls few other nodes, however many there are.
 
 - ``uniform_nodes``: every node weighs 1; per-node counts differ by at most one.
 - ``uniform_cpu``: weight = the node's CPUs.
@@ -13,7 +15,7 @@ If every weight is zero (no node has CPUs, say) the strategy falls back to ``uni
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 STRATEGIES = ("uniform_nodes", "uniform_cpu", "uniform_memory")
 
@@ -62,8 +64,32 @@ def assign(n: int, weights: Mapping[str, float]) -> list[str]:
     Node ``k`` with count ``c`` takes positions whose keys are ``(j + 0.5) / c``; sorting all
     keys interleaves the nodes evenly (stride scheduling).
     """
-    counts = apportion(n, weights)
+    return _interleaved(apportion(n, weights))
+
+
+def assign_homes(homes: Sequence[str], weights: Mapping[str, float]) -> list[str]:
+    """Nodes for new ids whose homes are ``homes`` (one per id): the per-node counts of
+    :func:`assign`, each id on its own home while that home's count lasts, the others
+    interleaved over the counts left.
+
+    What ``init`` uses: an id on its home is created by the home itself, so each home calls
+    only the few nodes its surplus goes to, not every node (see docs/scaling.md).
+    """
+    left = apportion(len(homes), weights)
+    out: list = [None] * len(homes)
+    rest: list[int] = []
+    for k, home in enumerate(homes):
+        if left.get(home, 0) > 0:
+            left[home] -= 1
+            out[k] = home
+        else:
+            rest.append(k)
+    for k, node in zip(rest, _interleaved(left)):
+        out[k] = node
+    return out
+
+
+def _interleaved(counts: Mapping[str, int]) -> list[str]:
     keyed = [((j + 0.5) / c, node) for node, c in counts.items() for j in range(c)]
     keyed.sort()
     return [node for _, node in keyed]
-

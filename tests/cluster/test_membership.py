@@ -113,7 +113,13 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
     # a small max_memory: part of what the victim holds is in its spill files when it drains
     cache = sr.Cache("drain", max_memory=300_000, spill_dir=tmp_path)
     assert victim in cache.nodes()
-    placed = cache.init([f"p{i}" for i in range(60)])  # init-placed: records at their homes
+    # init-placed, records at their homes. init puts an id on its home while the home's share
+    # lasts: the victim's share of ids homed elsewhere is their homes' surplus (held there,
+    # homed elsewhere), and ids all homed there go past its share (homed there, held elsewhere)
+    names = [f"p{i}" for i in range(2000)]
+    placed = {**cache.init([i for i in names if cache._router.home(i) != victim][:30]),
+              **cache.init([i for i in names if cache._router.home(i) == victim][:30])}
+    first = next(iter(placed))
     homes = {i: cache._router.home(i) for i in placed}
     assert any(n == victim != homes[i] for i, n in placed.items())  # held there, homed elsewhere
     assert any(homes[i] == victim != n for i, n in placed.items())  # homed there, held elsewhere
@@ -123,7 +129,7 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
     cache.set_many(own)
     assert any(homes.get(i, cache._router.home(i)) == victim for i in own)
     assert cache.stats()[victim]["spilled_ids"] > 0
-    cache.delete("p0")
+    cache.delete(first)
     tokened = [i for i in (f"tok{k}" for k in range(1000)) if cache.node_id(i) == victim][:3]
     cache.append_many({i: b"once" for i in tokened}, token="before-the-drain")
     # a writer keeps appending to ids, some of them on the victim, while it drains
@@ -141,7 +147,7 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
     wait_for(lambda: victim not in alive(), what="Ray to mark the node dead")
     for reader in (cache, sr.Cache("drain")):  # the old handle and one that knows no placements
         assert reader.get_many(list(values)[1:]) == {i: values[i] for i in list(values)[1:]}
-        assert reader.get("p0", None) is None  # deleted before the drain: stays deleted
+        assert reader.get(first, None) is None  # deleted before the drain: stays deleted
         assert reader.get_many(list(own)) == own
         assert reader.lost_ids() == []
     for k, cache_id in enumerate(logs):  # every append once, in order

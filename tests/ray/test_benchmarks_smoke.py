@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 
 # Every script a user runs as a benchmark; the soak prints broken promises, not ratios.
 SCRIPTS = ["bench_compression_memory.py", "bench_data.py", "bench_first_read.py", "bench_http.py", "bench_large.py",
-           "bench_replicas.py", "bench_small.py", "bench_sort.py", "bench_spill.py", "soak.py"]
+           "bench_replicas.py", "bench_scale.py", "bench_small.py", "bench_sort.py", "bench_spill.py", "soak.py"]
 
 
 def test_every_benchmark_script_is_smoke_tested():

@@ -11,6 +11,7 @@ from shoveling_ray.placement import (
     Coordinate,
     apportion,
     assign,
+    assign_homes,
     build_chains,
     check_strategy,
     home_index,
@@ -129,6 +130,16 @@ def test_uniform_counts_differ_by_at_most_one(total, n):
 def test_assign_interleaves_neighbours():
     nodes = assign(9, {"a": 1, "b": 1, "c": 1})
     assert all(nodes[i] != nodes[i + 1] for i in range(8))
+
+
+@given(st.lists(st.sampled_from("abcde"), max_size=300), st.lists(st.integers(0, 4), min_size=5, max_size=5))
+def test_assign_homes_keeps_the_counts_and_puts_every_id_it_can_on_its_home(homes, ws):
+    weights = dict(zip("abcde", ws))
+    nodes = assign_homes(homes, weights)
+    counts = apportion(len(homes), weights)
+    assert Counter(nodes) == Counter({k: c for k, c in counts.items() if c})  # as assign's
+    at_home = sum(1 for home, node in zip(homes, nodes) if node == home)
+    assert at_home == sum(min(c, Counter(homes)[k]) for k, c in counts.items())  # as many as can be
 
 
 def test_zero_and_negative_weights():

@@ -131,12 +131,13 @@ def test_an_init_placed_id_is_found_through_its_home_then_directly():
 def test_a_client_remembers_a_bounded_number_of_placements_and_still_finds_forgotten_ids():
     actors = make_actors()
     ids = [f"b{i}" for i in range(300)]
-    placed = make_router(actors).place(ids, {n: 1.0 for n in NODES})
+    on_a = {"node-a": 1.0, "node-b": 0.0, "node-c": 0.0}  # every id on node-a: most away from home
+    placed = make_router(actors).place(ids, on_a)
     for cache_id in ids:
         set_(make_router(actors), cache_id, cache_id.encode())
     calls = Counter()
     reader = Router("unit", view_of(actors), lambda node, ids: Counting(actors[node], calls, node), remember=40)
-    reader.place(ids, {n: 1.0 for n in NODES})  # learns about 200 placements away from home
+    reader.place(ids, on_a)  # learns about 200 placements away from home
     assert len(reader.placements) <= 40
     for cache_id in ids:  # the forgotten ones through their home, every one found
         assert get(reader, cache_id) == cache_id.encode()
@@ -248,8 +249,8 @@ def test_init_delete_and_set_racing_from_threads_keep_every_id_consistent():
 def test_after_a_node_dies_its_records_become_lost_ids_and_data_elsewhere_stays_reachable():
     actors = make_actors()
     before = make_router(actors)
-    placed = before.place([f"d{i}" for i in range(90)], {n: 1.0 for n in NODES})
-    dead = "node-c"
+    dead = "node-c"  # given half a share: some ids homed there are placed elsewhere
+    placed = before.place([f"d{i}" for i in range(90)], {n: 0.5 if n == dead else 1.0 for n in NODES})
     survivors = {n: a for n, a in actors.items() if n != dead}
     chains = reassign_chains(before.chains, survivors, 2)
     for actor in survivors.values():
@@ -295,8 +296,8 @@ class AnswerLost:
 def test_a_failed_drain_keeps_the_writes_and_deletes_clients_made_while_it_ran():
     actors = make_actors()
     router = make_router(actors)
-    drained = "node-c"
-    placed = router.place([f"w{i}" for i in range(90)], {n: 1.0 for n in NODES})
+    drained = "node-c"  # given twice a share: ids homed elsewhere are placed there too
+    placed = router.place([f"w{i}" for i in range(90)], {n: 2.0 if n == drained else 1.0 for n in NODES})
     for cache_id in placed:
         set_(router, cache_id, b"before")
     away = [i for i, n in placed.items() if n == drained and router.home(i) != drained]  # homes stay
