@@ -355,8 +355,9 @@ class Cache:
     def __reduce__(self):
         router = self._router
         placements = dict(itertools.islice(router.placements.items(), _PICKLED_PLACEMENTS))
+        single = set(itertools.islice(router.single, _PICKLED_PLACEMENTS))
         return _restore, (self._name, self._compression, self._coordinator, router.view, placements, self._closed,
-                          self._timeout)
+                          self._timeout, single)
 
     def __repr__(self) -> str:
         return f"Cache({self._name!r}, nodes={len(self._router.members)})"
@@ -811,6 +812,23 @@ class Cache:
         (status, value, _node), = self._run("locate", [(_check_id(cache_id),)])
         return list(value) if status == p.OK else []
 
+    def _home(self, cache_id: str) -> str:
+        """The node a ``set`` of ``cache_id`` creates it on when no placement names another
+        (for ``shoveling_ray.data``, which salts block ids until they are homed on the
+        writer's node)."""
+        return self._router.home(cache_id)
+
+    def _arrow_tables(self, node: str, cache_ids: list[str]) -> ray.ObjectRef:
+        """``node``'s actor asked for the values of ``cache_ids`` as Arrow tables in its object
+        store (for ``shoveling_ray.data``, see :mod:`.actors.tables`); the pending reply: a
+        reference per id, ``None`` for an id not held there. An empty list only lets the actor
+        forget the tables of ids gone.
+
+        Raises:
+            CacheClosed / NodeUnavailable: the cache was closed; ``node`` is not a member.
+        """
+        return self._handle(node, cache_ids).arrow_tables.remote(list(cache_ids))
+
     def node_id(self, cache_id: str, strategy: str = "default") -> str:
         """The Ray node id (hex) best placed to work on ``cache_id``.
 
@@ -904,8 +922,8 @@ class Cache:
         disk tier's ``disk_used`` / ``disk_limit`` / ``spilled_ids`` / ``spills`` /
         ``restores`` / ``spill_wait`` (seconds writes waited for spilling), ``copies`` (ids
         held there as a copy of another node's; counted in ``ids`` too), ``under_replicated``
-        (ids whose primary copy is there with fewer copies than ``replicas``: being rebuilt,
-        or fewer nodes than ``replicas``), ``lost`` (ids homed there whose only copy died) and
+        (ids whose primary copy is there with fewer copies than their count, ``replicas`` or
+        their own from :meth:`init`: being rebuilt, or fewer nodes than that), ``lost`` (ids homed there whose only copy died) and
         ``consul`` (``None`` without Consul, else the
         heartbeat's ``beats`` and last ``error``). A dict; in Jupyter, an HTML table."""
         return Stats(self._each_node("stats"))
@@ -978,9 +996,10 @@ def _submit(handle: ray.actor.ActorHandle, method: str, *args: Any) -> ray.Objec
     return getattr(handle, method).remote(*args)
 
 
-def _restore(name, compression, coordinator, view, placements, closed, timeout) -> Cache:
+def _restore(name, compression, coordinator, view, placements, closed, timeout, single) -> Cache:
     cache = Cache.__new__(Cache)
     cache._name, cache._compression, cache._coordinator = name, compression, coordinator
     cache._closed, cache._timeout = closed, timeout
     cache._router = Router(name, view, cache._handle, _submit, cache._gather, placements, _this_node(), cache._nearest)
+    cache._router.single.update(single)
     return cache

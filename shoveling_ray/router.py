@@ -135,6 +135,9 @@ class Router:
         self.name, self.local, self.nearest, self.remember = name, local, nearest, remember
         self.handle_for, self.submit, self.gather = handle_for, submit, gather
         self.placements: dict[str, str] = placements if placements is not None else {}
+        # Ids this client placed with one copy (``init(..., replicas=1)`` or scratch) on a cache
+        # of copies: their writes need no bundle for copies (see _calls). At most ``remember``.
+        self.single: set[str] = set()
         # Writes are numbered per router: (session, sequence) names a call to every node.
         self.session = os.urandom(8)
         self._sequence = itertools.count(1)
@@ -330,18 +333,23 @@ class Router:
         A write to ids with copies whose payloads under ``OBJECT_STORE_BYTES`` add up to that
         much goes as one call per set of copy holders, its buffers
         :class:`~shoveling_ray.wire.Bundled`: those payloads become one object, which the
-        primary hands on whole to the copies (see :mod:`shoveling_ray.objects`)."""
+        primary hands on whole to the copies (see :mod:`shoveling_ray.objects`). Ids this
+        client placed with one copy (:attr:`single`) go as without copies: a bundle is fetched
+        by the actor inside its call, while Ray fetches a call's arguments before it runs."""
         blob, buffers = pack(batch)
         small = sum(b.nbytes for b in buffers if b.nbytes < OBJECT_STORE_BYTES)
         if self.replicas < 2 or method not in _WRITES or small < OBJECT_STORE_BYTES:
             return [(range(len(batch)), blob, buffers)]
         by_copies: dict[tuple, list[int]] = defaultdict(list)
+        single = self.single
         for k, item in enumerate(batch):
-            by_copies[tuple(self._holders(node, slot_of(item[0]))[1:])].append(k)
+            by_copies[() if item[0] in single else tuple(self._holders(node, slot_of(item[0]))[1:])].append(k)
+        if len(by_copies) == 1 and () in by_copies:
+            return [(range(len(batch)), blob, buffers)]
         calls = []
-        for positions in by_copies.values():
+        for others, positions in by_copies.items():
             blob, buffers = pack([batch[k] for k in positions])
-            calls.append((positions, blob, Bundled(buffers)))
+            calls.append((positions, blob, Bundled(buffers) if others else buffers))
         return calls
 
     def each_node(self, method: str, *args: Any) -> dict[str, Any]:
@@ -380,6 +388,8 @@ class Router:
                 if status == p.FULL:  # the node chosen for it has no room for its entry
                     raise CacheFull(target, *value[:3], cache_id, value[3])
                 placed[cache_id] = value
+                if replicas is not None and replicas <= 1 and len(self.single) < self.remember:
+                    self.single.add(cache_id)
         placements, limit = self.placements, self.remember
         for cache_id, node in placed.items():
             if node != self.home(cache_id):
@@ -398,4 +408,5 @@ class Router:
         results = self.run("delete", [(i,) for i in cache_ids], cached=False, stamp=stamp)
         for cache_id in cache_ids:
             self.placements.pop(cache_id, None)
+            self.single.discard(cache_id)
         return [bool(existed) for _status, existed, _node in results]

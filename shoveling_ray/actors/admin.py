@@ -165,9 +165,9 @@ class Admin:
     def stats(self) -> dict:
         """The store's figures (``ids`` counts copies too), ``replicas``, ``copies`` (ids held
         here as a copy of another node's), ``under_replicated`` (ids whose primary copy is here
-        with fewer copies than ``replicas``: missing ones not rebuilt yet, or fewer nodes than
-        ``replicas``), ``lost`` (ids homed here whose only copy died), ``peer_calls`` (calls
-        this actor made to other members since it started), and ``consul``: the
+        with fewer copies than their count (see :meth:`.Layout.factor`): missing ones not
+        rebuilt yet, or fewer nodes than that), ``lost`` (ids homed here whose only copy died),
+        ``peer_calls`` (calls this actor made to other members since it started), and ``consul``: the
         heartbeat's ``beats`` and last ``error`` (``None`` without Consul). Under the lock."""
         return {**self.store.stats(), "replicas": self.layout.replicas, "copies": len(self.replication.copies),
                 "under_replicated": self.replication.under_replicated(),

@@ -17,6 +17,7 @@ This module is the Ray-facing shell only; each job is a part that owns its state
 - :mod:`.drain`: handing this node's ids over, taking another's;
 - :mod:`.admin`: settings, the HTTP endpoint, Consul, stats and metrics;
 - :mod:`.scans`: the pages of ``Cache.scan_ids``.
+- :mod:`.tables`: values handed out as Arrow tables in the object store (``shoveling_ray.data``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .scans import Scans
 from .sessions import Sessions
 from .spiller import Spiller
 from .storage import Store
+from .tables import Tables
 
 
 def _session_dir() -> str:
@@ -97,6 +99,7 @@ class _NodeActor:
         self.layout = Layout(node_id)
         self.peers = Peers(cache, self.layout)
         self.sessions = Sessions()  # what the clients' writes applied here, to apply each once
+        self.tables = Tables(self.store)  # dataset blocks handed to Ray Data
         self.scans = Scans()  # Cache.scan_ids's open snapshots of the ids here
         parts = (self.store, self.layout, self.peers)
         copies: dict[str, str] = {}  # ids held here as a copy (Replication's; the directory reads it)
@@ -262,6 +265,11 @@ class _NodeActor:
         """Forget scan ``token`` before its end (the client stopped reading)."""
         with self._lock:
             self.scans.end(token)
+
+    @_locked
+    def arrow_tables(self, cache_ids: list) -> list:
+        """See :meth:`.Tables.refs`."""
+        return self.tables.refs(cache_ids)
 
     @_locked
     def lost_ids(self) -> dict:

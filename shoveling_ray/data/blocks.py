@@ -73,8 +73,7 @@ def id_on_node(cache: Cache, base: str, node: str) -> str:
     block then lives at the home of ``salted(base, 0)``.
     """
     if node in cache.nodes():
-        # the routing table's hash, computed here: no call per salt tried
-        home = cache._router.home
+        home = cache._home  # the routing table's hash, computed here: no call per salt tried
         for salt in range(MAX_SALTS):
             if home(salted(base, salt)) == node:
                 return salted(base, salt)

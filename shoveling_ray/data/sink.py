@@ -16,7 +16,6 @@ Ray Data's commit protocol is the dataset's:
 
 from __future__ import annotations
 
-import copy
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from ray.data import Dataset
 from ray.data.datasource import Datasink
 
 from ..cache import Cache
-from ..errors import CacheMiss
+from ..errors import CacheMiss, ShovelingError, ray_errors
 from . import blocks as b
 from . import manifest as m
 
@@ -55,6 +54,17 @@ def read_manifest(cache: Cache, name: str) -> dict:
     return m.check_manifest(cache.get(m.manifest_id(name)), name)
 
 
+def forget_tables(cache: Cache) -> None:
+    """Have every node forget the tables it handed out of blocks deleted since (see
+    :mod:`shoveling_ray.actors.tables`), so the object stores free them. A node that does
+    not answer forgets them at its next read instead."""
+    try:
+        with ray_errors(f"cache {cache.name!r}: freeing the tables of deleted blocks"):
+            ray.get([cache._arrow_tables(node, []) for node in cache.nodes()])
+    except ShovelingError:
+        pass
+
+
 class CacheDatasink(Datasink):
     """A ``ray.data.Datasink`` that stores a dataset in a cache under ``name`` (see the module
     docstring); ``ds.write_datasink(CacheDatasink(cache, "features"))``.
@@ -74,8 +84,7 @@ class CacheDatasink(Datasink):
         self.name = m.check_name(name)
         # Blocks are stored uncompressed whatever the handle's compression: a reader maps the
         # Arrow stream where it lies instead of decompressing a copy of it.
-        self._cache = copy.copy(cache)
-        self._cache._compression = None
+        self._cache = Cache.attach(cache.name, compression=None, timeout=cache.timeout)
         self._token = uuid.uuid4().hex[:12]
         self._schema: pa.Schema | None = None
         self._started = False
@@ -128,6 +137,7 @@ class CacheDatasink(Datasink):
         stale = [i for i in old + block_ids(self._cache, self.name, self._token) if i not in kept]
         if stale:
             self._cache.delete_many(stale)
+            forget_tables(self._cache)
 
     def on_write_failed(self, error: Exception) -> None:
         ids = block_ids(self._cache, self.name, self._token)

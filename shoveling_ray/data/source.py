@@ -2,13 +2,13 @@
 :func:`write_dataset`, :func:`cache_dataset`, :func:`dataset_info`, :func:`list_datasets`,
 :func:`delete_dataset`.
 
-``read_dataset`` runs one task per node holding blocks, there. The task maps each block's
-Arrow stream from the object store (no copy) and returns the tables, so Ray keeps them in that
-node's object store; the dataset is built from those references, with the row counts and
-schemas the tasks report (no further task per block, as ``ray.data.from_arrow_refs`` would
-run). The dataset's own ``DataContext`` sends every map task on it to where its input block
-is (Ray's locality-aware scheduling; Ray Data spreads tasks with small inputs otherwise), so
-the tasks that consume a block downstream run on its node.
+``read_dataset`` asks each node holding blocks for them as Arrow tables in its object store
+(one call per node, no task: see :mod:`shoveling_ray.actors.tables`). The node's cache actor
+owns them, so they outlive the job that reads them, and every later read, from any job, gets
+the same objects. The dataset is built from those references (``ray.data.from_arrow_refs``),
+and its own ``DataContext`` sends every map task on it to where its input block is (Ray's
+locality-aware scheduling; Ray Data spreads tasks with small inputs otherwise), so the tasks
+that consume a block downstream run on its node.
 """
 
 from __future__ import annotations
@@ -17,26 +17,15 @@ import warnings
 
 import ray
 from ray.data import Dataset
-from ray.data.block import BlockExecStats, BlockMetadataWithSchema
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..cache import Cache
-from ..errors import CacheMiss, DataLost, ShovelingError, ray_errors
+from ..errors import CacheMiss, DataLost, NodeUnavailable, ShovelingError, ray_errors
 from . import blocks as b
 from . import manifest as m
-from .sink import CacheDatasink, block_ids, check_cache, check_dataset, read_manifest
+from .sink import CacheDatasink, block_ids, check_cache, check_dataset, forget_tables, read_manifest
 
 #: Times ``read_dataset`` starts again when a replacement deleted blocks it was reading.
 MAX_READ_ATTEMPTS = 3
-
-
-@ray.remote
-def _read_blocks(cache: Cache, block_ids: list[str]) -> tuple:
-    """The tables of blocks held on this task's node (buffers mapped from the object store,
-    one ``get_many``), then their metadata: ``2 * len(block_ids)`` returns."""
-    tables = [b.from_ipc(data) for data in cache.get_many(block_ids).values()]
-    stats = BlockExecStats.builder().build()
-    return (*tables, *(BlockMetadataWithSchema.from_block(t, block_exec_stats=stats) for t in tables))
 
 
 def write_dataset(ds: Dataset, cache: Cache, name: str) -> m.DatasetInfo:
@@ -95,29 +84,38 @@ def read_dataset(cache: Cache, name: str) -> Dataset:
 
 
 def _read(cache: Cache, name: str, manifest: dict) -> Dataset:
-    from ray.data._internal.logical.interfaces import LogicalPlan
-    from ray.data._internal.logical.operators.from_operators import FromArrow
-    from ray.data._internal.stats import DatasetStats
-    from ray.data.dataset import MaterializedDataset
-
     if not manifest["blocks"]:
         return ray.data.from_arrow(b.schema_from_bytes(manifest["schema"]).empty_table())
-    members = set(cache.nodes())
-    by_node: dict[str, list[int]] = {}
-    for index, (block_id, _rows, _bytes, writer) in enumerate(manifest["blocks"]):
-        # the writer's node holds the block unless it left; then ask where the copies are
-        by_node.setdefault(writer if writer in members else cache.node_id(block_id), []).append(index)
-    tables: list = [None] * len(manifest["blocks"])
-    metadata: list = [None] * len(manifest["blocks"])
-    for node, indices in by_node.items():
-        # one task per node: a task costs more than reading a block where it lies
-        refs = _read_blocks.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
-                                    num_returns=2 * len(indices)).remote(
-            cache, [manifest["blocks"][i][0] for i in indices])
-        for k, index in enumerate(indices):
-            tables[index], metadata[index] = refs[k], refs[len(indices) + k]
-    with ray_errors(f"reading dataset {name!r}"):
-        metadata = ray.get(metadata)
+    return _dataset(_table_refs(cache, name, manifest["blocks"]), manifest)
+
+
+def _dataset(refs: list, manifest: dict) -> Dataset:
+    """The dataset of the tables of ``refs``, as ``ray.data.from_arrow_refs(refs)`` makes it
+    but without its task per block to learn the blocks' rows and schema: the manifest knows
+    them, and a job's first tasks on a node wait for a worker process to start (seconds, in a
+    second job's first epoch). That takes Ray Data's internals (Ray 2.60); if they moved,
+    ``from_arrow_refs``."""
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators.from_operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.block import BlockMetadataWithSchema
+        from ray.data.dataset import MaterializedDataset
+
+        schema = b.schema_from_bytes(manifest["schema"])
+        metadata = [BlockMetadataWithSchema(num_rows=rows, size_bytes=size, exec_stats=None, input_files=None,
+                                            schema=schema) for _id, rows, size, _node in manifest["blocks"]]
+        context = _local_context()
+        stats = DatasetStats(metadata={"FromArrow": metadata}, parent=None)
+        return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context, stats)
+    except (ImportError, TypeError, AttributeError):
+        ds = ray.data.from_arrow_refs(refs)
+        ds.context.large_args_threshold = _local_context().large_args_threshold
+        return ds
+
+
+def _local_context() -> ray.data.DataContext:
+    """The current ``DataContext`` with every map task sent to the node of its input block."""
     with warnings.catch_warnings():
         # Deprecated ("Ray Data manages scheduling internally"), and still what sends a map
         # task to the node of its input block instead of spreading it. (Copying a context
@@ -125,8 +123,53 @@ def _read(cache: Cache, name: str, manifest: dict) -> Dataset:
         warnings.simplefilter("ignore", DeprecationWarning)
         context = ray.data.DataContext.get_current().copy()
         context.large_args_threshold = 0
-    stats = DatasetStats(metadata={"FromCache": metadata}, parent=None)
-    return MaterializedDataset(LogicalPlan(FromArrow(tables, metadata), context), context, stats)
+    return context
+
+
+def _table_refs(cache: Cache, name: str, blocks: list) -> list:
+    """A reference per block to its table in the object store of a node holding it.
+
+    Raises:
+        CacheMiss: a block is not held anywhere (names it).
+    """
+    members = set(cache.nodes())
+    by_node: dict[str, list[int]] = {}
+    for index, (block_id, _rows, _bytes, writer) in enumerate(blocks):
+        # the writer's node holds the block unless it left; then ask where the copies are
+        by_node.setdefault(writer if writer in members else cache.node_id(block_id), []).append(index)
+    refs: list = [None] * len(blocks)
+    for _attempt in range(2):
+        missing = []
+        pending = {}
+        for node, indices in by_node.items():
+            try:
+                pending[node] = cache._arrow_tables(node, [blocks[i][0] for i in indices])
+            except NodeUnavailable:
+                missing += indices
+        for node, reply in pending.items():
+            indices = by_node[node]
+            try:
+                with ray_errors(f"reading dataset {name!r}", node=node, ids=[blocks[i][0] for i in indices]):
+                    got = ray.get(reply)
+            except NodeUnavailable:  # its node died since the members were read
+                missing += indices
+                continue
+            for index, ref in zip(indices, got):
+                if ref is None:
+                    missing.append(index)
+                refs[index] = ref
+        if not missing:
+            return refs
+        # not where it was written: moved since (a drain), or a copy took over after its node
+        # died (or it died with it); ask where it is now
+        by_node = {}
+        for index in missing:
+            holders = cache.node_ids(blocks[index][0])
+            if not holders:
+                raise CacheMiss(blocks[index][0], cache.name)
+            by_node.setdefault(holders[0], []).append(index)
+    missing = next(blocks[i][0] for i, ref in enumerate(refs) if ref is None)
+    raise CacheMiss(missing, cache.name)
 
 
 def cache_dataset(ds: Dataset, cache: Cache, name: str) -> Dataset:
@@ -192,6 +235,7 @@ def delete_dataset(cache: Cache, name: str) -> bool:
     ids = block_ids(cache, name)
     if ids:
         cache.delete_many(ids)
+        forget_tables(cache)
     return existed
 
 

@@ -123,3 +123,27 @@ def test_raising_the_default_keeps_the_ids_of_their_own_factor():
     assert all(len(values_on(actors, i)) == 1 for i in single)
     assert all(len(values_on(actors, f"h{i}")) == 3 for i in range(30))
     assert sum(a.stats()["under_replicated"] for a in actors.values()) == 0
+
+
+def test_mid_sized_pieces_of_one_copy_ids_go_in_one_call_per_node_without_a_bundle():
+    # On a cache of copies, a batch of mid-sized pieces goes once per set of copy holders as
+    # one object the primary hands on; ids this client placed with one copy have no copies to
+    # hand it to, and go as on a one-copy cache: one call per node.
+    from collections import Counter
+
+    from shoveling_ray.codec import encode_append
+
+    from .test_router import Counting, NODES
+
+    actors = make_actors(replicas=2)
+    calls: Counter = Counter()
+    router = make_router(actors, replicas=2, handle_for=lambda node, ids: Counting(Serial(actors[node]), calls, node))
+    placed = router.place([f"m{i}" for i in range(48)], {n: 1.0 for n in NODES}, 1)
+    assert router.single == set(placed)
+    pieces = {i: bytes([n]) * (128 << 10) for n, i in enumerate(placed)}
+    results = router.run("append", [(i, encode_append(piece, compression=None)) for i, piece in pieces.items()])
+    assert all(status == p.OK for status, _, _ in results)
+    assert all(calls[(node, "append")] == 1 for node in NODES), calls
+    assert all(values_on(actors, i) == {placed[i]: pieces[i]} for i in placed)
+    router.delete_many(list(placed))
+    assert not router.single
