@@ -54,11 +54,13 @@ class Items:
 
     def get(self, batch: Batch, items: list) -> list:
         out = []
-        with self._lock:
-            for cache_id, via in items:
-                value = self.store.get(cache_id)
+        with self._lock:  # held or not, record and loss: looked up at once for a large batch
+            for (cache_id, via), record, here, lost in zip(items, *self._known([i for i, _ in items])):
+                value = self.store.get(cache_id, here) if here else None
                 if value is None:
-                    out.append(self.directory.absent(cache_id, via))
+                    out.append(self.directory.absent_known(record, lost, via))
+                elif not value[2]:
+                    out.append((p.OK, value))  # empty: nothing to count or put
                 else:
                     entry = self.store.peek(cache_id)
                     batch.moved += entry.nbytes + entry.disk  # known sizes: no walk over the frames

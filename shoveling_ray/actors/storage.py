@@ -231,12 +231,13 @@ class Store:
         self.table.set(cache_id, "empty", 0)
         return True
 
-    def get(self, cache_id: str) -> tuple | None:
+    def get(self, cache_id: str, held: bool | None = None) -> tuple | None:
         """``(kind, meta, frames)`` with every payload readable, marked as recently used; or
-        ``None``. A spilled value comes back into memory if it fits without spilling others."""
+        ``None``. A spilled value comes back into memory if it fits without spilling others.
+        ``held``: whether the id is held here, if the caller knows (see :meth:`holds_many`)."""
         entry = self._entries.get(cache_id)
         if entry is None:
-            return (KIND_BYTES, b"", []) if self._is_empty(cache_id) else None
+            return (KIND_BYTES, b"", []) if (self._is_empty(cache_id) if held is None else held) else None
         if cache_id in self._resident:
             self._resident.move_to_end(cache_id)
         if not entry.disk:
