@@ -354,6 +354,7 @@ class Store:
         self._make_room(cache_id, EMPTY_BYTES + len(cache_id), 0)
         self.table.set(cache_id, "empty", 1)
         self.retable()
+        self._settle()  # past the limit below the ceiling: the background spiller makes room
         return True
 
     def create_empty_many(self, cache_ids: list[str]) -> list[str]:
@@ -371,6 +372,7 @@ class Store:
             self._make_room(created[0], grows, 0)
             self.table.add(created, "empty", 1)
             self.retable()
+            self._settle()
         return created
 
     def charge(self, nbytes: int) -> None:

@@ -55,6 +55,21 @@ def test_a_write_past_the_limit_returns_at_once_and_the_rounds_spill_after(tmp_p
         assert read(s, key) == value
 
 
+def test_empty_ids_created_past_the_limit_wake_the_spiller(tmp_path):
+    """``init`` of many ids can be what crosses ``max_memory``: the values before them spill."""
+    woken = Woken()
+    s = background_store(tmp_path, int(4.5 * KB10), wake=woken)
+    for key in "abcd":
+        s.set(key, *encode(os.urandom(10_000), None))
+    assert s.used <= s.max_memory and woken.times == 0
+    s.create_empty_many([f"empty/{i}" for i in range(400)])
+    assert s.used > s.max_memory and woken.times == 1
+    s.create_empty("one/more")
+    assert woken.times == 2
+    drain_rounds(s)
+    assert s.used <= s.max_memory and s.peek("a").disk
+
+
 def test_a_write_past_the_ceiling_spills_before_it_returns(tmp_path):
     s = background_store(tmp_path, 4 * KB10)
     for key in "abcd":
