@@ -256,10 +256,11 @@ class _NodeActor:
         return [i for i in self.store.ids(prefix) if i not in self.replication.copies]
 
     @_locked
-    def scan(self, token: str, prefix: str, limit: int) -> tuple[list, bool]:
+    def scan(self, token: str, prefix: str, limit: int, after: str | None = None) -> tuple[list, bool]:
         """The next page of scan ``token`` over :meth:`ids` (``Cache.scan_ids``, see
-        :mod:`.scans`): ``(up to limit ids, sorted; whether the scan is done)``."""
-        return self.scans.page(token, limit, lambda: self.ids(prefix))
+        :mod:`.scans`; ``after``: the last id the client received from here): ``(up to limit
+        ids, sorted; whether the scan is done)``."""
+        return self.scans.page(token, limit, lambda: self.ids(prefix), after)
 
     def scan_end(self, token: str) -> None:
         """Forget scan ``token`` before its end (the client stopped reading)."""
