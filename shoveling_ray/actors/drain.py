@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import ShovelingError
+from ..errors import DataLost, ShovelingError
 from ..objects import fetch, resolve
 from ..placement import slot_of
 from ..wire import join, pack, unpack
@@ -149,8 +149,9 @@ class Drain:
             for home in set(held) | set(directory):
                 records, lost = directory.get(home, ([], []))
                 for chunk in chunks(self.store, held.get(home, [])) or [[]]:
+                    readable, chunk = self._readable(chunk)
                     homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
-                    packed = pack([(*v, h) for v, h in zip(values(self.store, chunk), homed)])
+                    packed = pack([(*v, h) for v, h in zip(readable, homed)])
                     if time.monotonic() > deadline:
                         raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} took "
                                              f"longer than {HAND_OVER_DEADLINE:.0f} s; the node keeps its data")
@@ -163,6 +164,24 @@ class Drain:
         except ShovelingError:
             self._take_back(sent, peers)
             raise
+
+    def _readable(self, chunk: list) -> tuple[list, list]:
+        """The values of ``chunk`` as :func:`values` reads them, and the ids they are of: a
+        scratch id whose writer died with its pieces (``DataLost``: only those are not this
+        actor's to read) is left out, lost with this node as it was with its writer."""
+        try:
+            return values(self.store, chunk), chunk
+        except DataLost:
+            out, kept = [], []
+            for cache_id in chunk:
+                try:
+                    out.extend(values(self.store, [cache_id]))
+                except DataLost:
+                    log.warning("cache %s: scratch id %s lost its writer's pieces; the drain leaves it lost",
+                                self.cache, cache_id)
+                    continue
+                kept.append(cache_id)
+            return out, kept
 
     def _hand_over_copies(self, old_chains: list, chains: list, peers: dict, deadline: float) -> int:
         """``hand_over`` with copies: stop taking calls, send the copies this node still owes

@@ -6,7 +6,9 @@ Ray Data's commit protocol is the dataset's:
 - ``write`` (a Ray Data write task, fused with the operators that produce its blocks, so on
   their node): each block becomes an Arrow IPC stream stored under an id whose home is the
   task's own node (``blocks.id_on_node``), so no block crosses the network on write. With
-  ``replicas >= 2`` the cache copies it to other nodes as it copies any value.
+  ``replicas >= 2`` the cache copies it to other nodes as it copies any value. Then the
+  node's actor is asked, without waiting, to put the blocks' tables into its object store
+  for readers (:mod:`shoveling_ray.actors.tables`) while the pipeline runs on.
 - ``on_write_complete`` (the driver): the manifest, written last, makes the dataset visible;
   then the blocks of the version it replaced, and of write tasks that Ray ran twice, are
   deleted.
@@ -120,6 +122,10 @@ class CacheDatasink(Datasink):
             block_id = b.id_on_node(self._cache, m.block_base(self.name, self._token, ctx.task_idx, index), here)
             self._cache.set(block_id, data)
             stored.append([block_id, table.num_rows, int(data.nbytes), here])
+        if stored and here in self._cache.nodes():
+            # The node's actor makes the tables readers get while the pipeline runs on; not
+            # waited for (a read's request waits behind it on the actor).
+            self._cache._arrow_tables(here, [block[0] for block in stored])
         return {"task": ctx.task_idx, "blocks": stored, "schema": b.schema_bytes(schema) if schema else None}
 
     def on_write_complete(self, write_result: WriteResult) -> None:
@@ -143,6 +149,7 @@ class CacheDatasink(Datasink):
         ids = block_ids(self._cache, self.name, self._token)
         if ids:
             self._cache.delete_many(ids)
+            forget_tables(self._cache)
 
     def get_name(self) -> str:
         return f"Cache({self.name})"

@@ -188,7 +188,7 @@ def cache_dataset(ds: Dataset, cache: Cache, name: str) -> Dataset:
 
 def dataset_info(cache: Cache, name: str) -> m.DatasetInfo:
     """What dataset ``name`` holds: schema, rows, bytes and its blocks with the nodes that hold
-    each (asked of the cache: one call per block).
+    each (asked of the cache: one call per node).
 
     Raises:
         TypeError / ValueError: a bad cache or name; ``name`` is not a dataset.
@@ -201,11 +201,21 @@ def dataset_info(cache: Cache, name: str) -> m.DatasetInfo:
         schema=b.schema_from_bytes(manifest["schema"]),
         rows=manifest["rows"],
         bytes=manifest["bytes"],
-        blocks=[m.BlockInfo(i, rows, size, _holders(cache, i)) for i, rows, size, _writer in manifest["blocks"]],
+        blocks=[m.BlockInfo(i, rows, size, nodes)
+                for (i, rows, size, _writer), nodes in zip(manifest["blocks"], _holders(cache, manifest["blocks"]))],
     )
 
 
-def _holders(cache: Cache, block_id: str) -> list[str]:
+def _holders(cache: Cache, blocks: list) -> list[list[str]]:
+    """The nodes holding each block (one call per node; one per block if a node does not
+    answer: none known to hold its blocks)."""
+    try:
+        return cache._node_ids_many([block[0] for block in blocks])
+    except ShovelingError:
+        return [_holders_of(cache, block[0]) for block in blocks]
+
+
+def _holders_of(cache: Cache, block_id: str) -> list[str]:
     try:
         return cache.node_ids(block_id)
     except ShovelingError:  # its node does not answer: none known to hold it

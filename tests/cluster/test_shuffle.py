@@ -316,3 +316,26 @@ def test_a_scratch_ids_large_pieces_leave_with_their_writer(cache):
         wait_for(lambda: cache.get("scratch/a") != piece, what="the scratch piece to leave with its writer")
     assert cache.get("kept/a") == piece
     cache.delete_many(["scratch/a", "kept/a"])
+
+
+def test_a_drain_leaves_behind_only_the_scratch_ids_whose_writer_died(cluster):
+    from tests.conftest import wait_until_dead
+
+    cache = sr.Cache("scratch-drain")
+    node = cache.init(["sd/gone"], scratch=True)["sd/gone"]
+    cache.init(["sd/live"], scratch=True, strategy="uniform_nodes")
+    kept = [i for i, n in cache.init([f"sd/k{i}" for i in range(9)]).items() if n == node]
+    assert kept
+    dead, alive = _Writer.remote(), _Writer.remote()
+    gone = ray.get(dead.append.remote(cache, ["sd/gone"], 2 * MB))
+    live = ray.get(alive.append.remote(cache, ["sd/live", *kept], 2 * MB))
+    assert cache.get("sd/gone") == gone
+    ray.kill(dead)
+    wait_until_dead(dead)
+    with pytest.raises(sr.DataLost):
+        wait_for(lambda: cache.get("sd/gone") != gone, what="the scratch piece to leave with its writer")
+    assert cache.drain(node) >= len(kept)  # the dead writer's piece does not stop it
+    assert cache.get_many([*kept, "sd/live"]) == dict.fromkeys([*kept, "sd/live"], live)
+    with pytest.raises((sr.DataLost, sr.CacheMiss)):
+        cache.get("sd/gone")
+    cache.close()
