@@ -73,6 +73,13 @@ def where(batch: dict) -> dict:
     return {"id": batch["id"], "node": np.array([ray.get_runtime_context().get_node_id()] * len(batch["id"]))}
 
 
+def locations(refs: list) -> dict:
+    """``ray.experimental.get_object_locations``, a reference at a time: asked for the objects
+    of several owners at once, Ray 2.60 aborted the process here once ("Promise already
+    satisfied" in ``GetLocationFromOwner``)."""
+    return {ref: ray.experimental.get_object_locations([ref])[ref] for ref in refs}
+
+
 def timed_once(fn) -> tuple[float, object]:
     started = time.perf_counter()
     out = fn()
@@ -140,7 +147,7 @@ def main() -> None:
     refs = read.to_arrow_refs()
     # the nodes where Ray keeps a copy of each block too (the epochs pulled blocks to the
     # driver's node): a task there reads the block without a transfer as well
-    copies = ray.experimental.get_object_locations(refs)
+    copies = locations(refs)
     seen = read.map_batches(where).to_pandas()
     # by id, the node holding its block in the cache, and those holding any copy
     holder, anywhere = np.empty(args.rows, dtype=object), np.empty(args.rows, dtype=object)

@@ -734,7 +734,7 @@ class Cache:
     # -- placement -------------------------------------------------------------------------
 
     def init(self, list_ids: Iterable[str], strategy: str = "uniform_nodes", *, replicas: int | None = None,
-             scratch: bool = False) -> dict[str, str]:
+             scratch: bool = False) -> Mapping[str, str]:
         """Create ids (empty bytes) spread over the cluster.
 
         Ids that already exist keep their node, data and copy count; new ids are spread by
@@ -772,7 +772,9 @@ class Cache:
                 ``None``.
 
         Returns:
-            ``{cache_id: node_id}`` for every id given.
+            ``{cache_id: node_id}`` for every id given: a dict for up to 100,000 ids; for more,
+            a read-only mapping (:class:`~shoveling_ray.placed.Placed`) that keeps about 10
+            bytes an id instead of a dict's hundred (a lookup by id first builds an index).
 
         Raises:
             ValueError: unknown strategy (names the valid ones), an empty id, or ``replicas``

@@ -42,6 +42,7 @@ from . import protocol as p
 from .codec import OBJECT_STORE_BYTES
 from .errors import CacheFull, NodeUnavailable, ShovelingError
 from .objects import refs_back
+from .placed import DICT_IDS, Placed
 from .placement import SLOTS, assign_homes, holders, home_index, slot_of
 from .view import View
 from .wire import Bundled, no_gc, pack, split, unpack
@@ -54,6 +55,10 @@ _READS = ("get", "exists", "size", "locate")
 _WRITES = ("set", "append")
 #: Item methods whose calls carry a stamp, so that a call sent again is applied once.
 STAMPED = ("set", "append", "delete")
+#: ``init`` locates and places ids this many at a time: a node's actor then holds a few
+#: megabytes of a call's temporaries at once, not a copy of millions of names (its freed heap
+#: stays in the process, see :mod:`shoveling_ray.heap`, and would count as its memory).
+PLACE_CHUNK = 100_000
 #: Reads in larger batches go to the primaries (see the module docstring): each node's actor
 #: serves its part of a batch one id after another, and a call costs about what a thousand
 #: small ids do.
@@ -357,7 +362,7 @@ class Router:
         pending = {node: self.submit(self.handle_for(node, []), method, *args) for node in self.members}
         return self.gather(pending, {node: [] for node in pending}, method)
 
-    def place(self, ids: list[str], weights: Mapping[str, float], replicas: int | None = None) -> dict[str, str]:
+    def place(self, ids: list[str], weights: Mapping[str, float], replicas: int | None = None) -> Mapping[str, str]:
         """``init``'s protocol: ids that exist keep their node; new ones are spread over the
         nodes in proportion to ``weights`` and created by their homes, held by ``replicas``
         nodes (``None``: the cache's ``replicas``).
@@ -367,7 +372,8 @@ class Router:
         (after a failure, or from another client at the same time) changes nothing placed.
 
         Returns:
-            ``{id: node}`` for every id, in the given order.
+            ``{id: node}`` for every id, in the given order: a dict, or for more than
+            :data:`~shoveling_ray.placed.DICT_IDS` ids a :class:`~shoveling_ray.placed.Placed`.
 
         Raises:
             NodeUnavailable: a chosen node did not answer; the other ids are placed, and
@@ -375,28 +381,32 @@ class Router:
             CacheFull: a chosen node had no room under ``max_memory`` for an id's entry; the
                 ids that fit are placed.
         """
-        located = self.run("locate", [(i,) for i in ids], cached=False)
-        placed = {i: r[1][0] for i, r in zip(ids, located) if r[0] == p.OK}
-        new = [i for i in ids if i not in placed]
-        if new:
-            targets = assign_homes(home_index(new, self.table), weights)
-            own = () if replicas is None else (replicas,)
-            answers = self.run("place", [(i, t, *own) for i, t in zip(new, targets)], cached=False)
-            for cache_id, target, (status, value, _node) in zip(new, targets, answers):
+        nodes: list = []
+        for k in range(0, len(ids), PLACE_CHUNK):  # chunks: what a node holds at once stays small
+            located = self.run("locate", [(i,) for i in ids[k:k + PLACE_CHUNK]], cached=False)
+            nodes.extend(r[1][0] if r[0] == p.OK else None for r in located)
+        homes = home_index(ids, self.table)
+        new = [k for k, node in enumerate(nodes) if node is None]
+        targets = assign_homes([homes[k] for k in new], weights) if new else []
+        own = () if replicas is None else (replicas,)
+        for c in range(0, len(new), PLACE_CHUNK):
+            chunk = list(zip(new[c:c + PLACE_CHUNK], targets[c:c + PLACE_CHUNK]))
+            answers = self.run("place", [(ids[k], target, *own) for k, target in chunk], cached=False)
+            for (k, target), (status, value, _node) in zip(chunk, answers):
                 if status == p.UNAVAILABLE:
-                    raise NodeUnavailable(value[0], [cache_id], value[1])
+                    raise NodeUnavailable(value[0], [ids[k]], value[1])
                 if status == p.FULL:  # the node chosen for it has no room for its entry
-                    raise CacheFull(target, *value[:3], cache_id, value[3])
-                placed[cache_id] = value
+                    raise CacheFull(target, *value[:3], ids[k], value[3])
+                nodes[k] = value
                 if replicas is not None and replicas <= 1 and len(self.single) < self.remember:
-                    self.single.add(cache_id)
+                    self.single.add(ids[k])
         placements, limit = self.placements, self.remember
-        for cache_id, node in placed.items():
-            if node != self.home(cache_id):
+        for cache_id, node, home in zip(ids, nodes, homes):
+            if node != home:
                 placements[cache_id] = node
                 if len(placements) > limit:  # an init of millions of ids: remember the last ones
                     forget_oldest(placements, limit)
-        return {i: placed[i] for i in ids}
+        return dict(zip(ids, nodes)) if len(ids) <= DICT_IDS else Placed(ids, nodes)
 
     def delete(self, cache_id: str) -> bool:
         """Delete an id and its placement record (the home does both). Whether it existed."""

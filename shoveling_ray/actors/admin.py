@@ -150,14 +150,14 @@ class Admin:
     def _bookkeeping(self) -> int:
         """Memory held besides the stored values, counted in ``used`` (see Store.charge)."""
         directory, replication = self.directory, self.replication
-        return (self.sessions.nbytes + RECORD_BYTES * (len(directory.records) + len(directory.lost)
-                                                       + len(replication.copies))
+        return (self.sessions.nbytes + RECORD_BYTES * len(replication.copies)
                 + REPAIR_BYTES * len(replication.repairs) + self._serving)
 
     def publish(self) -> None:
         """Count the bookkeeping in ``used`` and update the metrics of what this node holds."""
         with self._lock:  # the peer group's and the HTTP threads change what it reads
             store = self.store
+            store.retable()  # the directory's records and lost ids are rows of it
             store.charge(self._bookkeeping())
             self.metrics.held(store.used, store.max_memory, len(store), store.evictions, self.directory.lost_count(),
                               store.disk.used, store.spills)

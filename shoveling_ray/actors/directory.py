@@ -4,7 +4,9 @@ took over), and which of them were lost with the node that held their only copy.
 
 A slot's two directory nodes (the first two of its chain) keep the same records: the home
 answers clients, the backup home takes over when the home dies. Plain Python over the store,
-the layout and the peers it is given; no Ray. Which ids are held here as copies is
+the layout and the peers it is given; no Ray. The records and lost ids are two columns of the
+store's id table (:mod:`.idtable`), the node ids in them numbered: a few bytes per id instead
+of a dict entry and two strings. Which ids are held here as copies is
 :mod:`.replication`'s; the item methods that read and write the records are :mod:`.items`'.
 """
 
@@ -14,8 +16,9 @@ import logging
 import threading
 
 from ..errors import NodeUnavailable
-from ..placement import slot_of
+from ..placement import slot_of, slots_of
 from .. import protocol as p
+from .idtable import Interned, NodeColumn
 from .layout import Change, Layout
 from .peers import Peers
 from .storage import Store
@@ -37,22 +40,32 @@ class Directory:
     def __init__(self, store: Store, copies: dict, layout: Layout, peers: Peers, lock: threading.RLock) -> None:
         self.store, self._copies, self.layout, self.peers, self._lock = store, copies, layout, peers, lock
         self.node_id, self.cache = layout.node_id, peers.cache
+        nodes = Interned()
         # Placement records of ids homed here but placed on another node by init.
-        self.records: dict[str, str] = {}
+        self.records = NodeColumn(store.table, "record", nodes)
         # Ids homed here whose only copy was on a node that died: id -> that node.
-        self.lost: dict[str, str] = {}
+        self.lost = NodeColumn(store.table, "lost", nodes)
         # Ids a failed drain left here whose backup home still points at the drained node:
         # recorded again with the next client batch's created ids (see record_created).
         self.unsent: list[str] = []
 
     def absent(self, cache_id: str, via: int) -> tuple:
         """The answer for an id not held here (see :mod:`.protocol`)."""
-        target = self.records.get(cache_id)
+        return self.absent_known(self.records.get(cache_id), self.lost.get(cache_id), via)
+
+    def absent_known(self, target: str | None, lost: str | None, via: int) -> tuple:
+        """:meth:`absent` from the id's record and lost entry (see :meth:`known`)."""
         if target is not None and target != self.node_id:  # (to itself: evicted)
             return p.REDIRECT, target
-        if cache_id in self.lost:
-            return p.LOST, self.lost[cache_id]
+        if lost is not None:
+            return p.LOST, lost
         return (p.REROUTE, None) if via == p.VIA_CACHE else (p.MISS, None)
+
+    def known(self, cache_ids: list[str]) -> tuple[list, list]:
+        """The record and the lost entry of each id (``None`` where none), looked up at once."""
+        found = self.store.table.lookup(cache_ids, ("record", "lost"))
+        names = self.records.nodes.names()
+        return [names[n] for n in found["record"].tolist()], [names[n] for n in found["lost"].tolist()]
 
     def forget(self, cache_id: str) -> None:
         """Forget the record and the loss of an id deleted here."""
@@ -87,6 +100,21 @@ class Directory:
         if backup is not None:
             backups.setdefault(backup, []).append(self.pair(cache_id, node))
 
+    def record_many(self, cache_ids: list[str], node: str, backups: dict) -> None:
+        """:meth:`record` for many ids placed on one node."""
+        if not cache_ids:
+            return
+        self.records.set_many(cache_ids, node)
+        chains, me = self.layout.chains, self.node_id
+        if chains is None:
+            return
+        backup_of = [c[1] if len(c) > 1 and c[1] != me else None for c in chains]
+        pair = self.pair if self.layout.factors else (lambda cache_id, node: (cache_id, node))
+        for cache_id, slot in zip(cache_ids, slots_of(cache_ids)):
+            backup = backup_of[slot]
+            if backup is not None:
+                backups.setdefault(backup, []).append(pair(cache_id, node))
+
     def record_created(self, created: list) -> None:
         """With one copy: record the ids a write just created here (``created``, and those a
         failed drain left, see :attr:`unsent`), here and at their backup home (one call per
@@ -96,9 +124,10 @@ class Directory:
             return
         backups: dict[str, list] = {}
         with self._lock:
-            for cache_id in [*self.unsent, *created]:
-                if cache_id in self.store and cache_id not in self._copies:
-                    self.record(cache_id, self.node_id, backups)
+            ids = list(dict.fromkeys([*self.unsent, *created]))
+            copies = self._copies
+            self.record_many([i for i, held in zip(ids, self.store.holds_many(ids)) if held and i not in copies],
+                             self.node_id, backups)
             self.unsent = []
         self.send_records(backups)
 
@@ -116,13 +145,18 @@ class Directory:
 
     def adopt_records(self, pairs: list) -> None:
         """At a home or backup home: record where ids of its slots live (see ``rebuild``):
-        ``(id, node)`` pairs, or ``(id, node, its own factor)`` for an id created with one."""
-        for cache_id, node, *factor in pairs:
-            if cache_id in self._copies or cache_id not in self.store:
-                self.records[cache_id] = node
-                self.lost.pop(cache_id, None)
-                if factor:
-                    self.layout.factors[cache_id] = factor[0]
+        ``(id, node)`` pairs, or ``(id, node, its own factor)`` for an id created with one.
+        Done for all pairs at once (``init`` sends them by the hundred thousand)."""
+        ids = [pair[0] for pair in pairs]
+        copies = self._copies
+        kept = [k for k, held in enumerate(self.store.holds_many(ids)) if not held or ids[k] in copies]
+        if len(kept) < len(ids):
+            ids, pairs = [ids[k] for k in kept], [pairs[k] for k in kept]
+        self.records.set_many(ids, [pair[1] for pair in pairs])
+        self.lost.unset_many(ids)
+        for cache_id, _node, *factor in pairs:
+            if factor:
+                self.layout.factors[cache_id] = factor[0]
 
     def adopt_directory(self, sent: tuple) -> None:
         """At a backup home: the home's records and lost ids of ``slots`` replace those here."""

@@ -28,6 +28,10 @@ from .storage import Store
 
 log = logging.getLogger(__name__)
 
+#: Batches of at least this many ids look their ids up in the id table at once (a lookup costs
+#: about 1 us an id one by one, plus about 50 us a batch at once).
+BATCH_LOOKUP = 64
+
 
 class Items:
     """The item methods over one node's parts.
@@ -50,11 +54,13 @@ class Items:
 
     def get(self, batch: Batch, items: list) -> list:
         out = []
-        with self._lock:
-            for cache_id, via in items:
-                value = self.store.get(cache_id)
+        with self._lock:  # held or not, record and loss: looked up at once for a large batch
+            for (cache_id, via), record, here, lost in zip(items, *self._known([i for i, _ in items])):
+                value = self.store.get(cache_id, here) if here else None
                 if value is None:
-                    out.append(self.directory.absent(cache_id, via))
+                    out.append(self.directory.absent_known(record, lost, via))
+                elif not value[2]:
+                    out.append((p.OK, value))  # empty: nothing to count or put
                 else:
                     entry = self.store.peek(cache_id)
                     batch.moved += entry.nbytes + entry.disk  # known sizes: no walk over the frames
@@ -77,17 +83,30 @@ class Items:
 
     def locate(self, batch: Batch, items: list) -> list:
         """Every node holding each id, its primary copy first."""
-        with self._lock:
-            return [(p.OK, self.replication.live_holders(i)) if i in self.store else self.directory.absent(i, via)
-                    for i, via in items]
+        ids = [i for i, _ in items]
+        with self._lock:  # looked up at once: init locates millions of ids
+            held = self.store.holds_many(ids)
+            records, lost = self.directory.known(ids)
+            live_holders, absent = self.replication.live_holders, self.directory.absent_known
+            return [(p.OK, live_holders(i)) if here else absent(target, dead, via)
+                    for (i, via), here, target, dead in zip(items, held, records, lost)]
+
+    def _known(self, ids: list[str]) -> tuple[list, list, list]:
+        """Each id's placement record, whether it is held here, and its lost entry (``None``
+        where none): looked up at once for a large batch of distinct ids, else one by one."""
+        if len(ids) >= BATCH_LOOKUP and len(set(ids)) == len(ids):
+            records, lost = self.directory.known(ids)
+            return records, self.store.holds_many(ids), lost
+        records, lost, store = self.directory.records, self.directory.lost, self.store
+        return [records.get(i) for i in ids], [i in store for i in ids], [lost.get(i) for i in ids]
 
     def _write(self, batch: Batch, items: list, apply, clears_loss: bool) -> list:
         """Apply writes to the ids this node may write (under the lock); ``apply`` adds each
         write it took to ``batch.taken`` (what ``Replication.forward`` sends to the copies)."""
         out = []
-        copies, records, lost = self.replication.copies, self.directory.records, self.directory.lost
+        copies, lost = self.replication.copies, self.directory.lost
         applied = batch.applied
-        for item in items:
+        for item, record, here, lost_node in zip(items, *self._known([item[0] for item in items])):
             cache_id, via = item[0], item[1]
             if applied is not None and cache_id in applied:  # sent again: it was applied here
                 out.append(applied[cache_id])
@@ -95,19 +114,17 @@ class Items:
             if cache_id in copies:  # the primary orders writes
                 out.append((p.REDIRECT, copies[cache_id]))
                 continue
-            target = records.get(cache_id)
-            if target == self.node_id:
-                target = None  # placed here by init
-            if cache_id not in self.store and (target is not None or via != p.AT_HOME):
+            target = None if record == self.node_id else record  # (to itself: placed here by init)
+            if not here and (target is not None or via != p.AT_HOME):
                 # Only the home creates ids: elsewhere a write could recreate a deleted id.
                 out.append((p.REDIRECT, target) if target is not None else (p.REROUTE, None))
                 continue
-            if cache_id in lost:
+            if lost_node is not None:
                 if not clears_loss:  # appending to a lost value would hide the loss
-                    out.append((p.LOST, lost[cache_id]))
+                    out.append((p.LOST, lost_node))
                     continue
                 del lost[cache_id]
-            created = target is None and cache_id not in self.store and cache_id not in records
+            created = record is None and not here
             if created and self.layout.factors:  # a write creates ids with the cache's factor
                 self.layout.factors.pop(cache_id, None)
             try:
@@ -231,6 +248,8 @@ class Items:
         here and at the backup home (also when it is here). Returns ``(OK, node)`` per id, or
         ``(UNAVAILABLE, (node, reason))`` when the target did not answer (nothing is recorded).
         """
+        if self.layout.replicas == 1 and all(len(item) == 3 for item in items):
+            return self._place_alone(items)
         out, primaries, copies, records = [], {}, {}, {}
         with self._lock:
             for index, (cache_id, _via, target, *factor) in enumerate(items):
@@ -262,6 +281,54 @@ class Items:
         self.directory.send_records(records)
         return out
 
+    def _place_alone(self, items: list) -> list:
+        """:meth:`place` with one copy per id, each step for all ids at once (``init`` of
+        millions of ids)."""
+        ids = [item[0] for item in items]
+        me, copies = self.node_id, self.replication.copies
+        out: list = [None] * len(items)
+        mine, primaries, records = [], {}, {}
+        with self._lock:
+            self.directory.lost.unset_many(ids)  # init recreates a lost id, empty
+            known = self.directory.records.get_many(ids)
+            held = self.store.holds_many(ids)
+            for index, ((cache_id, _via, target), node, here) in enumerate(zip(items, known, held)):
+                if node is not None:
+                    out[index] = (p.OK, node)
+                elif here and cache_id not in copies:
+                    out[index] = (p.OK, me)
+                else:
+                    (mine if target == me else primaries.setdefault(target, [])).append(index)
+                    out[index] = (p.OK, target)
+            if mine:
+                created = self._create_here([ids[k] for k in mine], out, mine)
+                self.directory.record_many(created, me, records)
+        self._create_placed(items, out, primaries, records)
+        self.directory.send_records(records)
+        return out
+
+    def _create_here(self, ids: list[str], out: list, indices: list[int]) -> list[str]:
+        """Create ``ids`` (at ``indices`` of ``out``) empty here for ``place``; returns those
+        created or held here, and sets ``FULL`` in ``out`` for those that did not fit."""
+        try:
+            self.store.create_empty_many(ids)
+        except CacheFull:  # one at a time: as many as fit
+            fit = []
+            for cache_id, index in zip(ids, indices):
+                try:
+                    self.store.create_empty(cache_id)
+                except CacheFull as exc:
+                    out[index] = (p.FULL, (exc.limit, exc.used, exc.needed, exc.reason))
+                else:
+                    fit.append(cache_id)
+            ids = fit
+        copies, factors, records = self.replication.copies, self.layout.factors, self.directory.records
+        for cache_id in ids:
+            copies.pop(cache_id, None)
+            if factors and cache_id not in records:  # created with the cache's factor
+                factors.pop(cache_id, None)
+        return ids
+
     def _create_placed(self, items: list, out: list, primaries: dict, records: dict) -> None:
         """``place``: create the ids placed on other nodes there (``{node: [item index]}``) and
         record them; an id whose node did not answer gets ``UNAVAILABLE`` in ``out``, one it had
@@ -279,8 +346,7 @@ class Items:
                 for i in indices:
                     if items[i][0] in full:
                         out[i] = (p.FULL, full[items[i][0]])
-                    else:
-                        self.directory.record(items[i][0], node, records)
+                self.directory.record_many([items[i][0] for i in indices if items[i][0] not in full], node, records)
 
     def _create_copies(self, items: list, out: list, copies: dict) -> None:
         """``place``: create the copies of the ids placed (``{node: [(id, primary)]}``), but
@@ -313,6 +379,10 @@ class Items:
             raise NodeDrained(self.node_id, [i for i, _ in pairs], "it was drained")
         full = {}
         copies = self.replication.copies
+        if all(len(pair) == 2 and pair[1] == self.node_id for pair in pairs):  # init's primaries: at once
+            out: list = [None] * len(pairs)
+            self._create_here([pair[0] for pair in pairs], out, list(range(len(pairs))))
+            return {pairs[k][0]: answer[1] for k, answer in enumerate(out) if answer is not None}
         factors = self.layout.factors
         for cache_id, primary, *factor in pairs:
             try:

@@ -29,6 +29,10 @@ Lowering the limit below current usage applies the policy at once (``spill`` spi
 evicts); ``reject`` keeps everything and refuses writes that add bytes until usage falls
 below the limit.
 
+An empty id (``init`` makes millions of them) has no :class:`Entry`: it is a row of the node's
+:class:`~.idtable.IdTable` (column ``empty``), which the placement directory shares for its
+records; the table's whole memory is counted in ``used``. It becomes an entry when written.
+
 Small pieces appended to one value are joined into one payload once they add up to
 :data:`COALESCE_BYTES`, so a value built from many small appends costs its bytes, not a
 Python object per piece.
@@ -46,13 +50,22 @@ from ..errors import CacheFull
 from ..settings import check_eviction as check_policy
 from ..settings import check_max_memory
 from .disk import Spilled, SpillFiles
+from .idtable import IdTable
+
+#: The columns of a node's id table: ``empty`` (the store's: held here, empty, no entry),
+#: ``record`` and ``lost`` (the directory's: see :mod:`.directory`).
+ID_COLUMNS = ("empty", "record", "lost")
 
 log = logging.getLogger(__name__)
 
-#: Memory an id takes besides its frames and the characters of its name: the entry, its frame
+#: Memory an id with a value takes besides its frames and the characters of its name: the entry, its frame
 #: list, its places in the store's dicts and the id's string object (measured with
 #: tracemalloc, checked in ``tests/unit/test_storage.py``).
 ID_OVERHEAD = 280
+#: Memory an empty id's row in the id table takes besides its name's bytes, as
+#: :attr:`.IdTable.nbytes` counts it on average (the index about 60% full); only to make room
+#: before the row exists: ``used`` counts the table's real size.
+EMPTY_BYTES = 30
 #: Memory a frame takes besides its payload bytes: its tuple, the payload's object header.
 FRAME_OVERHEAD = 110
 #: Memory an append token takes in its id's set (see :meth:`Store.append`).
@@ -146,6 +159,7 @@ class Store:
         wake: with ``spill``, called when a write leaves the store over ``max_memory``: the
             owner then spills in the background (:meth:`start_spill`), and writes spill
             themselves only past :data:`CEILING`; ``None``: writes spill before they return.
+        table: the node's id table (:data:`ID_COLUMNS`); ``None``: one of its own.
     """
 
     def __init__(
@@ -157,6 +171,7 @@ class Store:
         own: Callable[[list], list] = lambda frames: frames,
         load: Callable | None = None,
         wake: Callable[[], None] | None = None,
+        table: IdTable | None = None,
     ) -> None:
         self.node_id = node_id
         self.max_memory = check_max_memory(max_memory)
@@ -167,6 +182,8 @@ class Store:
         self._inflight = 0  # payload bytes those rounds are writing
         self._closed = False
         self._entries: dict[str, Entry] = {}
+        self.table = table if table is not None else IdTable(ID_COLUMNS)
+        self._table_bytes = 0  # of ``used``: the table's memory when last counted
         # Ids with payload bytes in memory, least recently used first: what may be spilled.
         self._resident: OrderedDict[str, None] = OrderedDict()
         self.used = 0
@@ -178,21 +195,49 @@ class Store:
         self.spill_wait = 0.0
 
     def __contains__(self, cache_id: str) -> bool:
-        return cache_id in self._entries
+        return cache_id in self._entries or self.table.get(cache_id, "empty") != 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + self.table.count("empty")
+
+    def holds_many(self, cache_ids: list[str]) -> list[bool]:
+        """Whether each id is held here (``in`` for many at once)."""
+        entries = self._entries
+        return [bool(e) or i in entries for i, e in zip(cache_ids, self.table.values(cache_ids, "empty").tolist())]
+
+    def _is_empty(self, cache_id: str) -> bool:
+        """Whether ``cache_id`` is held as an empty id without an entry."""
+        return self.table.get(cache_id, "empty") != 0
 
     def peek(self, cache_id: str) -> Entry | None:
-        """The entry without touching its recency; its frames may name spill files."""
-        return self._entries.get(cache_id)
+        """The entry without touching its recency; its frames may name spill files. An
+        empty id's is made for the caller (changing it changes nothing stored)."""
+        entry = self._entries.get(cache_id)
+        if entry is None and self._is_empty(cache_id):
+            return Entry(KIND_BYTES, b"", [])
+        return entry
 
-    def get(self, cache_id: str) -> tuple | None:
+    def retable(self) -> None:
+        """Count the id table's memory in ``used`` as it is now (its owners call this after
+        changing it)."""
+        now = self.table.nbytes
+        self.used += now - self._table_bytes
+        self._table_bytes = now
+
+    def _take_empty(self, cache_id: str) -> bool:
+        """Turn an empty id without an entry into an id about to get one; whether it was one."""
+        if not self._is_empty(cache_id):
+            return False
+        self.table.set(cache_id, "empty", 0)
+        return True
+
+    def get(self, cache_id: str, held: bool | None = None) -> tuple | None:
         """``(kind, meta, frames)`` with every payload readable, marked as recently used; or
-        ``None``. A spilled value comes back into memory if it fits without spilling others."""
+        ``None``. A spilled value comes back into memory if it fits without spilling others.
+        ``held``: whether the id is held here, if the caller knows (see :meth:`holds_many`)."""
         entry = self._entries.get(cache_id)
         if entry is None:
-            return None
+            return (KIND_BYTES, b"", []) if (self._is_empty(cache_id) if held is None else held) else None
         if cache_id in self._resident:
             self._resident.move_to_end(cache_id)
         if not entry.disk:
@@ -224,6 +269,8 @@ class Store:
         old = self._entries.get(cache_id)
         if old is None:
             self._make_room(cache_id, cost, new.nbytes)
+            if self._take_empty(cache_id):
+                self.retable()
         else:
             old_cost = old.cost(cache_id)  # making room keeps this id as it is
             self._make_room(cache_id, cost - old_cost, new.nbytes - old.nbytes)
@@ -255,6 +302,8 @@ class Store:
         self._make_room(cache_id, grows, added.nbytes)
         if entry is None:
             entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
+            if self._take_empty(cache_id):
+                self.retable()
         else:
             self._account(cache_id, entry, -1)
         for frame in frames:
@@ -300,12 +349,29 @@ class Store:
             CacheFull: its overhead does not fit under ``max_memory`` (after spilling or
                 evicting others, as the policy says).
         """
-        if cache_id in self._entries:
+        if cache_id in self:
             return False
-        self._make_room(cache_id, overhead(cache_id, 0), 0)
-        entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
-        self._account(cache_id, entry, +1)
+        self._make_room(cache_id, EMPTY_BYTES + len(cache_id), 0)
+        self.table.set(cache_id, "empty", 1)
+        self.retable()
         return True
+
+    def create_empty_many(self, cache_ids: list[str]) -> list[str]:
+        """:meth:`create_empty` for many ids (distinct) at once; returns those created.
+
+        Raises:
+            CacheFull: their rows do not fit under ``max_memory``; none was created.
+        """
+        entries = self._entries
+        absent = [i for i in cache_ids if i not in entries]
+        held = self.table.values(absent, "empty").tolist()
+        created = [i for i, here in zip(absent, held) if not here]
+        if created:
+            grows = EMPTY_BYTES * len(created) + sum(map(len, created))
+            self._make_room(created[0], grows, 0)
+            self.table.add(created, "empty", 1)
+            self.retable()
+        return created
 
     def charge(self, nbytes: int) -> None:
         """Count ``nbytes`` of the owner's memory besides the entries (placement records,
@@ -318,13 +384,17 @@ class Store:
         """Remove ``cache_id`` (and its spilled bytes). Returns whether it existed."""
         entry = self._entries.pop(cache_id, None)
         if entry is None:
-            return False
+            if not self._take_empty(cache_id):
+                return False
+            self.retable()
+            return True
         self._remove(cache_id, entry)
         return True
 
     def ids(self, prefix: str = "") -> Iterator[str]:
-        """Ids starting with ``prefix``."""
-        return (i for i in self._entries if i.startswith(prefix))
+        """Ids starting with ``prefix`` (a snapshot of the empty ones)."""
+        empty = (i for i, _ in self.table.items("empty"))
+        return (i for source in (self._entries, empty) for i in source if i.startswith(prefix))
 
     def configure(self, max_memory: int | None, policy: str, max_disk: int | None = None) -> None:
         """Change the limits and policy; ``lru`` evicts and ``spill`` spills at once down to
@@ -349,7 +419,7 @@ class Store:
             "bookkeeping": self.bookkeeping,
             "raw": self.raw,
             "limit": self.max_memory,
-            "ids": len(self._entries),
+            "ids": len(self),
             "evictions": self.evictions,
             "policy": self.policy,
             "disk_used": disk.used if disk else 0,
@@ -365,7 +435,8 @@ class Store:
         self._closed = True
         self._entries.clear()
         self._resident.clear()
-        self.used = self.payload = self.raw = self.bookkeeping = 0
+        self.table.clear()
+        self.used = self.payload = self.raw = self.bookkeeping = self._table_bytes = 0
         if self.disk is not None:
             self.disk.close()
 

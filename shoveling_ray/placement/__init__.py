@@ -6,7 +6,7 @@
 - :mod:`.scoring`: distances between nodes (Consul network coordinates) and data.
 """
 
-from .hashing import SLOTS, build_chains, holders, home_index, reassign_chains, slot_of
+from .hashing import SLOTS, build_chains, holders, home_index, reassign_chains, slot_of, slots_of
 from .scoring import DEFAULT_REMOTE_SCORE, Coordinate, rtt_seconds
 from .strategies import STRATEGIES, apportion, assign, assign_homes, check_strategy
 
@@ -17,6 +17,7 @@ __all__ = [
     "home_index",
     "reassign_chains",
     "slot_of",
+    "slots_of",
     "DEFAULT_REMOTE_SCORE",
     "Coordinate",
     "rtt_seconds",

@@ -125,6 +125,12 @@ def holders(primary: str, chain: Sequence[str], replicas: int, zones: Mapping[st
     return _zone_first([primary], others, replicas, zones)
 
 
+def slots_of(cache_ids: Iterable[str]) -> list[int]:
+    """:func:`slot_of` of each id, in order."""
+    crc = zlib.crc32
+    return [crc(i.encode()) % SLOTS for i in cache_ids]
+
+
 def home_index(cache_ids: Iterable[str], table: Sequence[str]) -> list[str]:
     """The home node of each id, in order (``table[slot]`` is the slot's home)."""
     crc = zlib.crc32

@@ -468,7 +468,7 @@ def test_compression_modes_and_stats(cluster):
         sizes[mode] = (sum(v["used"] - v["bookkeeping"] for v in s.values()), sum(v["raw"] for v in s.values()))
         c.close()
     raw = 1_600_000
-    assert sizes[None][1] == raw and raw < sizes[None][0] < raw + 1000  # and two ids' overhead
+    assert sizes[None][1] == raw and raw < sizes[None][0] < raw + 3000  # and two ids with their records
     assert sizes["auto"][1] == raw and sizes["auto"][0] < 800_000 + 20_000
     assert sizes["lz4"][0] > sizes["auto"][0]  # lz4 also "compresses" the noise, a bit larger
     with pytest.raises(ValueError, match="compression"):
@@ -492,7 +492,7 @@ def test_reject_policy(cluster):
             c.append(same_node, b"x" * 5000)
         assert not c.exists(same_node)
         stats = c.stats()[node]
-        assert 6000 < stats["used"] - stats["bookkeeping"] < 6500 and stats["limit"] == 10_000
+        assert 6000 < stats["used"] - stats["bookkeeping"] < 6800 and stats["limit"] == 10_000  # and the id table (its record)
         assert stats["bookkeeping"] > 0 and stats["evictions"] == 0  # its record, the writes remembered
     finally:
         c.close()

@@ -199,8 +199,8 @@ def test_init_respects_max_memory():
         actor.rebuild(None, view.chains, [], actors, 1)
     router = make_router(actors)
     with pytest.raises(CacheFull):
-        router.place([f"i{i}" for i in range(100)], {n: 1.0 for n in NODES})
-    for actor in actors.values():  # the entries fit; the records made with them are counted after
-        assert actor.store.used - actor.store.bookkeeping <= 4000
+        router.place([f"i{i}" for i in range(1000)], {n: 1.0 for n in NODES})
+    for actor in actors.values():  # some fit (a few dozen bytes each), not the third of 1000 each is given
+        assert 0 < len(actor.store) < 300
     assert all(get(router, i) == b"" for i, n in router.placements.items())  # what was placed exists
 

@@ -56,3 +56,19 @@ def test_a_record_of_a_dead_node_points_at_its_surviving_copy_or_reads_as_lost(r
         assert directory.records == {} and directory.lost_ids() == {homed[0]: "node-c"}
     else:
         assert directory.records[homed[0]] in survivors and directory.lost == {}
+
+
+def test_a_members_change_applies_to_the_members_taken_last_and_only_to_them():
+    from shoveling_ray import ShovelingError
+    from shoveling_ray.actors.layout import MembersChange
+
+    layout = Layout("a")
+    chains = build_chains(["a", "b", "c"], 2)
+    layout.take(None, chains, [], {"a": "actor-a", "b": "actor-b", "c": "actor-c"}, 1, None, 1)
+    # c left, d joined, b's actor was replaced: only those travel
+    change = MembersChange(1, {"d": "actor-d", "b": "actor-b2"}, ["c", "b"])
+    assert layout.members(change) == {"a": "actor-a", "b": "actor-b2", "d": "actor-d"}
+    assert layout.members({"a": "whole"}) == {"a": "whole"}  # members sent whole stay whole
+    with pytest.raises(ShovelingError, match="a members change from version 0"):
+        layout.members(MembersChange(0, {}, ["c"]))  # not the version taken: refused, nothing changed
+    assert layout.peers == {"a": "actor-a", "b": "actor-b", "c": "actor-c"}

@@ -1,0 +1,479 @@
+"""A compact table of ids: what one node knows of each id that needs no Python object of its
+own (an empty id held here, a placement record, a lost id), in a few bytes per id.
+
+A Python ``dict`` from ``str`` to anything costs an id about 100-150 bytes before its value
+(the string object, 49 bytes plus its characters; the dict's entry and index; the value object),
+and a node keeps such an entry in several dicts. Here an id is a row: its UTF-8 name in one byte
+array (with its end offset), the low 32 bits of its hash, and one small integer per column
+(0 means "nothing"); an open-addressing index (linear probing, at most :data:`MAX_LOAD` full)
+finds the row of a name. About 25 bytes plus the name's characters per id, every array
+allocated from anonymous memory maps, so that an array replaced when the table grows goes back
+to the kernel at once (see :mod:`shoveling_ray.heap` for why small blocks are kept instead).
+
+A row whose columns are all 0 is dead: lookups still find it (setting a column revives it),
+and once dead rows outnumber live ones the table is rebuilt without them.
+
+Batch methods (:meth:`IdTable.rows`, :meth:`IdTable.add`) do their work with numpy, which is
+what makes ``init`` of millions of ids take seconds. Plain Python and numpy, no Ray; the store
+and the directory own the meaning of the columns, this module only their storage.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+
+import numpy as np
+
+#: The index is rebuilt twice as large once more than this share of it is taken.
+MAX_LOAD = 0.6
+_MASK32 = 0xFFFFFFFF
+_EMPTY = -1
+_MIN_SLOTS = 64
+#: Arrays of at least this many bytes come from a memory map of their own.
+_MAPPED_BYTES = 1 << 16
+
+
+def _array(count: int, dtype, fill: int | None = None) -> np.ndarray:
+    """A numpy array of ``count`` items; large ones in an anonymous memory map (freed whole)."""
+    dtype = np.dtype(dtype)
+    nbytes = max(count, 1) * dtype.itemsize
+    if nbytes >= _MAPPED_BYTES:
+        out = np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=max(count, 1))
+    else:
+        out = np.zeros(max(count, 1), dtype)
+    if fill is not None:
+        out.fill(fill)
+    return out
+
+
+def _grown(old: np.ndarray, used: int, need: int) -> np.ndarray:
+    """``old`` with room for ``need`` items, its first ``used`` kept (doubling)."""
+    if need <= len(old):
+        return old
+    size = max(need, 2 * len(old), 1024)
+    new = _array(size, old.dtype)
+    new[:used] = old[:used]
+    return new
+
+
+def _encoded(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The names' UTF-8 bytes one after another, and where each ends."""
+    joined = "".join(names).encode()
+    lengths = np.fromiter(map(len, names), np.int64, len(names))
+    if len(joined) != int(lengths.sum()):  # not all ASCII: lengths in bytes differ
+        encoded = [n.encode() for n in names]
+        joined, lengths = b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(names))
+    return np.frombuffer(joined, np.uint8), np.cumsum(lengths)
+
+
+def _hashes(names: Sequence[str]) -> np.ndarray:
+    return np.fromiter(map(hash, names), np.int64, len(names)).astype(np.uint32)
+
+
+class IdTable:
+    """Ids with a few small integers each.
+
+    Args:
+        columns: the column names; each holds an int16 per id, 0 meaning unset.
+    """
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = tuple(columns)
+        self._clear()
+
+    def _clear(self) -> None:
+        self._rows = 0  # rows used (live and dead)
+        self._live = 0
+        self._names = _array(0, np.uint8)  # the names' UTF-8 bytes, one after another
+        self._names_used = 0
+        self._ends = _array(0, np.int64)  # end of each row's name in _names
+        self._hash = _array(0, np.uint32)
+        self._cols = {c: _array(0, np.int16) for c in self.columns}
+        self._counts = dict.fromkeys(self.columns, 0)
+        self._index = _array(_MIN_SLOTS, np.int32, _EMPTY)
+
+    # -- size --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Live rows (ids with some column set)."""
+        return self._live
+
+    def count(self, column: str) -> int:
+        """Ids with ``column`` set."""
+        return self._counts[column]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the table takes (the parts of its arrays in use, and its whole index)."""
+        per_row = 8 + 4 + 2 * len(self.columns)
+        return self._rows * per_row + self._names_used + self._index.nbytes
+
+    # -- one id ------------------------------------------------------------------------------
+
+    def _name(self, row: int) -> bytes:
+        start = int(self._ends[row - 1]) if row else 0
+        return self._names[start:int(self._ends[row])].tobytes()
+
+    def row(self, name: str) -> int:
+        """The row of ``name``, or -1."""
+        h = hash(name) & _MASK32
+        index, hashes = self._index, self._hash
+        mask = len(index) - 1
+        slot = h & mask
+        encoded = None
+        while True:
+            row = int(index[slot])
+            if row == _EMPTY:
+                return -1
+            if hashes[row] == h:
+                if encoded is None:
+                    encoded = name.encode()
+                if self._name(row) == encoded:
+                    return row
+            slot = (slot + 1) & mask
+
+    def get(self, name: str, column: str) -> int:
+        """``column`` of ``name`` (0 if unset or absent)."""
+        row = self.row(name)
+        return 0 if row < 0 else int(self._cols[column][row])
+
+    def set(self, name: str, column: str, value: int) -> None:
+        """Set ``column`` of ``name`` (0 unsets it; an id with nothing set is dropped)."""
+        row = self.row(name)
+        if row < 0:
+            if value:
+                self._append_one(name, column, value)
+            return
+        col = self._cols[column]
+        old = int(col[row])
+        if bool(old) == bool(value):
+            col[row] = value
+            return
+        alive = any(c[row] for c in self._cols.values())
+        col[row] = value
+        self._counts[column] += 1 if value else -1
+        if alive != any(c[row] for c in self._cols.values()):
+            self._live += -1 if alive else 1
+            if alive and self._rows - self._live > max(1 << 16, self._live):
+                self._rebuild(len(self._index))  # it died
+
+    def _append_one(self, name: str, column: str, value: int) -> None:
+        """Add a row for ``name`` (absent) with ``column`` set: without numpy's per-call cost."""
+        encoded = name.encode()
+        row, used = self._rows, self._names_used
+        self._names = _grown(self._names, used, used + len(encoded))
+        self._names[used:used + len(encoded)] = np.frombuffer(encoded, np.uint8)
+        self._names_used = used + len(encoded)
+        self._ends = _grown(self._ends, row, row + 1)
+        self._hash = _grown(self._hash, row, row + 1)
+        h = hash(name) & _MASK32
+        self._ends[row], self._hash[row] = used + len(encoded), h
+        for c, col in self._cols.items():
+            self._cols[c] = col = _grown(col, row, row + 1)
+            col[row] = value if c == column else 0
+        self._rows, self._live = row + 1, self._live + 1
+        self._counts[column] += 1
+        if self._rows > MAX_LOAD * len(self._index):
+            self._reindex(2 * len(self._index))
+            return
+        index = self._index
+        mask = len(index) - 1
+        slot = h & mask
+        while index[slot] != _EMPTY:
+            slot = (slot + 1) & mask
+        index[slot] = row
+
+    def _put(self, rows: np.ndarray, column: str, value) -> None:
+        """Set ``column`` of existing ``rows`` (distinct) to ``value`` (a scalar or an array)."""
+        if not len(rows):
+            return
+        col = self._cols[column]
+        before = self._alive(rows)
+        was = col[rows] != 0
+        col[rows] = value
+        now = col[rows] != 0
+        self._counts[column] += int(now.sum()) - int(was.sum())
+        after = self._alive(rows)
+        self._live += int(after.sum()) - int(before.sum())
+        if self._rows - self._live > max(1 << 16, self._live):
+            self._rebuild(len(self._index))
+
+    def _alive(self, rows: np.ndarray) -> np.ndarray:
+        alive = np.zeros(len(rows), bool)
+        for col in self._cols.values():
+            alive |= col[rows] != 0
+        return alive
+
+    # -- many ids ----------------------------------------------------------------------------
+
+    def rows(self, names: Sequence[str]) -> np.ndarray:
+        """The row of each name (-1 where absent), as an int64 array."""
+        count = len(names)
+        out = np.full(count, -1, np.int64)
+        if not count or not self._rows:
+            return out
+        hashes = _hashes(names)
+        query, query_ends = _encoded(names)
+        index, mask = self._index, len(self._index) - 1
+        slots = (hashes & mask).astype(np.int64)
+        pending = np.arange(count)
+        while len(pending):
+            found = index[slots[pending]].astype(np.int64)
+            probing = found != _EMPTY
+            pending, found = pending[probing], found[probing]
+            matched = self._hash[found] == hashes[pending]
+            if matched.any():
+                candidates = np.nonzero(matched)[0]
+                matched[candidates] = self._same(found[candidates], query, query_ends, pending[candidates])
+                out[pending[matched]] = found[matched]
+            pending = pending[~matched]
+            slots[pending] = (slots[pending] + 1) & mask
+        return out
+
+    def _same(self, rows: np.ndarray, query: np.ndarray, query_ends: np.ndarray, asked: np.ndarray) -> np.ndarray:
+        """Whether the name of each row equals the asked name (``query``'s bytes up to
+        ``query_ends``, number ``asked``)."""
+        ends = self._ends[rows]
+        starts = np.where(rows > 0, self._ends[rows - 1], 0)
+        query_starts = np.where(asked > 0, query_ends[asked - 1], 0)
+        lengths = ends - starts
+        same = lengths == query_ends[asked] - query_starts
+        check = np.nonzero(same & (lengths > 0))[0]
+        if len(check):
+            lengths = lengths[check]
+            offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+            within = np.arange(int(lengths.sum())) - offsets
+            stored = self._names[np.repeat(starts[check], lengths) + within]
+            asked_bytes = query[np.repeat(query_starts[check], lengths) + within]
+            differ = np.add.reduceat((stored != asked_bytes).astype(np.int64), np.cumsum(lengths) - lengths)
+            same[check] = differ == 0
+        return same
+
+    def values(self, names: Sequence[str], column: str) -> np.ndarray:
+        """``column`` of each name (0 where unset or absent), as an int16 array."""
+        return self.lookup(names, (column,))[column]
+
+    def lookup(self, names: Sequence[str], columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{column: its value for each name}`` (0 where unset or absent), int16 arrays."""
+        rows = self.rows(names)
+        known = rows >= 0
+        out = {}
+        for column in columns:
+            out[column] = values = np.zeros(len(names), np.int16)
+            values[known] = self._cols[column][rows[known]]
+        return out
+
+    def unset_many(self, names: Sequence[str], column: str) -> None:
+        """Unset ``column`` of the ids in ``names`` that have it."""
+        rows = self.rows(names)
+        rows = rows[rows >= 0]
+        rows = np.unique(rows[self._cols[column][rows] != 0])
+        self._put(rows, column, 0)
+
+    def add(self, names: Sequence[str], column: str, value) -> None:
+        """Set ``column`` of every name in ``names`` to ``value`` (a scalar, or an array of one
+        per name; a name given twice takes its last), adding the names that are absent."""
+        rows = self.rows(names)
+        values = np.broadcast_to(np.asarray(value, np.int16), (len(names),))
+        missing = np.nonzero(rows < 0)[0]
+        if len(missing):
+            asked = names if len(missing) == len(names) else [names[i] for i in missing.tolist()]
+            fresh = list(dict.fromkeys(asked))
+            first = self._append(fresh)
+            if len(fresh) == len(asked):  # no name twice: rows in order
+                rows[missing] = np.arange(first, first + len(fresh))
+            else:
+                where = dict(zip(fresh, range(first, first + len(fresh))))
+                rows[missing] = [where[n] for n in asked]
+        unique, last = np.unique(rows[::-1], return_index=True)  # a repeated name: its last value
+        self._put(unique, column, values[::-1][last])
+
+    def unset(self, column: str) -> None:
+        """Unset ``column`` of every id."""
+        self._put(np.nonzero(self._cols[column][:self._rows])[0], column, 0)
+
+    def _append(self, names: list[str]) -> int:
+        """Add rows for ``names`` (distinct, absent, all columns 0); returns the first row."""
+        blob, ends = _encoded(names)
+        first, count = self._rows, len(names)
+        self._names = _grown(self._names, self._names_used, self._names_used + len(blob))
+        self._names[self._names_used:self._names_used + len(blob)] = blob
+        self._ends = _grown(self._ends, first, first + count)
+        self._hash = _grown(self._hash, first, first + count)
+        self._ends[first:first + count] = self._names_used + ends
+        self._hash[first:first + count] = _hashes(names)
+        for column, col in self._cols.items():
+            self._cols[column] = col = _grown(col, first, first + count)
+            col[first:first + count] = 0
+        self._names_used += len(blob)
+        self._rows += count
+        if self._rows > MAX_LOAD * len(self._index):
+            size = len(self._index)
+            while self._rows > MAX_LOAD * size:
+                size *= 2
+            self._reindex(size)
+        else:
+            self._insert(np.arange(first, first + count))
+        return first
+
+    def _insert(self, rows: np.ndarray) -> None:
+        """Put ``rows`` (not in the index yet) into the index."""
+        index, mask = self._index, len(self._index) - 1
+        slots = (self._hash[rows] & mask).astype(np.int64)
+        while len(rows):
+            free = index[slots] == _EMPTY
+            taken, first = np.unique(slots[free], return_index=True)  # one row per free slot
+            winners = np.nonzero(free)[0][first]
+            index[taken] = rows[winners]
+            left = np.ones(len(rows), bool)
+            left[winners] = False
+            rows, slots = rows[left], (slots[left] + 1) & mask
+
+    def _rebuild(self, size: int) -> None:
+        """The table rebuilt without its dead rows, and its index with ``size`` slots or fewer."""
+        live = self._alive(np.arange(self._rows))
+        if not live.all():
+            ends = self._ends[:self._rows]
+            lengths = np.diff(ends, prepend=0)
+            keep_bytes = np.repeat(live, lengths)
+            names = self._names[:self._names_used][keep_bytes]
+            keep = np.nonzero(live)[0]
+            rows = len(keep)
+            self._names = _array(max(len(names), 1), np.uint8)
+            self._names[:len(names)] = names
+            self._names_used = len(names)
+            new_ends = _array(rows, np.int64)
+            new_ends[:rows] = np.cumsum(lengths[keep])
+            new_hash = _array(rows, np.uint32)
+            new_hash[:rows] = self._hash[keep]
+            self._ends, self._hash = new_ends, new_hash
+            for column, col in self._cols.items():
+                new = _array(rows, np.int16)
+                new[:rows] = col[keep]
+                self._cols[column] = new
+            self._rows = rows
+        self._reindex(size)
+
+    def _reindex(self, size: int) -> None:
+        """The index rebuilt with ``size`` slots (fewer if the rows fit in a quarter of it)."""
+        while size > _MIN_SLOTS and self._rows < MAX_LOAD * size / 4:
+            size //= 2
+        self._index = _array(size, np.int32, _EMPTY)
+        self._insert(np.arange(self._rows))
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def items(self, column: str) -> list[tuple[str, int]]:
+        """``(name, value)`` of every id with ``column`` set (a snapshot)."""
+        col = self._cols[column][:self._rows]
+        rows = np.nonzero(col)[0]
+        ends = self._ends
+        starts = np.where(rows > 0, ends[rows - 1], 0).tolist()
+        names = self._names[:self._names_used].tobytes()
+        return [(names[a:b].decode(), v) for a, b, v in zip(starts, ends[rows].tolist(), col[rows].tolist())]
+
+    def clear(self) -> None:
+        """Forget every id."""
+        self._clear()
+
+
+class Interned:
+    """Node ids as small integers (1, 2, ...; 0 is none), for the table's columns."""
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+        self._numbers: dict[str, int] = {}
+
+    def number(self, node: str) -> int:
+        found = self._numbers.get(node)
+        if found is None:
+            if len(self._names) >= np.iinfo(np.int16).max:
+                raise ValueError("too many distinct nodes for an id table")
+            self._names.append(node)
+            found = self._numbers[node] = len(self._names)
+        return found
+
+    def name(self, number: int) -> str:
+        return self._names[number - 1]
+
+    def names(self) -> list[str | None]:
+        """The node of each number, ``None`` for 0."""
+        return [None, *self._names]
+
+
+class NodeColumn(MutableMapping):
+    """One column of an :class:`IdTable` as a ``{id: node id}`` mapping (the node ids
+    interned), for code written against a dict.
+
+    Args:
+        table: the table.
+        column: the column's name.
+        nodes: the node ids' numbers, shared by the columns of one table.
+    """
+
+    def __init__(self, table: IdTable, column: str, nodes: Interned) -> None:
+        self.table, self.column, self.nodes = table, column, nodes
+
+    def __getitem__(self, cache_id: str) -> str:
+        number = self.table.get(cache_id, self.column)
+        if not number:
+            raise KeyError(cache_id)
+        return self.nodes.name(number)
+
+    def get(self, cache_id: str, default=None):
+        number = self.table.get(cache_id, self.column)
+        return self.nodes.name(number) if number else default
+
+    def __contains__(self, cache_id: object) -> bool:
+        return isinstance(cache_id, str) and self.table.get(cache_id, self.column) != 0
+
+    def __setitem__(self, cache_id: str, node: str) -> None:
+        self.table.set(cache_id, self.column, self.nodes.number(node))
+
+    def __delitem__(self, cache_id: str) -> None:
+        if not self.table.get(cache_id, self.column):
+            raise KeyError(cache_id)
+        self.table.set(cache_id, self.column, 0)
+
+    def pop(self, cache_id: str, *default):
+        number = self.table.get(cache_id, self.column)
+        if not number:
+            if default:
+                return default[0]
+            raise KeyError(cache_id)
+        self.table.set(cache_id, self.column, 0)
+        return self.nodes.name(number)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name, _ in self.table.items(self.column)])
+
+    def __len__(self) -> int:
+        return self.table.count(self.column)
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        """A snapshot of ``(id, node)`` pairs (changing the column while iterating is safe)."""
+        name = self.nodes.name
+        return [(i, name(n)) for i, n in self.table.items(self.column)]
+
+    def set_many(self, cache_ids: Sequence[str], nodes: Iterable[str] | str) -> None:
+        """Set many ids at once (one node for all, or one per id)."""
+        if isinstance(nodes, str):
+            value = self.nodes.number(nodes)
+        else:
+            nodes = list(nodes)
+            numbers = {n: self.nodes.number(n) for n in set(nodes)}
+            value = np.fromiter(map(numbers.__getitem__, nodes), np.int16, len(cache_ids))
+        self.table.add(cache_ids, self.column, value)
+
+    def get_many(self, cache_ids: Sequence[str]) -> list[str | None]:
+        """The node of each id (``None`` where unset)."""
+        names = self.nodes.names()
+        return [names[n] for n in self.table.values(cache_ids, self.column).tolist()]
+
+    def unset_many(self, cache_ids: Sequence[str]) -> None:
+        """Forget the ids given (those without a value are skipped)."""
+        self.table.unset_many(cache_ids, self.column)
+
+    def clear(self) -> None:
+        self.table.unset(self.column)
