@@ -649,7 +649,9 @@ class Cache:
         Each node lists a snapshot of its ids taken when the scan starts (it holds one pointer
         per id until the scan ends or stops, see :mod:`.actors.scans`): an id that exists
         throughout the scan is yielded exactly once; one set or deleted during it may or may
-        not be. The nodes are those of the cache when the scan starts.
+        not be. A node that forgot the scan (quiet for 5 minutes, or past 64 open scans) goes
+        on from a new snapshot after the last id it gave. The nodes are those of the cache
+        when the scan starts.
 
         Raises:
             TypeError / ValueError: a bad ``prefix`` or ``batch``, at the call.
@@ -675,8 +677,8 @@ class Cache:
             yield ""
             while not done:
                 page, done = self._gather({node: pending}, {node: []}, "scan_ids")[node]
-                if not done:
-                    pending = _submit(handle, "scan", token, prefix, batch)
+                if not done:  # (naming its last id: a node that forgot the scan goes on from there)
+                    pending = _submit(handle, "scan", token, prefix, batch, page[-1] if page else None)
                 yield from page
         finally:
             if not done:  # stopped early: the node forgets the snapshot now

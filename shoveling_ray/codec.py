@@ -150,7 +150,8 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
         value: a numpy array of a non-object dtype (kept with its dtype and shape; one that
             is not C-contiguous is copied), any other object exporting a C-contiguous buffer
             (bytes, bytearray, memoryview, ``array.array``, ...: stored as its bytes, without
-            a copy), or any msgpack-able value (None, bool, int, float, str, list, tuple, dict).
+            a copy), or any msgpack-able value (None, bool, int, float, str, list, tuple, dict;
+            numpy scalars such as ``np.float32(1.5)`` are stored as their Python number).
         compression: ``"auto"`` (compress when it pays), ``"lz4"`` (always) or ``None``.
 
     Returns:
@@ -171,6 +172,8 @@ def encode(value: Any, compression: str | None = "auto") -> Encoded:
         meta = msgpack.packb([np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape)])
         flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
         return KIND_NUMPY, meta, _frames(flat, compression)
+    if isinstance(value, np.generic):
+        value = value.item()  # a numpy scalar (``arr.mean()``) is its number, not its buffer
     buf = as_buffer(value)
     if buf is not None:
         return KIND_BYTES, b"", _frames(buf, compression)

@@ -197,7 +197,8 @@ class Shuffle:
         self.strategy = strategy
         # Scratch: one copy whatever the cache's replicas, large pieces left to their mappers
         # (a lost partition is rebuilt by mapping again, see the module docstring)
-        self.placement = cache.init(self.partitions, strategy=strategy, scratch=True)
+        # (a dict: init answers a read-only mapping for many ids, and a loss updates this one)
+        self.placement = dict(cache.init(self.partitions, strategy=strategy, scratch=True))
         #: After ``run``: partitions rebuilt after a node died during the reduce phase, and
         #: what it took (``[{"partitions": [index, ...], "seconds": s}]``).
         self.recoveries: list[dict] = []

@@ -10,6 +10,7 @@ chains reaches every actor before any client sees it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from ..placement import build_chains, reassign_chains
 from ..view import View
 from ..settings import CONFIGURABLE, DEFAULTS, given, refuse_changes
 from .drain import HAND_OVER_DEADLINE
+from .layout import MembersChange
 from .node import NodeActor
 from .peers import PEER_TIMEOUT
 
@@ -98,6 +100,10 @@ class _Coordinator:
         self.version = 0
         # Calls made to the node actors, by method (what a view change costs, see counts()).
         self.sent: Counter[str] = Counter()
+        # The members sent with the last view change, with their version, and the version each
+        # member took last: who can be sent only what changed (see _rebuild).
+        self._members_sent: tuple[int, dict] = (0, {})
+        self._members_taken: dict[str, int] = {}
         # Tells this incarnation of the cache from one closed and started again under its name.
         self.epoch = uuid.uuid4().hex
         threading.Thread(target=self._follow_ray, name="shoveling-ray-follower", daemon=True).start()
@@ -252,17 +258,51 @@ class _Coordinator:
     def _rebuild(self, old_chains: list | None, gone: list[str], deadline: float, full: bool = False) -> None:
         """Give every member the new view and have it mend copies and the placement directory
         (see ``_NodeActor.rebuild``) before any client sees it: this answers only when they
-        are done."""
+        are done.
+
+        One call per member. The chains go into the object store once for all of them, and the
+        members' actors too; a member that took the previous members gets only what changed
+        (:class:`~.layout.MembersChange`), so a view change does not carry every member's
+        handle to every member. A member that did not answer the last time, or whose change
+        was refused, gets them whole."""
         peers = dict(self.members)
-        # The view's parts go into the object store once, for every member (one serialization
-        # per view change, not one per member; each member's call carries references).
-        old, new, handles = ray.put(old_chains), ray.put(self.chains), ray.put(peers)
-        calls = [h.rebuild.remote(old, new, gone, handles, self.replicas, full, self.zones) for h in peers.values()]
-        self.sent["rebuild"] += len(calls)
-        ready = _wait_all(calls, deadline)
+        base, before = self._members_sent
+        joined = {m: h for m, h in peers.items() if before.get(m) is not h}
+        left = [m for m, h in before.items() if peers.get(m) is not h]
+        version = base + 1 if joined or left else base
+        old, new = ray.put(old_chains), ray.put(self.chains)
+        whole, change = ray.put(peers), ray.put(MembersChange(base, joined, left))
+        calls = {}
+        for member, handle in peers.items():
+            members = change if self._members_taken.get(member) == base and member not in joined else whole
+            calls[handle.rebuild.remote(old, new, gone, members, self.replicas, full, self.zones, version)] = member
+        refused = {}
+        for ref in _wait_all(list(calls), deadline):
+            try:
+                ray.get(ref)
+                self._members_taken[calls[ref]] = version
+            except ray.exceptions.RayError as exc:
+                self._members_taken.pop(calls[ref], None)
+                if "a members change from version" in str(exc):
+                    refused[peers[calls[ref]].rebuild.remote(old, new, gone, whole, self.replicas, full, self.zones,
+                                                             version)] = calls[ref]
+        for ref in _wait_all(list(refused), deadline):
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(ref)
+                self._members_taken[refused[ref]] = version
+        taken = self._members_taken
+        for member in calls.values():
+            if taken.get(member) != version:
+                taken.pop(member, None)  # did not answer in time: the members whole next time
+        for member in left:
+            if member not in peers:
+                taken.pop(member, None)
+        self._members_sent = (version, peers)
+        self.sent["rebuild"] += len(calls) + len(refused)
         if gone or full:
+            done = sum(1 for m in calls.values() if taken.get(m) == version)
             log.warning("cache %s: copies and directory rebuilt without %s (%d of %d members done)",
-                        self.cache, gone or "a drained node", len(ready), len(calls))
+                        self.cache, gone or "a drained node", done, len(calls))
 
     def _answering(self, actors: dict[str, ray.actor.ActorHandle], deadline: float) -> dict[str, bool | None]:
         """Ping every actor at once: ``True`` answered, ``False`` dead, ``None`` no answer by

@@ -240,15 +240,18 @@ class Directory:
         for entries, index in ((self.records, 0), (self.lost, 1)):
             for cache_id, node in entries.items():
                 if self.layout.is_home(cache_id) and node != self.node_id:
-                    directory.setdefault(table[slot_of(cache_id)], ([], []))[index].append((cache_id, node))
+                    handed = self.pair(cache_id, node) if index == 0 else (cache_id, node)  # with its factor
+                    directory.setdefault(table[slot_of(cache_id)], ([], []))[index].append(handed)
         return directory
 
     def take_handed(self, records: list, lost: list) -> None:
         """At a new home: the records and lost ids a drained node handed over, where no value
         here says otherwise."""
-        for cache_id, node in records:
+        for cache_id, node, *factor in records:
             if cache_id not in self.store:
                 self.records[cache_id] = node
+                if factor:
+                    self.layout.factors[cache_id] = factor[0]
         for cache_id, node in lost:
             if cache_id not in self.store and cache_id not in self.records:
                 self.lost[cache_id] = node
@@ -257,7 +260,7 @@ class Directory:
         """After a drain failed: forget the records and lost ids it handed over, unless they
         changed here since."""
         for entries, pairs in ((self.records, records), (self.lost, lost)):
-            for cache_id, node in pairs:
+            for cache_id, node, *_factor in pairs:
                 if entries.get(cache_id) == node:
                     del entries[cache_id]
 

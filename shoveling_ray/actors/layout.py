@@ -9,11 +9,30 @@ node's reading of it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from ..errors import ShovelingError
 from ..placement import holders, slot_of
 
 #: The factor of a *scratch* id (``init(ids, scratch=True)``): one copy, and its large pieces
 #: stay the objects of the writers that sent them (see :func:`~shoveling_ray.objects.keep_writers`).
 SCRATCH = 0
+
+
+@dataclass(frozen=True)
+class MembersChange:
+    """A view change's members as a change from the ones a node took last, so that a view
+    change does not carry every member's actor handle to every member (see docs/scaling.md).
+
+    Attributes:
+        base: the coordinator's members version the node took last (``Layout.members_version``).
+        joined: the actors of members new since ``base`` (a node whose actor was replaced too).
+        left: the nodes that left since ``base`` (or whose actor was replaced).
+    """
+
+    base: int
+    joined: dict = field(default_factory=dict)
+    left: list = field(default_factory=list)
 
 
 class Layout:
@@ -27,6 +46,7 @@ class Layout:
         self.node_id = node_id
         self.chains: list | None = None  # slot chains (None until the first view)
         self.peers: dict = {}  # the members' actors, by node
+        self.members_version: int | None = None  # the coordinator's version of ``peers``
         self.replicas = 1
         self.zones: dict[str, str] = {}  # members' failure domains (see placement.holders)
         # Per slot: the other holders of an id whose primary copy is here (None with one copy).
@@ -49,9 +69,27 @@ class Layout:
     def is_scratch(self, cache_id: str) -> bool:
         return bool(self.factors) and self.factors.get(cache_id) == SCRATCH
 
+    def members(self, peers: dict | MembersChange) -> dict:
+        """The members' actors a view change names: ``peers`` whole, or the ones taken last
+        changed by a :class:`MembersChange` (nothing is changed here).
+
+        Raises:
+            ShovelingError: the change is from another version than the one taken last (the
+                coordinator then sends the members whole).
+        """
+        if not isinstance(peers, MembersChange):
+            return peers
+        if peers.base != self.members_version:
+            raise ShovelingError(f"node {self.node_id}: a members change from version {peers.base}, "
+                                 f"but this node has version {self.members_version}")
+        left = set(peers.left)
+        return {**{n: a for n, a in self.peers.items() if n not in left}, **peers.joined}
+
     def take(self, old_chains: list | None, chains: list, gone: list, peers: dict, replicas: int,
-             zones: dict | None) -> Change:
-        """Take a new view (see ``_NodeActor.rebuild`` for the arguments); returns the change."""
+             zones: dict | None, members_version: int | None = None) -> Change:
+        """Take a new view (see ``_NodeActor.rebuild`` for the arguments; ``peers`` whole, see
+        :meth:`members`); returns the change."""
+        self.members_version = members_version
         change = Change(self, chains if old_chains is None else old_chains, self.replicas, self.zones, gone)
         self.chains, self.peers, self.replicas, self.zones = chains, peers, replicas, zones or {}
         me = self.node_id

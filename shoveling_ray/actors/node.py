@@ -39,7 +39,7 @@ from .directory import Directory
 from .disk import SpillFiles
 from .drain import HAND_OVER_BYTES, Drain
 from .items import Items
-from .layout import Layout
+from .layout import Layout, MembersChange
 from .peers import Peers
 from .replication import Replication
 from .scans import Scans
@@ -256,10 +256,11 @@ class _NodeActor:
         return [i for i in self.store.ids(prefix) if i not in self.replication.copies]
 
     @_locked
-    def scan(self, token: str, prefix: str, limit: int) -> tuple[list, bool]:
+    def scan(self, token: str, prefix: str, limit: int, after: str | None = None) -> tuple[list, bool]:
         """The next page of scan ``token`` over :meth:`ids` (``Cache.scan_ids``, see
-        :mod:`.scans`): ``(up to limit ids, sorted; whether the scan is done)``."""
-        return self.scans.page(token, limit, lambda: self.ids(prefix))
+        :mod:`.scans`; ``after``: the last id the client received from here): ``(up to limit
+        ids, sorted; whether the scan is done)``."""
+        return self.scans.page(token, limit, lambda: self.ids(prefix), after)
 
     def scan_end(self, token: str) -> None:
         """Forget scan ``token`` before its end (the client stopped reading)."""
@@ -276,21 +277,23 @@ class _NodeActor:
         """``{id: dead node}`` of the ids homed here whose only copy died."""
         return self.directory.lost_ids()
 
-    def rebuild(self, old_chains: list | None, chains: list, gone: list, peers: dict, replicas: int,
-                full: bool = False, zones: dict | None = None) -> int:
+    def rebuild(self, old_chains: list | None, chains: list, gone: list, peers: dict | MembersChange, replicas: int,
+                full: bool = False, zones: dict | None = None, members_version: int | None = None) -> int:
         """Take a new view of the cache (the coordinator calls every member after any change)
         and keep every id's copies and the placement directory whole.
 
         ``chains`` replaces ``old_chains`` (``None``: the first view); ``gone`` are the nodes
-        that died or left with their data; ``peers`` the members' actors; ``replicas`` the copy
-        count, ``zones`` the members' failure domains. Then records pointing at a gone node are
+        that died or left with their data; ``peers`` the members' actors, whole or as a
+        :class:`.MembersChange` from the ones taken last (``members_version`` names the result);
+        ``replicas`` the copy count, ``zones`` the members' failure domains. Then records pointing at a gone node are
         mended (:meth:`.Directory.mend`), ids whose primary copy is gone are promoted and
         missing copies queued (:meth:`.Replication.take_view`), and the directory nodes that
         are new learn the records (:meth:`.Directory.pushes`). Returns how many records were
         sent.
         """
         with self._lock:
-            change = self.layout.take(old_chains, chains, gone, peers, replicas, zones)
+            peers = self.layout.members(peers)  # raises before anything changes
+            change = self.layout.take(old_chains, chains, gone, peers, replicas, zones, members_version)
             self.drain.forget_left(peers)
             self.directory.mend(change)
             announce = self.replication.take_view(change, full)

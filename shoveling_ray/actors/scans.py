@@ -5,16 +5,19 @@ A scan is named by a token the client draws. Its first page takes a snapshot of 
 primary copy is here (a list of references to the names the store holds: one pointer per id,
 sorted once); each later page is the next ``limit`` of it. A scan the client finished or
 abandoned is forgotten with its last page, by :meth:`Scans.end`, or after :data:`SCAN_TTL`
-quiet seconds. Plain Python, no Ray.
+quiet seconds; a page asked for after that resumes from a new snapshot past the last id the
+client received (it names it), so the scan still yields each id once, in order. Plain Python,
+no Ray.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable
 
 #: Seconds a scan may stay quiet before its snapshot is forgotten (the client's next page then
-#: starts the scan of this node again).
+#: takes a new one and goes on after the last id it received).
 SCAN_TTL = 300.0
 #: Scans one node keeps at once; the one quiet longest is forgotten first past it.
 MAX_SCANS = 64
@@ -31,12 +34,18 @@ class Scans:
         self.clock = clock
         self._open: dict[str, tuple[list[str], int, float]] = {}
 
-    def page(self, token: str, limit: int, listed: Callable[[], Iterable[str]]) -> tuple[list[str], bool]:
-        """The next ``limit`` ids of scan ``token`` (started from ``listed()`` when new or
-        forgotten) and whether the scan is done (then it is forgotten here)."""
+    def page(self, token: str, limit: int, listed: Callable[[], Iterable[str]],
+             after: str | None = None) -> tuple[list[str], bool]:
+        """The next ``limit`` ids of scan ``token`` and whether the scan is done (then it is
+        forgotten here). A scan new or forgotten here starts from a snapshot of ``listed()``,
+        after ``after`` (the last id the client received of this node, ``None`` at first)."""
         now = self.clock()
         self._forget_quiet(now)
-        ids, position, _used = self._open.pop(token, None) or (sorted(listed()), 0, now)
+        state = self._open.pop(token, None)
+        if state is None:
+            ids = sorted(listed())
+            state = ids, (0 if after is None else bisect.bisect_right(ids, after)), now
+        ids, position, _used = state
         out = ids[position: position + limit]
         done = position + limit >= len(ids)
         if not done:

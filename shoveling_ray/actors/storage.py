@@ -124,13 +124,14 @@ class SpillJob:
     """One round of spilling: its segment, its values ``(id, entry, frames in memory then)``,
     their payload bytes; once written, where each frame went (or the disk's error)."""
 
-    __slots__ = ("segment", "victims", "size", "written", "error")
+    __slots__ = ("segment", "victims", "size", "written", "error", "unreadable")
 
     def __init__(self, segment: int, victims: list) -> None:
         self.segment, self.victims = segment, victims
         self.size = 0
         self.written: list = []
         self.error: OSError | None = None
+        self.unreadable: list = []  # (id, entry) whose payloads could not be loaded
 
 
 def _is_small_raw(frame: tuple) -> bool:
@@ -179,6 +180,9 @@ class Store:
         self.disk = disk
         self._own, self._load, self._wake = own, load, wake
         self._spilling: set[str] = set()  # ids a spill round is writing
+        # Values whose pieces could not be loaded to be spilled (a scratch id's piece, kept by
+        # its writer, which died): left in memory, not picked again (id -> that entry).
+        self._unspillable: dict[str, Entry] = {}
         self._inflight = 0  # payload bytes those rounds are writing
         self._closed = False
         self._entries: dict[str, Entry] = {}
@@ -354,6 +358,7 @@ class Store:
         self._make_room(cache_id, EMPTY_BYTES + len(cache_id), 0)
         self.table.set(cache_id, "empty", 1)
         self.retable()
+        self._settle()  # past the limit below the ceiling: the background spiller makes room
         return True
 
     def create_empty_many(self, cache_ids: list[str]) -> list[str]:
@@ -371,6 +376,7 @@ class Store:
             self._make_room(created[0], grows, 0)
             self.table.add(created, "empty", 1)
             self.retable()
+            self._settle()
         return created
 
     def charge(self, nbytes: int) -> None:
@@ -559,7 +565,8 @@ class Store:
             if cache_id == keep or cache_id in self._spilling:
                 continue
             entry = self._entries[cache_id]
-            if size + entry.nbytes > room or (victims and entry.nbytes >= OWN_FILE_BYTES):
+            if size + entry.nbytes > room or (victims and entry.nbytes >= OWN_FILE_BYTES) \
+                    or self._unspillable.get(cache_id) is entry:
                 continue
             victims.append(cache_id)
             size += entry.nbytes
@@ -576,8 +583,20 @@ class Store:
 
     def write_spill(self, job: SpillJob) -> None:
         """Write a round's payloads into its segment (no state of the store is touched: run it
-        without the owner's lock). A disk that refuses is kept in ``job.error``."""
-        payloads = [self._load(f[2]) if is_stored(f) else f[2] for _c, _e, frames in job.victims for f in frames]
+        without the owner's lock). A disk that refuses is kept in ``job.error``; a value whose
+        pieces cannot be loaded (a scratch piece whose writer died) is left out of the round,
+        in ``job.unreadable``."""
+        payloads, readable = [], []
+        for victim in job.victims:
+            try:
+                payloads += [self._load(f[2]) if is_stored(f) else f[2] for f in victim[2]]
+            except Exception:  # noqa: BLE001 - whatever the object store raises for a lost object
+                job.unreadable.append(victim[:2])
+                continue
+            readable.append(victim)
+        job.victims = readable
+        if not readable:
+            return
         try:
             job.written = self.disk.write_segment(job.segment, payloads)
         except OSError as exc:
@@ -590,9 +609,11 @@ class Store:
         on disk (the joined frame stays in memory)."""
         self._inflight -= job.size
         self._spilling.difference_update(c for c, _e, _f in job.victims)
+        self._spilling.difference_update(c for c, _e in job.unreadable)
+        self._unspillable = {c: e for c, e in [*self._unspillable.items(), *job.unreadable] if self._entries.get(c) is e}
         if job.error is not None:
             return
-        if self._closed:
+        if self._closed or not job.victims:
             self.disk.discard(job.segment)
             return
         self.disk.register(job.segment, sum(w.size for w in job.written))

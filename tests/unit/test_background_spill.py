@@ -55,6 +55,21 @@ def test_a_write_past_the_limit_returns_at_once_and_the_rounds_spill_after(tmp_p
         assert read(s, key) == value
 
 
+def test_empty_ids_created_past_the_limit_wake_the_spiller(tmp_path):
+    """``init`` of many ids can be what crosses ``max_memory``: the values before them spill."""
+    woken = Woken()
+    s = background_store(tmp_path, int(4.5 * KB10), wake=woken)
+    for key in "abcd":
+        s.set(key, *encode(os.urandom(10_000), None))
+    assert s.used <= s.max_memory and woken.times == 0
+    s.create_empty_many([f"empty/{i}" for i in range(400)])
+    assert s.used > s.max_memory and woken.times == 1
+    s.create_empty("one/more")
+    assert woken.times == 2
+    drain_rounds(s)
+    assert s.used <= s.max_memory and s.peek("a").disk
+
+
 def test_a_write_past_the_ceiling_spills_before_it_returns(tmp_path):
     s = background_store(tmp_path, 4 * KB10)
     for key in "abcd":
@@ -188,3 +203,27 @@ def test_the_background_thread_makes_the_holders_copies_after_the_write(tmp_path
     spiller.stop()
     assert all(type(f[2]) is bytes for f in s.peek("v").frames) and read(s, "v") == big
     assert "gone" not in s
+
+
+def test_a_piece_whose_writer_died_is_left_in_memory_and_the_others_spill(tmp_path):
+    """A scratch id's large piece stays its writer's object: when that writer died, loading it
+    to spill fails. The round goes on without it (its reader gets ``DataLost`` from the node),
+    the spiller is not stuck on it and nothing stays counted as being written."""
+    from shoveling_ray.codec import CODEC_RAW, KIND_BYTES, Stored
+
+    class Lost(Exception):
+        pass
+
+    def load(payload):
+        if payload.ref == "dead":
+            raise Lost("the writer of this object died")
+        return b"x" * payload.size
+
+    s = Store("node1", int(4.5 * KB10), "spill", SpillFiles(str(tmp_path / "spill")), load=load, wake=Woken())
+    s.set("scratch", KIND_BYTES, b"", [(CODEC_RAW, 10_000, Stored("dead", 10_000))])  # least recently used
+    for key in "abcd":
+        s.set(key, *encode(os.urandom(10_000), None))
+    drain_rounds(s)
+    assert s.used <= SPILL_TO * s.max_memory and s._inflight == 0
+    assert s.peek("scratch").disk == 0 and s.peek("a").disk
+    assert s.start_spill() is None  # done: not picking the dead piece again and again

@@ -72,6 +72,14 @@ def test_msgpack_values_roundtrip(value):
     assert roundtrip(value) == value
 
 
+@pytest.mark.parametrize("scalar", [np.float64(1.5), np.float32(2.0), np.int64(3), np.bool_(True)])
+def test_numpy_scalars_come_back_as_their_number_not_their_bytes(scalar):
+    """``cache.set("loss", arr.mean())`` stores the number (a numpy scalar also exports a
+    buffer; its 8 raw bytes are not what the user stored)."""
+    value = codec.decode(*codec.encode(scalar, "auto"))
+    assert value == scalar.item() and type(value) is type(scalar.item())
+
+
 def test_tuples_come_back_as_lists():
     assert roundtrip((1, 2)) == [1, 2]
 

@@ -56,3 +56,41 @@ def test_a_record_of_a_dead_node_points_at_its_surviving_copy_or_reads_as_lost(r
         assert directory.records == {} and directory.lost_ids() == {homed[0]: "node-c"}
     else:
         assert directory.records[homed[0]] in survivors and directory.lost == {}
+
+
+def test_a_members_change_applies_to_the_members_taken_last_and_only_to_them():
+    from shoveling_ray import ShovelingError
+    from shoveling_ray.actors.layout import MembersChange
+
+    layout = Layout("a")
+    chains = build_chains(["a", "b", "c"], 2)
+    layout.take(None, chains, [], {"a": "actor-a", "b": "actor-b", "c": "actor-c"}, 1, None, 1)
+    # c left, d joined, b's actor was replaced: only those travel
+    change = MembersChange(1, {"d": "actor-d", "b": "actor-b2"}, ["c", "b"])
+    assert layout.members(change) == {"a": "actor-a", "b": "actor-b2", "d": "actor-d"}
+    assert layout.members({"a": "whole"}) == {"a": "whole"}  # members sent whole stay whole
+    with pytest.raises(ShovelingError, match="a members change from version 0"):
+        layout.members(MembersChange(0, {}, ["c"]))  # not the version taken: refused, nothing changed
+    assert layout.peers == {"a": "actor-a", "b": "actor-b", "c": "actor-c"}
+
+
+def test_a_drained_home_hands_its_records_over_with_each_id_s_own_factor():
+    """An id of one copy ``init`` put away from its home keeps that one copy when its home is
+    drained and then the cache's ``replicas`` rise: its record travels with its factor (without
+    it, the new home would take the id for one of two copies and, when its node dies, point at
+    a survivor that never had it instead of reporting it lost)."""
+    chains = build_chains(NODES, 1)
+    homed = [i for i in (f"x{n}" for n in range(500)) if chains[slot_of(i)][0] == "node-a"]
+    old, new = Layout("node-a"), Layout("node-b")
+    for layout in (old, new):
+        layout.take(None, chains, [], dict.fromkeys(NODES), 1, None)
+    drained = Directory(Store("node-a"), {}, old, Peers("unit", old), threading.Lock())
+    drained.adopt_records([(homed[0], "node-c", 1), (homed[1], "node-c")])  # init(..., replicas=1)
+    table = ["node-b"] * len(chains)  # every slot's new home after the drain
+    records, lost = drained.by_home(table)["node-b"]
+    taker = Directory(Store("node-b"), {}, new, Peers("unit", new), threading.Lock())
+    taker.take_handed(records, lost)
+    assert taker.records == {homed[0]: "node-c", homed[1]: "node-c"}
+    assert new.factors == {homed[0]: 1}
+    taker.drop_handed(records, lost)  # the drain failed after all
+    assert taker.records == {}

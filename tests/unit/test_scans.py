@@ -44,3 +44,20 @@ def test_stopped_and_quiet_scans_are_forgotten():
     for k in range(2 * MAX_SCANS):
         scans.page(f"many{k}", 2, lambda: ids)
     assert len(scans) <= MAX_SCANS
+
+
+def test_a_scan_forgotten_midway_goes_on_after_the_last_id_the_client_received():
+    """A slow reader's scan is forgotten after SCAN_TTL quiet seconds, or pushed out by
+    MAX_SCANS others: its next page, naming the last id received, still continues in order,
+    each id once (an id set meanwhile after that point is in it)."""
+    now = [0.0]
+    scans, ids = Scans(clock=lambda: now[0]), [f"id{i:02}" for i in range(10)]
+    first, _ = scans.page("slow", 4, lambda: ids)
+    now[0] = SCAN_TTL + 1
+    scans.page("other", 1, lambda: ids)  # forgets the quiet one
+    ids.append("id05b")
+    rest, done = [], False
+    while not done:
+        page, done = scans.page("slow", 4, lambda: ids, after=(rest or first)[-1])
+        rest += page
+    assert first + rest == sorted(ids)
