@@ -537,7 +537,7 @@ class Cache:
         """
         self.append_many({_check_id(cache_id): data})
 
-    def append_many(self, mapping: Mapping[str, bytes | bytearray | memoryview], *, token: str | None = None) -> None:
+    def append_many(self, mapping: Mapping[str, Any], *, token: str | None = None) -> None:
         """Append to many ids, one actor call per node. See :meth:`append`.
 
         Args:
@@ -781,7 +781,8 @@ class Cache:
         Raises:
             ValueError: unknown strategy (names the valid ones), an empty id, or ``replicas``
                 below 1 or above the cache's, or above 1 with ``scratch``.
-            TypeError: ids not an iterable of str.
+            TypeError: ids not an iterable of str, ``replicas`` not an int or ``scratch`` not
+                a bool.
             NodeUnavailable: a chosen node did not answer and is still a member (call again to
                 place the rest). One that was drained or died meanwhile is left out at once.
         """
