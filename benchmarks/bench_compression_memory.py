@@ -11,32 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
 import psutil
 import ray
 
 import shoveling_ray as sr
-from common import MB, Report, parse_args, plasma_bytes, start, stop, timed
+from common import MB, Report, parse_args, plasma_bytes, settle, start, stop, timed
 
 
 def actor_rss(cache: sr.Cache) -> int:
     pids = ray.get([h.__ray_call__.remote(lambda self: os.getpid()) for h in cache._router.members.values()])
     # USS: the object store is shared memory mapped into the actor, counted above already.
     return sum(psutil.Process(pid).memory_full_info().uss for pid in pids)
-
-
-def settle(probe, rounds: int = 40) -> int:
-    """Read ``probe`` until two readings agree (frees are asynchronous)."""
-    last = probe()
-    for _ in range(rounds):
-        time.sleep(0.25)
-        now = probe()
-        if now == last:
-            return now
-        last = now
-    return last
 
 
 def main() -> None:

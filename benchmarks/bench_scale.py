@@ -48,7 +48,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import common
 import shoveling_ray as sr
-from common import MB, Report, parse_args, start, stop
+from common import MB, Report, parse_args, settle, start, stop
 from redis_server import RedisServer
 
 
@@ -271,18 +271,6 @@ def trimmed_rss(cache: sr.Cache) -> int:
     holds, without the freed memory it keeps for reuse (up to 512 MiB, see heap.py)."""
     ray.get([h.__ray_call__.remote(_trim) for h in cache._router.members.values()])
     return actor_rss(cache)
-
-
-def settle(probe, rounds: int = 20) -> int:
-    """Read ``probe`` until two readings agree (frees are asynchronous)."""
-    last = probe()
-    for _ in range(rounds):
-        time.sleep(0.25)
-        now = probe()
-        if now == last:
-            return now
-        last = now
-    return last
 
 
 def used(cache: sr.Cache) -> int:

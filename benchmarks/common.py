@@ -111,3 +111,15 @@ class Report:
         path = RESULTS / f"{self.name}.json"
         path.write_text(json.dumps(self.rows, indent=1))
         return path
+
+
+def settle(probe, rounds: int = 40) -> int:
+    """Read ``probe`` until two readings agree (frees are asynchronous)."""
+    last = probe()
+    for _ in range(rounds):
+        time.sleep(0.25)
+        now = probe()
+        if now == last:
+            return now
+        last = now
+    return last

@@ -182,9 +182,9 @@ def test_a_node_lost_during_the_map_phase_is_rebuilt_and_nothing_lands_twice(clu
     assert cache.ids("map-rebuilt/") == []
 
 
-def test_the_validated_sort_survives_a_node_lost_in_each_phase(cluster, cache):
-    import time
-
+def _two_nodes_lost_one_in_each_phase(cluster, cache) -> tuple[list, list, object]:
+    """Two nodes added (with the cache's actors) and a ``progress`` callback that removes one
+    once some mappers are done and the other once reducing starts; ``removed`` names the phases."""
     doomed = [cluster.add_node(num_cpus=1, object_store_memory=300 * MB) for _ in range(2)]
     cluster.wait_for_nodes()
     cache.init(["wake"])  # the new nodes get their actors
@@ -197,6 +197,14 @@ def test_the_validated_sort_survives_a_node_lost_in_each_phase(cluster, cache):
         elif phase == "reduce" and len(removed) == 1:
             cluster.remove_node(doomed[1])
             removed.append(phase)
+
+    return doomed, removed, progress
+
+
+def test_the_validated_sort_survives_a_node_lost_in_each_phase(cluster, cache):
+    import time
+
+    _doomed, removed, progress = _two_nodes_lost_one_in_each_phase(cluster, cache)
 
     started = time.perf_counter()
     summary = ds.distributed_sort(cache, 300_000, seed=7, partitions=10, block_records=20_000,
@@ -259,18 +267,7 @@ def test_on_a_cache_of_two_copies_partitions_are_scratch_and_outputs_keep_two(cl
     import numpy as np
 
     cache = sr.Cache("shuffle-two-copies", replicas=2)
-    doomed = [cluster.add_node(num_cpus=1, object_store_memory=300 * MB) for _ in range(2)]
-    cluster.wait_for_nodes()
-    cache.init(["wake"])  # the new nodes get their actors
-    removed = []
-
-    def progress(phase, done, total):
-        if phase == "map" and done >= 3 and not removed:
-            cluster.remove_node(doomed[0])
-            removed.append(phase)
-        elif phase == "reduce" and len(removed) == 1:
-            cluster.remove_node(doomed[1])
-            removed.append(phase)
+    doomed, removed, progress = _two_nodes_lost_one_in_each_phase(cluster, cache)
 
     def store_sorted(partition, data):
         numbers = np.sort(np.frombuffer(data, dtype=np.int64))
