@@ -11,7 +11,8 @@ allocated from anonymous memory maps, so that an array replaced when the table g
 to the kernel at once (see :mod:`shoveling_ray.heap` for why small blocks are kept instead).
 
 A row whose columns are all 0 is dead: lookups still find it (setting a column revives it),
-and once dead rows outnumber live ones the table is rebuilt without them.
+and once dead rows outnumber live ones the table is rebuilt without them (when the last live
+row dies, the table is as new).
 
 Batch methods (:meth:`IdTable.rows`, :meth:`IdTable.add`) do their work with numpy, which is
 what makes ``init`` of millions of ids take seconds. Plain Python and numpy, no Ray; the store
@@ -155,7 +156,9 @@ class IdTable:
         self._counts[column] += 1 if value else -1
         if alive != any(c[row] for c in self._cols.values()):
             self._live += -1 if alive else 1
-            if alive and self._rows - self._live > max(1 << 16, self._live):
+            if alive and not self._live:
+                self._clear()  # its last id went: nothing stays behind
+            elif alive and self._rows - self._live > max(1 << 16, self._live):
                 self._rebuild(len(self._index))  # it died
 
     def _append_one(self, name: str, column: str, value: int) -> None:
@@ -196,7 +199,9 @@ class IdTable:
         self._counts[column] += int(now.sum()) - int(was.sum())
         after = self._alive(rows)
         self._live += int(after.sum()) - int(before.sum())
-        if self._rows - self._live > max(1 << 16, self._live):
+        if not self._live:
+            self._clear()  # its last id went: nothing stays behind
+        elif self._rows - self._live > max(1 << 16, self._live):
             self._rebuild(len(self._index))
 
     def _alive(self, rows: np.ndarray) -> np.ndarray:
