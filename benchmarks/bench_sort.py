@@ -9,15 +9,24 @@ generator; generation is included everywhere) on a local 3-node cluster of one C
   mappers' objects (as a ``Shuffle``'s partitions);
 - ``ray core``: the same sort hand-rolled with Ray tasks (mappers return their pieces with
   ``num_returns``, reducers take them as arguments and return the sorted partition);
+- ``bare holders`` (``--bare-holders``): the least a cache rolled by hand does: mappers
+  ``ray.put`` their pieces and hand the references to a bare actor on the partition's node
+  (one call per node), reducers placed there ask it for the references and ``ray.get`` them.
+  The floor of any design that keeps pieces by name in actors instead of passing them from
+  task to task;
 - Ray Data's ``sort`` (pull-based and push-based shuffle; the faster is the baseline),
   validated like the others (a pass over its sorted blocks: count, checksum, order, block
   boundaries); its time without that pass is printed beside it;
 - a single-process numpy floor (timed without the validation, which the others include).
 
 The contenders alternate: each round runs every one of them once, ``--repeat`` rounds, each
-starting once the object stores are back to what they held before the first. The first round
-is cold: on virtual machines that hand freed pages back to the host, memory a
-process has not touched lately costs 2-3 s per GB to touch again. The ratios use each
+starting once the object stores are back to what they held before the first. Before the first
+round an untimed Ray core sort of the same size warms the cluster (worker processes started,
+the object stores' pages touched: on virtual machines that hand freed pages back to the host,
+memory a process has not touched lately costs 2-3 s per GB to touch again), so that no
+contender's first run pays for the cluster's cold start by running first; ``--cold`` (or
+``--skip-ray-core``) skips it.
+The first round is still each contender's first: the cache actors' own first use is in it. The ratios use each
 contender's best run, and against the Ray core shuffle the first (cold) runs too; the bytes
 each contender writes into memory per byte sorted (its copies) are printed beside them.
 
@@ -185,6 +194,67 @@ def ray_core_sort(n: int, block: int, seed: int, partitions: int) -> float:
     return seconds
 
 
+@ray.remote(num_cpus=0)
+class BareHolder:
+    """A node's references to the pieces written to it, by partition: nothing else."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[int, list] = {}
+
+    def add(self, refs: dict) -> None:
+        for partition, ref in refs.items():
+            self.pieces.setdefault(partition, []).extend(ref)
+
+    def take(self, partition: int) -> list:
+        return self.pieces.pop(partition, [])
+
+
+def bare_holders_sort(n: int, block: int, seed: int, partitions: int) -> float:
+    """Seconds of the same sort through bare holder actors, one per node (see the module
+    docstring), validated the same way; partition ``p`` lives on node ``p % nodes``."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    holders = [BareHolder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+               for node in nodes]
+    ray.get([holder.take.remote(-1) for holder in holders])  # started: the cache's actors are, too
+    blocks = ds.blocks_of(n, block)
+    t = time.perf_counter()
+    samples = np.concatenate(ray.get([ds.sample.remote(seed, b, c, 2000) for b, c in blocks]))
+    splitters = np.quantile(np.sort(samples), np.linspace(0, 1, partitions + 1)[1:-1], method="lower")
+    map_block = ds.make_map(seed, splitters)
+
+    @ray.remote
+    def mapper(spec):
+        parts, total = map_block(spec)
+        by_node: dict[int, dict] = {}
+        for p in range(partitions):
+            if len(parts[p]):  # nested in a list: the holder keeps the reference, not the value
+                by_node.setdefault(p % len(holders), {})[p] = [ray.put(parts[p])]
+        ray.get([holders[k].add.remote(refs) for k, refs in by_node.items()])
+        return total
+
+    @ray.remote(num_returns=2)
+    def reducer(p):
+        pieces = ray.get(ray.get(holders[p % len(holders)].take.remote(p)))
+        out = ds.sort_records(np.frombuffer(b"".join(pieces), dtype=np.uint8).reshape(-1, ds.RECORD))
+        first, last = (out[0, :ds.KEY].tobytes(), out[-1, :ds.KEY].tobytes()) if len(out) else (None, None)
+        return out, (len(out), ds.checksum(out), first, last, ds.is_sorted(out))
+
+    expected = sum(ray.get([mapper.remote(spec) for spec in blocks])) % 2**64
+    reduced = [reducer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[p % len(nodes)], soft=True))
+               .remote(p) for p in range(partitions)]
+    summaries = ray.get([r[1] for r in reduced])
+    seconds = time.perf_counter() - t
+    bounds = [(f, l) for count, _, f, l, _ in summaries if count]
+    assert sum(s[0] for s in summaries) == n and sum(s[1] for s in summaries) % 2**64 == expected
+    assert all(s[4] for s in summaries) and all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))
+    del reduced
+    for holder in holders:
+        ray.kill(holder)
+    return seconds
+
+
 def run_shuffle(cache: sr.Cache, n: int, block: int, partitions: int) -> tuple[float, dict]:
     """Seconds and summary of examples/distributed_sort.py (``Shuffle``; the reducers store
     the sorted partitions back in the cache)."""
@@ -278,7 +348,10 @@ def main() -> None:
     parser.add_argument("--skip-floor", action="store_true", help="no numpy floor (it needs the data in memory)")
     parser.add_argument("--skip-ray-core", action="store_true", help="no hand-rolled Ray core shuffle")
     parser.add_argument("--skip-api", action="store_true", help="no sort written on the public API")
+    parser.add_argument("--bare-holders", action="store_true",
+                        help="also the sort through bare holder actors (the floor of a cache of pieces)")
     parser.add_argument("--partitions", type=int, help="default: 2 per node, up to one per block (64 at most)")
+    parser.add_argument("--cold", action="store_true", help="no warm-up sort before the first round")
     parser.add_argument("--large-pieces", action="store_true",
                         help="6 mappers x 12 partitions (pieces of ~14 MB at 1 GB) instead of --block")
     args = parse_args(parser, {"records": "40000", "block": 10000, "repeat": 1})
@@ -305,12 +378,17 @@ def main() -> None:
             contenders["api (scratch)"] = partial(api_sort, cache, n, block, 1, partitions, scratch=True)
         if not args.skip_ray_core:
             contenders["ray core"] = partial(ray_core_sort, n, block, 1, partitions)
+        if args.bare_holders:
+            contenders["bare holders"] = partial(bare_holders_sort, n, block, 1, partitions)
         if not args.skip_floor:
             contenders["numpy"] = partial(numpy_floor, n, block, 1)
         if not (args.skip_ray_data or n > args.ray_data_max_records):
             expected = sum(ds.checksum(ds.generate(1, b, c)) for b, c in ds.blocks_of(n, block)) % 2**64
             for strategy in (ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, ShuffleStrategy.SORT_SHUFFLE_PUSH_BASED):
                 contenders[f"ray data {strategy.value}"] = partial(ray_data_sort, n, block, 1, strategy, expected)
+        if not (args.cold or args.skip_ray_core):  # (no Ray core sort: too large for one)
+            print(f"  warm-up (untimed): a Ray core sort of the same size, {ray_core_sort(n, block, 2, partitions):.2f}s",
+                  flush=True)
         runs: dict[str, list[float]] = {name: [] for name in contenders}
         unvalidated: list[float] = []  # Ray Data's sorts without their validation
         summaries = []
@@ -330,7 +408,7 @@ def main() -> None:
                 print(f"  round {round_ + 1} {name}: {seconds:.2f}s; {peak}; "
                       f"{peak.disk / (n * 100):.2f} disk bytes per byte sorted", flush=True)
         best = {name: min(times) for name, times in runs.items()}
-        print("  cold (first) runs: " + ", ".join(f"{name} {times[0]:.2f}s" for name, times in runs.items()))
+        print("  first runs: " + ", ".join(f"{name} {times[0]:.2f}s" for name, times in runs.items()))
         summary = summaries[runs["shuffle"].index(best["shuffle"])]
         print("  Shuffle's best run: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times"].items()) + "; summed over tasks: "
               + ", ".join(f"{k} {v:.2f}s" for k, v in summary["task_stats"].items() if k.endswith("seconds")))
@@ -341,7 +419,8 @@ def main() -> None:
         for name in ("shuffle", "api", "ray core", "numpy"):
             if name in contenders:
                 print_copies(name, copies(name, piece, stats["remote_bytes"] / max(stats["bytes"], 1)))
-        labels = {"shuffle": "sort (Shuffle)", "api": "sort (public API)", "api (scratch)": "sort (public API, scratch)"}
+        labels = {"shuffle": "sort (Shuffle)", "api": "sort (public API)", "api (scratch)": "sort (public API, scratch)",
+                  "bare holders": "sort (bare holder actors)"}
         mode = ", 6x12 large pieces" if args.large_pieces else ""
         data = [t for k, t in best.items() if k.startswith("ray data")]
         if unvalidated:
@@ -355,9 +434,13 @@ def main() -> None:
             if "numpy" in best:
                 report.add(f"{label} vs single-process numpy (floor)", rate, 1000 * gb / best["numpy"], "MB/s", None)
             if "ray core" in best:
-                report.add(f"{label} vs hand-rolled Ray core shuffle", rate, 1000 * gb / best["ray core"], "MB/s", 1.0)
+                target = None if name == "bare holders" else 1.0
+                report.add(f"{label} vs hand-rolled Ray core shuffle", rate, 1000 * gb / best["ray core"], "MB/s", target)
                 report.add(f"{label}, first runs, vs the same", 1000 * gb / runs[name][0], 1000 * gb / runs["ray core"][0],
-                           "MB/s", 1.0)
+                           "MB/s", target)
+            if "bare holders" in best and name != "bare holders":
+                report.add(f"{label} vs bare holder actors (a cache's floor)", rate, 1000 * gb / best["bare holders"],
+                           "MB/s", None)
             if data:
                 target = 3.0 if max_memory else 5.0  # spilling (issue 12) / in memory (issue 14)
                 report.add(f"{label} vs Ray Data sort (faster strategy)", rate, 1000 * gb / min(data), "MB/s", target)
