@@ -24,7 +24,7 @@ echo "${consul_version%%$'\n'*}"
 
 echo "== running the tests"
 set +e
-python3 -m pytest -ra "$@"
+python3 -m pytest -ra --durations=25 "$@"
 status=$?
 set -e
 if [[ $status -eq 5 ]]; then
