@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: Bytes of values a drained node sends in one call, and a repair at most.
 HAND_OVER_BYTES = 64 << 20
+#: Ids (values, placement records, lost ids) a drained node sends in one call, and a repair
+#: at most: empty ids weigh nothing by their bytes, and a million of them in one message
+#: took more memory than the values of a full node.
+HAND_OVER_IDS = 100_000
 #: Seconds a drain may take before it gives up (the node then keeps serving its ids), and the
 #: rounds of repairs without progress after which it gives up sooner.
 HAND_OVER_DEADLINE = 900.0
@@ -39,11 +43,12 @@ HAND_OVER_STALLS = 3
 
 
 def chunks(store: Store, ids: list) -> list[list]:
-    """``ids`` cut into calls of at most :data:`HAND_OVER_BYTES` (one id may be larger)."""
+    """``ids`` cut into calls of at most :data:`HAND_OVER_BYTES` (one id may be larger) and
+    :data:`HAND_OVER_IDS` ids."""
     out, size = [[]], 0
     for cache_id in ids:
         entry = store.peek(cache_id)
-        if out[-1] and size + entry.nbytes + entry.disk > HAND_OVER_BYTES:
+        if out[-1] and (size + entry.nbytes + entry.disk > HAND_OVER_BYTES or len(out[-1]) >= HAND_OVER_IDS):
             out.append([])
             size = 0
         out[-1].append(cache_id)
@@ -147,20 +152,27 @@ class Drain:
         sent: dict[str, tuple] = {}  # home -> ([(id, homed here)], records, lost) it took
         try:
             for home in set(held) | set(directory):
-                records, lost = directory.get(home, ([], []))
-                for chunk in chunks(self.store, held.get(home, [])) or [[]]:
+                all_records, all_lost = directory.get(home, ([], []))
+                calls = chunks(self.store, held.get(home, []))
+                # records and lost ids ride along, as many a call as ids; more calls if need be
+                needed = -(-max(len(all_records), len(all_lost)) // HAND_OVER_IDS)
+                calls += [[]] * max(needed - len(calls), 0 if calls else 1)
+                for k, chunk in enumerate(calls):
+                    part = slice(k * HAND_OVER_IDS, (k + 1) * HAND_OVER_IDS)
+                    records, lost = all_records[part], all_lost[part]
                     readable, chunk = self._readable(chunk)
                     homed = [old_table[slot_of(i)] == self.node_id for i in chunk]
                     packed = pack([(*v, h) for v, h in zip(readable, homed)])
                     if time.monotonic() > deadline:
                         raise ShovelingError(f"cache {self.cache}: drain of node {self.node_id} took "
                                              f"longer than {HAND_OVER_DEADLINE:.0f} s; the node keeps its data")
-                    took = sent.setdefault(home, ([], records, lost))
+                    took = sent.setdefault(home, ([], [], []))
                     took[0].extend(zip(chunk, homed))
+                    took[1].extend(records)
+                    took[2].extend(lost)
                     own = {i: factors[i] for i in chunk if i in factors} if factors else {}
                     handed = (self.node_id, records, lost, self.sessions.of(chunk), own)
                     self.peers.call(home, "receive", handed, packed, members=peers)
-                    records, lost = [], []
         except ShovelingError:
             self._take_back(sent, peers)
             raise

@@ -11,6 +11,7 @@ is :mod:`.drain`'s.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from ..wire import join, pack, unpack
 from .. import protocol as p
 from .batch import Batch, adopt_frames
 from .directory import Directory
-from .drain import HAND_OVER_BYTES, values
+from .drain import HAND_OVER_BYTES, HAND_OVER_IDS, values
 from .layout import Change, Layout
 from .peers import Peers
 from .sessions import Sessions
@@ -277,14 +278,15 @@ class Replication:
 
     def repair(self, max_bytes: int = HAND_OVER_BYTES) -> tuple[int, int]:
         """Send missing copies to their holders, up to ``max_bytes`` of values (one id may be
-        larger). Runs in turn with client calls, so no write slips between a copy and the
+        larger) and :data:`~.drain.HAND_OVER_IDS` ids. Runs in turn with client calls, so no write slips between a copy and the
         writes forwarded after it, and first tells other holders what this node evicted
         (:meth:`send_drops`). Returns ``(bytes sent, ids still missing a copy)``."""
         self.send_drops()
         by_node: dict[str, list] = {}
-        size = 0
+        size = count = 0
         with self._lock:
-            for cache_id, nodes in list(self.repairs.items()):
+            # a round looks at no more ids than it may send: the rest wait for the next round
+            for cache_id, nodes in list(itertools.islice(self.repairs.items(), HAND_OVER_IDS)):
                 entry = self.store.peek(cache_id)
                 if entry is None or cache_id in self.copies:
                     del self.repairs[cache_id]
@@ -292,7 +294,8 @@ class Replication:
                 for node in nodes:
                     by_node.setdefault(node, []).append(cache_id)
                 size += (entry.nbytes + entry.disk) * len(nodes)
-                if size >= max_bytes:
+                count += 1
+                if size >= max_bytes or count >= HAND_OVER_IDS:
                     break
             packed = {node: pack(values(self.store, ids)) for node, ids in by_node.items()}
             remembered = {node: self.sessions.of(ids) for node, ids in by_node.items()}

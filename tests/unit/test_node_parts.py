@@ -5,6 +5,7 @@ directory's half of a rebuild, event by event."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -94,3 +95,39 @@ def test_a_drained_home_hands_its_records_over_with_each_id_s_own_factor():
     assert new.factors == {homed[0]: 1}
     taker.drop_handed(records, lost)  # the drain failed after all
     assert taker.records == {}
+
+
+class _Recording:
+    """Peers that take every call and keep what each carried."""
+
+    cache = "unit"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def call(self, node, method, handed, packed, members=None):
+        self.calls.append((node, method, handed))
+
+
+def test_a_drain_sends_at_most_hand_over_ids_a_call(monkeypatch):
+    """A drained node holding many empty ids (``init``'s) and many records sends them in calls
+    of at most ``HAND_OVER_IDS`` each (one message of millions of empty ids or records took more
+    memory than a full node's values); every id and record arrives once."""
+    from shoveling_ray.actors import drain as d
+    from shoveling_ray.actors.sessions import Sessions
+
+    monkeypatch.setattr(d, "HAND_OVER_IDS", 1000)
+    chains = build_chains(NODES, 1)
+    layout = Layout("node-a")
+    layout.take(None, chains, [], dict.fromkeys(NODES), 1, None)
+    store = Store("node-a")
+    held = [f"e{n}" for n in range(2500)]
+    store.create_empty_many(held)
+    peers = _Recording()
+    drain = d.Drain(store, layout, peers, None, None, Sessions(), threading.Lock())
+    records = [(f"r{n}", "node-c") for n in range(3500)]
+    drain._send_home(held, {"node-b": (records, [])}, chains, [["node-b"]] * len(chains), {}, time.monotonic() + 60)
+    sizes = [(len(handed[1]), len(handed[3])) for _node, _method, handed in peers.calls]
+    assert all(r <= 1000 for r, _ in sizes) and len(peers.calls) == 4
+    assert [r for c in peers.calls for r in c[2][1]] == records
+    assert d.chunks(store, held) == [held[:1000], held[1000:2000], held[2000:]]
