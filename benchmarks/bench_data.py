@@ -12,7 +12,8 @@ row) made by a pipeline of two ``map_batches``. Baselines, measured in the same 
   owned by a process that outlives the job, so a copy beyond ``materialize``'s one);
 - a second job's (another driver process) first epoch against the writing job's first epoch
   after its write (both read blocks no epoch of theirs pulled yet), and against its later epochs;
-- rows a ``map_batches`` after ``read_dataset`` processed on a node holding their block.
+- rows a ``map_batches`` after ``read_dataset`` processed on a node holding their block, and
+  the same after ``materialize()`` (Ray's own scheduling of the driver's objects).
 
     python benchmarks/bench_data.py                 # 8 M rows, ~600 MB
     python benchmarks/bench_data.py --rows 200000   # a quick run
@@ -120,6 +121,24 @@ def locations(refs: list) -> dict:
     return {ref: ray.experimental.get_object_locations([ref])[ref] for ref in refs}
 
 
+def local_rows(ds: ray.data.Dataset, rows: int, holders: list | None = None) -> tuple[float, float | None]:
+    """The share (%) of rows a ``map_batches`` after ``ds`` processed on a node holding their
+    block: any copy of it in Ray's object stores (the epochs pulled blocks to the driver's
+    node: a task there reads the block without a transfer as well), and the node of
+    ``holders[k]`` (block ``k``'s node in the cache), if given."""
+    refs = ds.to_arrow_refs()
+    copies = locations(refs)
+    seen = ds.map_batches(where).to_pandas()
+    holder, anywhere = np.empty(rows, dtype=object), np.empty(rows, dtype=object)
+    for k, ref in enumerate(refs):
+        ids = ray.get(ref)["id"].to_numpy()
+        holder[ids] = holders[k] if holders else None
+        anywhere[ids] = " ".join({*([holders[k]] if holders else []), *copies[ref]["node_ids"]})
+    nodes, ids = seen["node"].to_numpy(), seen["id"].to_numpy()
+    local = 100 * float(np.mean([node in held for node, held in zip(nodes, anywhere[ids])]))
+    return local, 100 * float(np.mean(nodes == holder[ids])) if holders else None
+
+
 def timed_once(fn) -> tuple[float, object]:
     started = time.perf_counter()
     out = fn()
@@ -187,20 +206,11 @@ def main() -> None:
     second = float(np.median([job["seconds"] for job in jobs]))
 
     read = sr.data.read_dataset(cache, NAME)
-    refs = read.to_arrow_refs()
-    # the nodes where Ray keeps a copy of each block too (the epochs pulled blocks to the
-    # driver's node): a task there reads the block without a transfer as well
-    copies = locations(refs)
-    seen = read.map_batches(where).to_pandas()
-    # by id, the node holding its block in the cache, and those holding any copy
-    holder, anywhere = np.empty(args.rows, dtype=object), np.empty(args.rows, dtype=object)
-    for ref, block in zip(refs, info.blocks):
-        ids = ray.get(ref)["id"].to_numpy()
-        holder[ids] = block.nodes[0]
-        anywhere[ids] = " ".join({block.nodes[0], *copies[ref]["node_ids"]})
-    nodes, ids = seen["node"].to_numpy(), seen["id"].to_numpy()
-    strict = 100 * float(np.mean(nodes == holder[ids]))
-    local = 100 * float(np.mean([node in held for node, held in zip(nodes, anywhere[ids])]))
+    local, strict = local_rows(read, args.rows, [block.nodes[0] for block in info.blocks])
+    # Ray's own: a map after materialize(), whose blocks the driver owns (task returns)
+    materialized = pipeline(args.rows, args.blocks).materialize()
+    theirs_local, _ = local_rows(materialized, args.rows)
+    materialized = None
 
     report.add("epoch: read_dataset vs first epoch over materialize()", ours, over_materialized, "s", 0.9,
                higher_is_better=False)
@@ -215,6 +225,8 @@ def main() -> None:
                higher_is_better=False)
     report.add("rows mapped after read_dataset on a node holding their block", local, 100.0, "%", 0.9)
     report.add("  of which on their block's node in the cache", strict, 100.0, "%", None)
+    if theirs_local:  # (blocks of a few rows live inline in their owner, on no node)
+        report.add("  the same vs after materialize() (Ray's own)", local, theirs_local, "%", None)
     report.add("epoch: the first read_dataset after a write vs materialize()", first,
                over_materialized, "s", None, higher_is_better=False)
     print(f"\nblocks: {len(info.blocks)}, rows per node: {sorted(info.nodes().values())}")
