@@ -27,6 +27,7 @@ from .directory import Directory
 from .replication import Replication
 from .sessions import Sessions
 from .storage import Store
+from .tables import Tables
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ class Admin:
     """
 
     def __init__(self, source, store: Store, directory: Directory, replication: Replication, sessions: Sessions,
-                 lock: threading.RLock, base: dict, consul: ConsulConfig | None) -> None:
+                 tables: Tables, lock: threading.RLock, base: dict, consul: ConsulConfig | None) -> None:
         self.source, self.store, self.directory, self.replication = source, store, directory, replication
-        self.sessions = sessions
+        self.sessions, self.tables = sessions, tables
         self.layout, self._lock = replication.layout, lock
         self.cache, self.node_id = replication.cache, replication.node_id
         self._base, self._kv = base, {}
@@ -152,7 +153,7 @@ class Admin:
         """Memory held besides the stored values, counted in ``used`` (see Store.charge)."""
         replication = self.replication
         return (self.sessions.nbytes + RECORD_BYTES * (len(replication.copies) + len(self.layout.factors))
-                + REPAIR_BYTES * len(replication.repairs) + self._serving)
+                + REPAIR_BYTES * len(replication.repairs) + self._serving + self.tables.nbytes)
 
     def publish(self) -> None:
         """Count the bookkeeping in ``used`` and update the metrics of what this node holds."""

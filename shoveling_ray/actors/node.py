@@ -108,7 +108,8 @@ class _NodeActor:
         self.drain = Drain(*parts, self.directory, self.replication, self.sessions, self._lock)
         self.items = Items(*parts, self.directory, self.replication, self.drain, self._lock)
         base = {"max-memory": max_memory, "max-disk": max_disk, "eviction": policy, "http": http}
-        self.admin = Admin(self, self.store, self.directory, self.replication, self.sessions, self._lock, base, consul)
+        self.admin = Admin(self, self.store, self.directory, self.replication, self.sessions, self.tables, self._lock,
+                           base, consul)
 
     def _wake(self) -> None:
         self.spiller.wake()
@@ -270,7 +271,9 @@ class _NodeActor:
     @_locked
     def arrow_tables(self, cache_ids: list) -> list:
         """See :meth:`.Tables.refs`."""
-        return self.tables.refs(cache_ids)
+        refs = self.tables.refs(cache_ids)
+        self.admin.publish()  # the tables kept count in used
+        return refs
 
     @_locked
     def lost_ids(self) -> dict:

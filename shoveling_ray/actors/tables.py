@@ -6,7 +6,8 @@ puts the table into this node's object store once, as an object of this actor's:
 request, from any job, gets the same reference, and ``ray.get`` of it on this node maps the
 table without a copy. The reference lives as long as the value does: each request first
 forgets the tables of ids deleted, replaced or moved away since (``shoveling_ray.data`` sends
-an empty request after it deletes a dataset), so the object store frees them.
+an empty request after it deletes a dataset), so the object store frees them. The tables kept
+count in the node's ``used`` (see :attr:`Tables.nbytes`).
 
 Plain Python over the node's store and Ray's object store; it does not decide what a dataset
 is (``shoveling_ray.data``).
@@ -28,7 +29,10 @@ class Tables:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._refs: dict[str, tuple[list, ray.ObjectRef]] = {}  # id -> (its frames then, the table)
+        self._refs: dict[str, tuple[list, ray.ObjectRef, int]] = {}  # id -> (its frames then, the table, its bytes)
+        #: Bytes of the tables handed out and still kept: this node's memory besides the
+        #: stored values (each table beside its value's Arrow stream), counted in ``used``.
+        self.nbytes = 0
 
     def refs(self, cache_ids: list[str]) -> list[ray.ObjectRef | None]:
         """A reference to the table of each id held here, ``None`` for an id not held here.
@@ -40,10 +44,11 @@ class Tables:
         return [self._ref(cache_id) for cache_id in cache_ids]
 
     def _forget_stale(self) -> None:
-        for cache_id, (frames, _ref) in list(self._refs.items()):
+        for cache_id, (frames, _ref, nbytes) in list(self._refs.items()):
             entry = self.store.peek(cache_id)
             if entry is None or entry.frames is not frames:
                 del self._refs[cache_id]
+                self.nbytes -= nbytes
 
     def _ref(self, cache_id: str) -> ray.ObjectRef | None:
         entry = self.store.peek(cache_id)
@@ -53,8 +58,10 @@ class Tables:
         if known is not None:
             return known[1]
         kind, meta, frames = self.store.get(cache_id)  # a spilled value is read back
-        ref = ray.put(_table(codec.decode(kind, meta, [_readable(f) for f in frames])))
-        self._refs[cache_id] = (self.store.peek(cache_id).frames, ref)
+        table = _table(codec.decode(kind, meta, [_readable(f) for f in frames]))
+        ref = ray.put(table)
+        self._refs[cache_id] = (self.store.peek(cache_id).frames, ref, table.nbytes)
+        self.nbytes += table.nbytes
         return ref
 
 

@@ -211,6 +211,22 @@ def test_pandas_blocks_and_an_empty_dataset_round_trip(cache):
         sr.data.delete_dataset(cache, name)
 
 
+def test_the_tables_readers_get_count_in_used_until_the_dataset_goes(cache):
+    """Each block a reader gets is a table its node's actor keeps in the object store beside
+    the block's stored Arrow stream: that memory counts in ``used`` (so ``max_memory`` sees
+    it) from the first read until the dataset is deleted."""
+    def used() -> int:
+        return sum(s["used"] for s in cache.stats().values())
+
+    before = used()
+    info = sr.data.write_dataset(_features_dataset(), cache, "counted-tables")
+    assert sr.data.read_dataset(cache, "counted-tables").count() == ROWS
+    # each block's Arrow stream, and its table (about as large)
+    assert used() - before >= 1.8 * info.bytes
+    sr.data.delete_dataset(cache, "counted-tables")
+    assert used() - before < 0.2 * info.bytes  # the streams and the tables are gone
+
+
 def test_cache_dataset_runs_the_pipeline_once(cache):
     def counted(batch: dict) -> dict:
         sr.Cache("data-tests").append("counted", b"x" * len(batch["id"]))
