@@ -6,7 +6,10 @@ A Python ``dict`` from ``str`` to anything costs an id about 100-150 bytes befor
 and a node keeps such an entry in several dicts. Here an id is a row: its UTF-8 name in one byte
 array (with its end offset), the low 32 bits of its hash, and one small integer per column
 (0 means "nothing"); an open-addressing index (linear probing, at most :data:`MAX_LOAD` full)
-finds the row of a name. About 25 bytes plus the name's characters per id, every array
+finds the row of a name. End offsets are 4 bytes each until the names pass 4 GiB, 8 after. The
+hash is CRC-32 of the name's UTF-8 bytes, mixed (:mod:`shoveling_ray.idpack`): the same for a
+str and for its bytes in a :class:`~shoveling_ray.idpack.PackedIds`, so that ``init``'s ids
+need no string object here. About 21 bytes plus the name's characters per id, every array
 allocated from anonymous memory maps, so that an array replaced when the table grows goes back
 to the kernel at once (see :mod:`shoveling_ray.heap` for why small blocks are kept instead).
 
@@ -14,25 +17,34 @@ A row whose columns are all 0 is dead: lookups still find it (setting a column r
 and once dead rows outnumber live ones the table is rebuilt without them (when the last live
 row dies, the table is as new).
 
-Batch methods (:meth:`IdTable.rows`, :meth:`IdTable.add`) do their work with numpy, which is
-what makes ``init`` of millions of ids take seconds. Plain Python and numpy, no Ray; the store
+Batch methods (:meth:`IdTable.rows`, :meth:`IdTable.add`, ...) take a list of str or a
+:class:`~shoveling_ray.idpack.PackedIds` and do their work with numpy, which is what makes
+``init`` of millions of ids take seconds. Plain Python and numpy, no Ray; the store
 and the directory own the meaning of the columns, this module only their storage.
 """
 
 from __future__ import annotations
 
 import mmap
+import zlib
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from typing import Union
 
 import numpy as np
 
+from ..idpack import PackedIds, mix, mix_one
+
+#: Ids as a batch method takes them.
+Names = Union[Sequence[str], PackedIds]
+
 #: The index is rebuilt twice as large once more than this share of it is taken.
 MAX_LOAD = 0.6
-_MASK32 = 0xFFFFFFFF
 _EMPTY = -1
 _MIN_SLOTS = 64
 #: Arrays of at least this many bytes come from a memory map of their own.
 _MAPPED_BYTES = 1 << 16
+#: Names' bytes up to which end offsets fit in 4 bytes.
+_SMALL_ENDS = np.iinfo(np.uint32).max
 
 
 def _array(count: int, dtype, fill: int | None = None) -> np.ndarray:
@@ -40,7 +52,10 @@ def _array(count: int, dtype, fill: int | None = None) -> np.ndarray:
     dtype = np.dtype(dtype)
     nbytes = max(count, 1) * dtype.itemsize
     if nbytes >= _MAPPED_BYTES:
-        out = np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=max(count, 1))
+        # Private: a shared anonymous map (mmap's default) counts as shared memory (RssShmem),
+        # beside Ray's object store pages, where the process's own memory (RssAnon) is this.
+        mapped = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        out = np.frombuffer(mapped, dtype=dtype, count=max(count, 1))
     else:
         out = np.zeros(max(count, 1), dtype)
     if fill is not None:
@@ -58,18 +73,17 @@ def _grown(old: np.ndarray, used: int, need: int) -> np.ndarray:
     return new
 
 
-def _encoded(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The names' UTF-8 bytes one after another, and where each ends."""
-    joined = "".join(names).encode()
-    lengths = np.fromiter(map(len, names), np.int64, len(names))
-    if len(joined) != int(lengths.sum()):  # not all ASCII: lengths in bytes differ
-        encoded = [n.encode() for n in names]
-        joined, lengths = b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(names))
-    return np.frombuffer(joined, np.uint8), np.cumsum(lengths)
+def _packed(names: Names) -> PackedIds:
+    return names if isinstance(names, PackedIds) else PackedIds.of(names)
 
 
-def _hashes(names: Sequence[str]) -> np.ndarray:
-    return np.fromiter(map(hash, names), np.int64, len(names)).astype(np.uint32)
+def _hash(encoded: bytes) -> int:
+    """The table's hash of one name's UTF-8 bytes (:func:`_hashes` of one)."""
+    return mix_one(zlib.crc32(encoded))
+
+
+def _hashes(ids: PackedIds) -> np.ndarray:
+    return mix(ids.crc32())
 
 
 class IdTable:
@@ -88,7 +102,7 @@ class IdTable:
         self._live = 0
         self._names = _array(0, np.uint8)  # the names' UTF-8 bytes, one after another
         self._names_used = 0
-        self._ends = _array(0, np.int64)  # end of each row's name in _names
+        self._ends = _array(0, np.uint32)  # end of each row's name in _names (int64 past 4 GiB)
         self._hash = _array(0, np.uint32)
         self._cols = {c: _array(0, np.int16) for c in self.columns}
         self._counts = dict.fromkeys(self.columns, 0)
@@ -107,7 +121,7 @@ class IdTable:
     @property
     def nbytes(self) -> int:
         """Memory the table takes (the parts of its arrays in use, and its whole index)."""
-        per_row = 8 + 4 + 2 * len(self.columns)
+        per_row = self._ends.itemsize + 4 + 2 * len(self.columns)
         return self._rows * per_row + self._names_used + self._index.nbytes
 
     # -- one id ------------------------------------------------------------------------------
@@ -118,21 +132,25 @@ class IdTable:
 
     def row(self, name: str) -> int:
         """The row of ``name``, or -1."""
-        h = hash(name) & _MASK32
+        encoded = name.encode()
+        h = _hash(encoded)
         index, hashes = self._index, self._hash
         mask = len(index) - 1
         slot = h & mask
-        encoded = None
         while True:
             row = int(index[slot])
             if row == _EMPTY:
                 return -1
-            if hashes[row] == h:
-                if encoded is None:
-                    encoded = name.encode()
-                if self._name(row) == encoded:
-                    return row
+            if hashes[row] == h and self._name(row) == encoded:
+                return row
             slot = (slot + 1) & mask
+
+    def _wide_ends(self, names_bytes: int) -> None:
+        """End offsets 8 bytes wide once the names take ``names_bytes`` past 4 GiB."""
+        if names_bytes > _SMALL_ENDS and self._ends.dtype != np.int64:
+            wide = _array(len(self._ends), np.int64)
+            wide[:self._rows] = self._ends[:self._rows]
+            self._ends = wide
 
     def get(self, name: str, column: str) -> int:
         """``column`` of ``name`` (0 if unset or absent)."""
@@ -168,9 +186,10 @@ class IdTable:
         self._names = _grown(self._names, used, used + len(encoded))
         self._names[used:used + len(encoded)] = np.frombuffer(encoded, np.uint8)
         self._names_used = used + len(encoded)
+        self._wide_ends(self._names_used)
         self._ends = _grown(self._ends, row, row + 1)
         self._hash = _grown(self._hash, row, row + 1)
-        h = hash(name) & _MASK32
+        h = _hash(encoded)
         self._ends[row], self._hash[row] = used + len(encoded), h
         for c, col in self._cols.items():
             self._cols[c] = col = _grown(col, row, row + 1)
@@ -212,14 +231,18 @@ class IdTable:
 
     # -- many ids ----------------------------------------------------------------------------
 
-    def rows(self, names: Sequence[str]) -> np.ndarray:
+    def rows(self, names: Names) -> np.ndarray:
         """The row of each name (-1 where absent), as an int64 array."""
-        count = len(names)
+        return self._rows_of(_packed(names))[0]
+
+    def _rows_of(self, ids: PackedIds) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`rows` of a pack, and the ids' hashes (``None`` if the table is empty)."""
+        count = len(ids)
         out = np.full(count, -1, np.int64)
         if not count or not self._rows:
-            return out
-        hashes = _hashes(names)
-        query, query_ends = _encoded(names)
+            return out, None
+        hashes = _hashes(ids)
+        query, query_ends = ids.blob, ids.ends
         index, mask = self._index, len(self._index) - 1
         slots = (hashes & mask).astype(np.int64)
         pending = np.arange(count)
@@ -234,13 +257,13 @@ class IdTable:
                 out[pending[matched]] = found[matched]
             pending = pending[~matched]
             slots[pending] = (slots[pending] + 1) & mask
-        return out
+        return out, hashes
 
     def _same(self, rows: np.ndarray, query: np.ndarray, query_ends: np.ndarray, asked: np.ndarray) -> np.ndarray:
         """Whether the name of each row equals the asked name (``query``'s bytes up to
         ``query_ends``, number ``asked``)."""
-        ends = self._ends[rows]
-        starts = np.where(rows > 0, self._ends[rows - 1], 0)
+        ends = self._ends[rows].astype(np.int64)
+        starts = np.where(rows > 0, self._ends[rows - 1], 0).astype(np.int64)
         query_starts = np.where(asked > 0, query_ends[asked - 1], 0)
         lengths = ends - starts
         same = lengths == query_ends[asked] - query_starts
@@ -255,11 +278,11 @@ class IdTable:
             same[check] = differ == 0
         return same
 
-    def values(self, names: Sequence[str], column: str) -> np.ndarray:
+    def values(self, names: Names, column: str) -> np.ndarray:
         """``column`` of each name (0 where unset or absent), as an int16 array."""
         return self.lookup(names, (column,))[column]
 
-    def lookup(self, names: Sequence[str], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    def lookup(self, names: Names, columns: Sequence[str]) -> dict[str, np.ndarray]:
         """``{column: its value for each name}`` (0 where unset or absent), int16 arrays."""
         rows = self.rows(names)
         known = rows >= 0
@@ -269,26 +292,30 @@ class IdTable:
             values[known] = self._cols[column][rows[known]]
         return out
 
-    def unset_many(self, names: Sequence[str], column: str) -> None:
+    def unset_many(self, names: Names, column: str) -> None:
         """Unset ``column`` of the ids in ``names`` that have it."""
         rows = self.rows(names)
         rows = rows[rows >= 0]
         rows = np.unique(rows[self._cols[column][rows] != 0])
         self._put(rows, column, 0)
 
-    def add(self, names: Sequence[str], column: str, value) -> None:
+    def add(self, names: Names, column: str, value) -> None:
         """Set ``column`` of every name in ``names`` to ``value`` (a scalar, or an array of one
         per name; a name given twice takes its last), adding the names that are absent."""
-        rows = self.rows(names)
-        values = np.broadcast_to(np.asarray(value, np.int16), (len(names),))
+        ids = _packed(names)
+        rows, hashes = self._rows_of(ids)
+        values = np.broadcast_to(np.asarray(value, np.int16), (len(ids),))
         missing = np.nonzero(rows < 0)[0]
         if len(missing):
-            asked = names if len(missing) == len(names) else [names[i] for i in missing.tolist()]
-            fresh = list(dict.fromkeys(asked))
-            first = self._append(fresh)
-            if len(fresh) == len(asked):  # no name twice: rows in order
-                rows[missing] = np.arange(first, first + len(fresh))
-            else:
+            hashes = _hashes(ids) if hashes is None else hashes
+            if len(np.unique(hashes[missing])) == len(missing):  # no name twice: rows in order
+                asked = ids if len(missing) == len(ids) else ids.take(missing)
+                first = self._append(asked, hashes[missing])
+                rows[missing] = np.arange(first, first + len(missing))
+            else:  # some name twice (or a hash shared): as str, the first of each new row
+                asked = ids.take(missing).names()
+                fresh = list(dict.fromkeys(asked))
+                first = self._append(PackedIds.of(fresh))
                 where = dict(zip(fresh, range(first, first + len(fresh))))
                 rows[missing] = [where[n] for n in asked]
         unique, last = np.unique(rows[::-1], return_index=True)  # a repeated name: its last value
@@ -298,16 +325,18 @@ class IdTable:
         """Unset ``column`` of every id."""
         self._put(np.nonzero(self._cols[column][:self._rows])[0], column, 0)
 
-    def _append(self, names: list[str]) -> int:
-        """Add rows for ``names`` (distinct, absent, all columns 0); returns the first row."""
-        blob, ends = _encoded(names)
-        first, count = self._rows, len(names)
+    def _append(self, ids: PackedIds, hashes: np.ndarray | None = None) -> int:
+        """Add rows for ``ids`` (distinct, absent, all columns 0; ``hashes``: theirs, if known);
+        returns the first row."""
+        blob, ends = ids.blob, ids.ends
+        first, count = self._rows, len(ids)
         self._names = _grown(self._names, self._names_used, self._names_used + len(blob))
         self._names[self._names_used:self._names_used + len(blob)] = blob
+        self._wide_ends(self._names_used + len(blob))
         self._ends = _grown(self._ends, first, first + count)
         self._hash = _grown(self._hash, first, first + count)
         self._ends[first:first + count] = self._names_used + ends
-        self._hash[first:first + count] = _hashes(names)
+        self._hash[first:first + count] = _hashes(ids) if hashes is None else hashes
         for column, col in self._cols.items():
             self._cols[column] = col = _grown(col, first, first + count)
             col[first:first + count] = 0
@@ -348,7 +377,7 @@ class IdTable:
             self._names = _array(max(len(names), 1), np.uint8)
             self._names[:len(names)] = names
             self._names_used = len(names)
-            new_ends = _array(rows, np.int64)
+            new_ends = _array(rows, self._ends.dtype)
             new_ends[:rows] = np.cumsum(lengths[keep])
             new_hash = _array(rows, np.uint32)
             new_hash[:rows] = self._hash[keep]

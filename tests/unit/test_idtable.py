@@ -4,12 +4,14 @@ same answers as a dict, and memory counted as Python really allocates it."""
 import ctypes
 import ctypes.util
 import tracemalloc
+import zlib
 
 import numpy as np
 
 from shoveling_ray.actors.idtable import IdTable, Interned, NodeColumn
 from shoveling_ray.actors.storage import EMPTY_BYTES, Store
 from shoveling_ray.codec import CODEC_RAW, KIND_BYTES
+from shoveling_ray.idpack import PackedIds
 from shoveling_ray.placed import Placed
 
 
@@ -127,3 +129,38 @@ def test_placed_is_the_mapping_a_dict_would_be():
     assert list(placed.items()) == list(plain.items()) and list(placed.values()) == nodes
     assert placed["i5"] == "c" and "i5" in placed and "zz" not in placed and placed.get("zz") is None
     assert placed.counts() == {"a": 334, "b": 333, "c": 333}
+
+
+def test_a_pack_of_ids_hashes_as_zlib_and_takes_and_gives_back_its_names():
+    names = ["a", "é-ü", "日本", "x" * 300, "id-000000001", *[f"n{i}" for i in range(1000)]]
+    ids = PackedIds.of(names)
+    assert ids.crc32().tolist() == [zlib.crc32(n.encode()) for n in names]
+    assert ids.names() == names
+    picked = np.array([3, 0, 2, 999, 1])
+    assert ids.take(picked).names() == [names[k] for k in picked]
+    assert len(ids.take(np.array([], np.int64))) == 0
+
+
+def test_a_packed_batch_gets_the_same_rows_as_its_names():
+    table = IdTable(("a", "b"))
+    names = [f"n{i}" for i in range(5000)] + ["é-ü", "日本", "x" * 300]
+    table.add(PackedIds.of(names[::2]), "a", 1)
+    table.add(names[1::2], "b", 2)
+    assert table.rows(PackedIds.of(names)).tolist() == table.rows(names).tolist()
+    assert all(table.get(n, "a") == (1 - k % 2) for k, n in enumerate(names))
+    table.add(PackedIds.of(["q", "é-ü", "q"]), "b", np.array([1, 3, 4]))  # twice: the last value
+    assert table.get("q", "b") == 4 and table.get("é-ü", "b") == 3 and table.get("é-ü", "a") == 1
+    table.unset_many(PackedIds.of(names), "a")
+    assert table.count("a") == 0 and table.count("b") == len(names[1::2]) + 2
+
+
+def test_the_table_is_the_process_own_memory():
+    """Its arrays count in RssAnon (private maps), not beside Ray's shared pages."""
+    def rss(field):
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+
+    table = IdTable(("a",))
+    shared = rss("RssShmem")
+    table.add([f"id-{i:09d}" for i in range(300_000)], "a", 1)
+    assert rss("RssShmem") - shared < table.nbytes / 10
