@@ -56,6 +56,10 @@ class PackedIds:
     def __len__(self) -> int:
         return len(self.ends)
 
+    def __iter__(self):
+        """The ids as str (for messages naming them: :meth:`names`)."""
+        return iter(self.names())
+
     @property
     def starts(self) -> np.ndarray:
         """Where each id starts in ``blob``."""

@@ -23,3 +23,8 @@ LOST = 7  # value: hex id of the dead node that held the id's only copy
 
 #: The answer of a write applied (one object, shared by every id that remembers it).
 APPLIED = (OK, None)
+
+#: Item methods whose batch is one pack of ids (:class:`~shoveling_ray.idpack.PackedIds`, the
+#: first of its items) sent to the ids' home, answered with an array of node numbers instead of
+#: a ``(status, value)`` per id: ``init``'s locate and place of ids of one copy.
+PACKED = ("locate_ids", "place_ids")

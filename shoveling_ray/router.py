@@ -38,9 +38,12 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from . import protocol as p
 from .codec import OBJECT_STORE_BYTES
 from .errors import CacheFull, NodeUnavailable, ShovelingError
+from .idpack import PackedIds
 from .objects import refs_back
 from .placed import DICT_IDS, Placed
 from .placement import SLOTS, assign_homes, holders, home_index, slot_of
@@ -381,11 +384,27 @@ class Router:
             CacheFull: a chosen node had no room under ``max_memory`` for an id's entry; the
                 ids that fit are placed.
         """
+        homes = home_index(ids, self.table)
+        with no_gc():
+            if replicas is None and self.replicas == 1:
+                nodes = self._place_packed(ids, homes, weights)
+            else:
+                nodes = self._place_items(ids, homes, weights, replicas)
+        placements, limit = self.placements, self.remember
+        for cache_id, node, home in zip(ids, nodes, homes):
+            if node != home:
+                placements[cache_id] = node
+                if len(placements) > limit:  # an init of millions of ids: remember the last ones
+                    forget_oldest(placements, limit)
+        return dict(zip(ids, nodes)) if len(ids) <= DICT_IDS else Placed(ids, nodes)
+
+    def _place_items(self, ids: list[str], homes: list[str], weights: Mapping[str, float],
+                     replicas: int | None) -> list[str]:
+        """:meth:`place` as item batches (``locate``, then ``place``): the node of each id."""
         nodes: list = []
         for k in range(0, len(ids), PLACE_CHUNK):  # chunks: what a node holds at once stays small
             located = self.run("locate", [(i,) for i in ids[k:k + PLACE_CHUNK]], cached=False)
             nodes.extend(r[1][0] if r[0] == p.OK else None for r in located)
-        homes = home_index(ids, self.table)
         new = [k for k, node in enumerate(nodes) if node is None]
         targets = assign_homes([homes[k] for k in new], weights) if new else []
         own = () if replicas is None else (replicas,)
@@ -400,13 +419,53 @@ class Router:
                 nodes[k] = value
                 if replicas is not None and replicas <= 1 and len(self.single) < self.remember:
                     self.single.add(ids[k])
-        placements, limit = self.placements, self.remember
-        for cache_id, node, home in zip(ids, nodes, homes):
-            if node != home:
-                placements[cache_id] = node
-                if len(placements) > limit:  # an init of millions of ids: remember the last ones
-                    forget_oldest(placements, limit)
-        return dict(zip(ids, nodes)) if len(ids) <= DICT_IDS else Placed(ids, nodes)
+        return nodes
+
+    def _place_packed(self, ids: list[str], homes: list[str], weights: Mapping[str, float]) -> list[str]:
+        """:meth:`place` of ids of one copy, each home sent its ids packed (``locate_ids``,
+        then ``place_ids``, see :data:`~shoveling_ray.protocol.PACKED`): no string or tuple
+        per id in the actors. The node of each id."""
+        nodes: list = [None] * len(ids)
+        for k in range(0, len(ids), PLACE_CHUNK):  # chunks: what a node holds at once stays small
+            chunk = range(k, min(k + PLACE_CHUNK, len(ids)))
+            for positions, (numbers, names) in self._to_homes("locate_ids", ids, homes, chunk):
+                for position, number in zip(positions, numbers.tolist()):
+                    nodes[position] = names[number]
+        new = [k for k, node in enumerate(nodes) if node is None]
+        targets = assign_homes([homes[k] for k in new], weights) if new else []
+        for c in range(0, len(new), PLACE_CHUNK):
+            chunk, chosen = new[c:c + PLACE_CHUNK], targets[c:c + PLACE_CHUNK]
+            target_nodes = list(dict.fromkeys(chosen))
+            number = {node: n for n, node in enumerate(target_nodes)}
+            target_of = dict(zip(chunk, (number[t] for t in chosen)))
+            problems = []
+            answers = self._to_homes("place_ids", ids, homes, chunk, lambda positions: (
+                np.fromiter(map(target_of.__getitem__, positions), np.int16, len(positions)), target_nodes))
+            for positions, (numbers, names, failed) in answers:
+                for position, number in zip(positions, numbers.tolist()):
+                    nodes[position] = names[number]
+                problems.extend((positions[k], answer) for k, answer in failed.items())
+            if problems:  # as the item batches: the first id not placed
+                k, (status, value) = min(problems, key=lambda problem: problem[0])
+                if status == p.UNAVAILABLE:
+                    raise NodeUnavailable(value[0], [ids[k]], value[1])
+                raise CacheFull(target_nodes[target_of[k]], *value[:3], ids[k], value[3])
+        return nodes
+
+    def _to_homes(self, method: str, ids: list[str], homes: list[str], positions: Sequence[int],
+                  extra: Callable[[list[int]], tuple] = lambda positions: ()) -> list[tuple[list[int], Any]]:
+        """One packed call of ``method`` per home of the ids at ``positions``: ``(pack of its
+        ids, *extra(their positions))``; returns ``[(positions, answer)]``, one per home."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for k in positions:
+            groups[homes[k]].append(k)
+        pending, asked = {}, {}
+        for node, chosen in groups.items():
+            asked[node] = names = [ids[k] for k in chosen]
+            blob, buffers = pack((PackedIds.of(names), *extra(chosen)))
+            pending[node] = self.submit(self.handle_for(node, names), "batch", method, None, buffers, *split(blob))
+        replies = self.gather(pending, asked, method)
+        return [(groups[node], unpack(blob, buffers)) for node, (blob, buffers, _refs) in replies.items()]
 
     def delete(self, cache_id: str) -> bool:
         """Delete an id and its placement record (the home does both). Whether it existed."""

@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
+
 from ..errors import NodeUnavailable
-from ..placement import slot_of, slots_of
+from ..idpack import PackedIds
+from ..placement import SLOTS, slot_of, slots_of
 from .. import protocol as p
 from .idtable import Interned, NodeColumn
 from .layout import Change, Layout
@@ -114,6 +117,44 @@ class Directory:
             backup = backup_of[slot]
             if backup is not None:
                 backups.setdefault(backup, []).append(pair(cache_id, node))
+
+    def record_packed(self, cache_ids: PackedIds, node: str, backups: dict) -> None:
+        """:meth:`record_many` of a pack (``init``'s ids of one copy and no factor of their
+        own): ``backups`` gets ``{backup home: [(pack, node), ...]}`` for :meth:`send_packed`."""
+        if not len(cache_ids):
+            return
+        self.records.set_many(cache_ids, node)
+        chains, me = self.layout.chains, self.node_id
+        if chains is None:
+            return
+        backup_of = [c[1] if len(c) > 1 and c[1] != me else None for c in chains]
+        names = sorted({b for b in backup_of if b is not None})
+        numbered = np.array([0 if b is None else names.index(b) + 1 for b in backup_of], np.int16)
+        backup = numbered[cache_ids.crc32() % SLOTS]
+        for number, name in enumerate(names, 1):
+            chosen = np.nonzero(backup == number)[0]
+            if len(chosen):
+                backups.setdefault(name, []).append((cache_ids.take(chosen), node))
+
+    def send_packed(self, backups: dict[str, list]) -> None:
+        """:meth:`send_records` of :meth:`record_packed`'s records."""
+        for node, failed in self.peers.call_all("adopt_packed_records", backups).items():
+            if isinstance(failed, NodeUnavailable):
+                log.warning("cache %s: backup home %s missed %d records: %s", self.cache, node,
+                            sum(len(ids) for ids, _node in backups[node]), failed)
+
+    def adopt_packed(self, parts: list) -> None:
+        """:meth:`adopt_records` of ``[(pack of ids, their node), ...]`` (see
+        :meth:`record_packed`)."""
+        copies = self._copies
+        for cache_ids, node in parts:
+            held = self.store.holds_packed(cache_ids)
+            if copies and held.any():
+                held &= np.fromiter((i not in copies for i in cache_ids.names()), bool, len(cache_ids))
+            if held.any():
+                cache_ids = cache_ids.take(np.nonzero(~held)[0])
+            self.records.set_many(cache_ids, node)
+            self.lost.unset_many(cache_ids)
 
     def record_created(self, created: list) -> None:
         """With one copy: record the ids a write just created here (``created``, and those a

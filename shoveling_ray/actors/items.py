@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
+
 from ..codec import OBJECT_STORE_BYTES
 from ..errors import CacheFull, NodeDrained, NodeUnavailable
+from ..idpack import PackedIds
 from ..objects import keep_writers, put_for_reads
 from .. import protocol as p
 from .batch import Batch, adopt_frames, mapped
@@ -365,6 +368,128 @@ class Items:
                 continue
             if full:
                 log.warning("cache %s: node %s had no room for copies of %d new ids", self.cache, node, len(full))
+
+    def locate_ids(self, batch: Batch, sent: tuple) -> tuple[np.ndarray, list]:
+        """:meth:`locate` of a pack at the ids' home, for ``init`` (``sent``: ``(pack,)``):
+        ``(numbers, nodes)``, the node of each id's primary copy as its number in ``nodes``
+        (0: none, or lost). An id placed elsewhere is answered from its record here, without
+        asking its node."""
+        (cache_ids,) = sent
+        with self._lock:
+            nodes = self.directory.records.nodes
+            me = nodes.number(self.node_id)
+            held = self.store.holds_packed(cache_ids)
+            records = self.store.table.values(cache_ids, "record")
+            out = np.where(held, me, np.where(records == me, 0, records)).astype(np.int16)
+            copies = self.replication.copies
+            if copies and held.any():  # held here as a copy: its primary is elsewhere
+                names = cache_ids.names()
+                for k in np.nonzero(held)[0].tolist():
+                    if names[k] in copies:
+                        out[k] = nodes.number(copies[names[k]])
+            return out, nodes.names()
+
+    def place_ids(self, batch: Batch, sent: tuple) -> tuple[np.ndarray, list, dict]:
+        """:meth:`place` of ``init``'s ids of one copy and no factor of their own, packed:
+        ``sent`` is ``(pack of ids, target of each as a number in nodes, nodes)``. Every step
+        is done for all ids at once, without a string or tuple per id.
+
+        Returns:
+            ``(numbers, nodes, problems)``: each id's node as its number in ``nodes``, and
+            ``{position: (status, value)}`` of the ids not placed (``UNAVAILABLE`` or
+            ``FULL``, as :meth:`place` answers them).
+        """
+        cache_ids, targets, target_nodes = sent
+        if self.layout.replicas != 1:  # the cache took copies since the client chose this way
+            answers = self.place(batch, [(i, p.AT_HOME, target_nodes[t])
+                                         for i, t in zip(cache_ids.names(), targets.tolist())])
+            return self._packed_answer(answers)
+        nodes = self.directory.records.nodes
+        me = nodes.number(self.node_id)
+        numbers = np.array([nodes.number(n) for n in target_nodes], np.int16)[targets]
+        problems: dict[int, tuple] = {}
+        others, backups = {}, {}
+        with self._lock:
+            self.directory.lost.unset_many(cache_ids)  # init recreates a lost id, empty
+            records = self.store.table.values(cache_ids, "record")
+            held = self.store.holds_packed(cache_ids)
+            copies = self.replication.copies
+            if copies and held.any():  # a copy here is no primary: placed as new
+                held &= np.fromiter((i not in copies for i in cache_ids.names()), bool, len(cache_ids))
+            new = (records == 0) & ~held
+            out = np.where(records != 0, records, np.where(held, me, numbers)).astype(np.int16)
+            mine = np.nonzero(new & (numbers == me))[0]
+            if len(mine):
+                created = self._create_packed(cache_ids, mine, problems)
+                self.directory.record_packed(cache_ids.take(created), self.node_id, backups)
+            for number in np.unique(numbers[new]).tolist():
+                if number != me:
+                    others[nodes.name(number)] = np.nonzero(new & (numbers == number))[0]
+        # The lock is free while the targets create their ids (see _create_placed).
+        for node, chosen in others.items():
+            try:
+                full = self.peers.call(node, "create_empty_ids", cache_ids.take(chosen))
+            except NodeUnavailable as exc:
+                problems.update((k, (p.UNAVAILABLE, (node, exc.reason))) for k in chosen.tolist())
+                continue
+            if full:
+                problems.update((int(chosen[k]), (p.FULL, value)) for k, value in full.items())
+                chosen = np.delete(chosen, list(full))
+            with self._lock:
+                self.directory.record_packed(cache_ids.take(chosen), node, backups)
+        self.directory.send_packed(backups)
+        return out, nodes.names(), problems
+
+    def _packed_answer(self, answers: list) -> tuple[np.ndarray, list, dict]:
+        """:meth:`place`'s answers as :meth:`place_ids` gives them."""
+        nodes = self.directory.records.nodes
+        out = np.zeros(len(answers), np.int16)
+        problems = {}
+        for k, (status, value) in enumerate(answers):
+            if status == p.OK:
+                out[k] = nodes.number(value)
+            else:
+                problems[k] = (status, value)
+        return out, nodes.names(), problems
+
+    def _create_packed(self, cache_ids: PackedIds, chosen: np.ndarray, problems: dict) -> np.ndarray:
+        """Create the ids at positions ``chosen`` of ``cache_ids`` empty here, as the primary
+        copy (under the lock); returns the positions created or held here, and puts ``FULL``
+        in ``problems`` for those that did not fit."""
+        fresh = cache_ids.take(chosen)
+        try:
+            self.store.create_empty_packed(fresh)
+        except CacheFull:  # one at a time: as many as fit
+            fit = []
+            for k, cache_id in zip(chosen.tolist(), fresh.names()):
+                try:
+                    self.store.create_empty(cache_id)
+                except CacheFull as exc:
+                    problems[k] = (p.FULL, (exc.limit, exc.used, exc.needed, exc.reason))
+                else:
+                    fit.append(k)
+            chosen = np.array(fit, np.int64)
+            fresh = cache_ids.take(chosen)
+        copies, factors, records = self.replication.copies, self.layout.factors, self.directory.records
+        if copies or factors:  # created with the cache's factor, as the primary copy
+            for cache_id in fresh.names():
+                copies.pop(cache_id, None)
+                if factors and cache_id not in records:
+                    factors.pop(cache_id, None)
+        return chosen
+
+    def create_empty_ids(self, cache_ids: PackedIds) -> dict:
+        """:meth:`create_empty` of a pack of ids whose primary copy is this node; returns
+        ``{position: (limit, used, needed, reason)}`` of those that did not fit.
+
+        Raises:
+            NodeDrained: this node was drained.
+        """
+        if self.drain.retired:
+            raise NodeDrained(self.node_id, [], "it was drained")
+        problems: dict[int, tuple] = {}
+        self._create_packed(cache_ids, np.arange(len(cache_ids)), problems)
+        return {k: value for k, (_status, value) in problems.items()}
 
     def create_empty(self, pairs: list) -> dict:
         """Create ids as empty bytes where absent, from ``(id, primary node)`` pairs, or

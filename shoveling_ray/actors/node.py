@@ -30,8 +30,10 @@ import ray
 
 from ..errors import NodeDrained
 from ..heap import keep_freed_memory
+from ..idpack import PackedIds
 from ..membership.consul import ConsulConfig
 from ..objects import adopt, load, own_copies, refs_beside
+from ..protocol import PACKED
 from ..wire import no_gc, pack
 from .admin import Admin
 from .batch import unpack_batch
@@ -165,7 +167,8 @@ class _NodeActor:
             self.directory.record_created(served.created)
             refs = refs_beside(results) if method == "get" else []
             moved = served.moved
-            self.admin.metrics.served(method, len(items), moved if method in ("set", "append") else 0,
+            count = len(items[0]) if method in PACKED else len(items)
+            self.admin.metrics.served(method, count, moved if method in ("set", "append") else 0,
                                       moved if method == "get" else 0)
             self.admin.publish()
             return (*pack(results), refs)
@@ -175,6 +178,14 @@ class _NodeActor:
     def create_empty(self, pairs: list) -> dict:
         """See :meth:`.Items.create_empty`."""
         full = self.items.create_empty(pairs)
+        self.admin.publish()
+        return full
+
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def create_empty_ids(self, cache_ids: PackedIds) -> dict:
+        """See :meth:`.Items.create_empty_ids`."""
+        full = self.items.create_empty_ids(cache_ids)
         self.admin.publish()
         return full
 
@@ -207,6 +218,13 @@ class _NodeActor:
     def adopt_records(self, pairs: list) -> None:
         """See :meth:`.Directory.adopt_records`."""
         self.directory.adopt_records(pairs)
+        self.admin.publish()
+
+    @_locked
+    @ray.method(concurrency_group="peer")
+    def adopt_packed_records(self, parts: list) -> None:
+        """See :meth:`.Directory.adopt_packed`."""
+        self.directory.adopt_packed(parts)
         self.admin.publish()
 
     @_locked

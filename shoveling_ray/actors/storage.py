@@ -45,8 +45,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 from ..codec import CODEC_RAW, KIND_BYTES, Stored, is_stored, payload_size, raw_size, stored_size
 from ..errors import CacheFull
+from ..idpack import PackedIds
 from ..settings import check_eviction as check_policy
 from ..settings import check_max_memory
 from .disk import Spilled, SpillFiles
@@ -208,6 +211,15 @@ class Store:
         """Whether each id is held here (``in`` for many at once)."""
         entries = self._entries
         return [bool(e) or i in entries for i, e in zip(cache_ids, self.table.values(cache_ids, "empty").tolist())]
+
+    def holds_packed(self, cache_ids: PackedIds) -> np.ndarray:
+        """:meth:`holds_many` of a pack, as a bool array (a str per id only when some ids have
+        entries: ``init``'s empty ids have none)."""
+        held = self.table.values(cache_ids, "empty") != 0
+        if self._entries:
+            entries = self._entries
+            held |= np.fromiter((i in entries for i in cache_ids.names()), bool, len(cache_ids))
+        return held
 
     def _is_empty(self, cache_id: str) -> bool:
         """Whether ``cache_id`` is held as an empty id without an entry."""
@@ -375,6 +387,22 @@ class Store:
             grows = EMPTY_BYTES * len(created) + sum(map(len, created))
             self._make_room(created[0], grows, 0)
             self.table.add(created, "empty", 1)
+            self.retable()
+            self._settle()
+        return created
+
+    def create_empty_packed(self, cache_ids: PackedIds) -> np.ndarray:
+        """:meth:`create_empty_many` of a pack (distinct ids); returns the positions of those
+        created.
+
+        Raises:
+            CacheFull: their rows do not fit under ``max_memory``; none was created.
+        """
+        created = np.nonzero(~self.holds_packed(cache_ids))[0]
+        if len(created):
+            fresh = cache_ids if len(created) == len(cache_ids) else cache_ids.take(created)
+            self._make_room(fresh.take(np.zeros(1, np.int64)).names()[0], EMPTY_BYTES * len(fresh) + len(fresh.blob), 0)
+            self.table.add(fresh, "empty", 1)
             self.retable()
             self._settle()
         return created

@@ -15,11 +15,11 @@ from collections import Counter
 
 import pytest
 
-from shoveling_ray import NodeUnavailable, ShovelingError
+from shoveling_ray import CacheFull, NodeUnavailable, ShovelingError
 from shoveling_ray import protocol as p
 from shoveling_ray.actors.node import _NodeActor
 from shoveling_ray.codec import decode, encode, encode_append
-from shoveling_ray.placement import build_chains, reassign_chains, slot_of
+from shoveling_ray.placement import build_chains, home_index, reassign_chains, slot_of
 from shoveling_ray.router import MAX_ROUNDS, Router
 from shoveling_ray.view import View
 
@@ -33,9 +33,11 @@ def view_of(actors: dict, replicas: int = 1) -> dict:
     return View(actors, [c[0] for c in chains], chains, replicas)
 
 
-def make_actors(nodes: list[str] = NODES, replicas: int = 1) -> dict[str, _NodeActor]:
-    """Node actors that took their first view from the coordinator."""
-    actors = {n: _NodeActor("unit", n, None, "reject", spill_dir=SPILL_DIR.name) for n in nodes}
+def make_actors(nodes: list[str] = NODES, replicas: int = 1, limits: dict | None = None) -> dict[str, _NodeActor]:
+    """Node actors that took their first view from the coordinator (``limits``: the
+    ``max_memory`` of some)."""
+    limits = limits or {}
+    actors = {n: _NodeActor("unit", n, limits.get(n), "reject", spill_dir=SPILL_DIR.name) for n in nodes}
     view = view_of(actors, replicas)
     for actor in actors.values():
         actor.rebuild(None, view.chains, [], actors, replicas)
@@ -321,3 +323,42 @@ def test_a_failed_drain_keeps_the_writes_and_deletes_clients_made_while_it_ran()
     assert get(reader, kept) == b"before" and kept in actors[drained].store
     listed = [i for actor in actors.values() for i in actor.ids("w")]
     assert sorted(listed) == sorted(set(placed) - {deleted})  # each id held once, none twice
+
+
+def state(actors: dict) -> dict:
+    """What each node holds and records, to compare two ways of doing the same."""
+    return {n: (sorted(a.store.ids()), sorted(a.directory.records.items()), sorted(a.directory.lost.items()))
+            for n, a in actors.items()}
+
+
+def test_init_of_packed_ids_places_and_records_as_the_item_batches_do():
+    ids = [f"q{i}" for i in range(300)] + ["é-ü", "日本語", "x" * 200, "ü" * 70]
+    weights = {n: 1.0 for n in NODES}
+    packed, items = make_actors(), make_actors()
+    for actors in (packed, items):  # ids that exist keep their node
+        set_(make_router(actors), ids[5], b"v")
+        set_(make_router(actors), "日本語", b"w")
+    router, other = make_router(packed), make_router(items)
+    placed = router.place(ids, weights)
+    assert placed == dict(zip(ids, other._place_items(ids, home_index(ids, other.table), weights, None)))
+    assert state(packed) == state(items)
+    assert placed[ids[5]] == router.home(ids[5]) and get(router, "日本語") == b"w"
+    assert make_router(packed).place(ids[::-1], {"node-a": 1.0}) == {i: placed[i] for i in ids[::-1]}
+    assert all(get(make_router(packed), i) == b"" for i in ids if i not in (ids[5], "日本語"))
+    assert_consistent(packed, router)
+
+
+def test_init_of_packed_ids_on_a_full_node_places_the_rest_and_raises_cache_full():
+    actors = make_actors(limits={"node-b": 4000})
+    ids = [f"f{i}" for i in range(600)]
+    router = make_router(actors)
+    with pytest.raises(CacheFull) as info:
+        router.place(ids, {n: 1.0 for n in NODES})
+    assert info.value.node_id == "node-b" and info.value.cache_id in ids
+    assert 0 < len(actors["node-b"].store) < 200  # as many as fit
+    assert len(actors["node-a"].store) == len(actors["node-c"].store) == 200
+    assert_consistent(actors, router)
+    placed = router.place(ids, {"node-a": 1.0, "node-c": 1.0})  # again, without the full node
+    assert all(get(make_router(actors), i) == b"" for i in ids)
+    assert set(placed.values()) == set(NODES)
+    assert_consistent(actors, router)
