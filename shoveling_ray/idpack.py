@@ -18,6 +18,8 @@ import numpy as np
 #: Names up to this many bytes are hashed with numpy a byte position at a time (a pass over
 #: every such name per position); longer ones each with ``zlib.crc32``.
 _NUMPY_CRC_BYTES = 64
+#: Ids :meth:`PackedIds.take` copies at a time (it makes an index per byte of them).
+_TAKE_IDS = 8192
 
 
 def _crc_table() -> np.ndarray:
@@ -79,8 +81,13 @@ class PackedIds:
         starts, ends = self.starts[indices], self.ends[indices]
         lengths = ends - starts
         new_ends = np.cumsum(lengths)
-        offsets = np.repeat(starts - (new_ends - lengths), lengths)
-        return PackedIds(self.blob[np.arange(int(new_ends[-1]) if len(new_ends) else 0) + offsets], new_ends)
+        blob = np.empty(int(new_ends[-1]) if len(new_ends) else 0, np.uint8)
+        for first in range(0, len(indices), _TAKE_IDS):  # an index per byte: a few ids at a time
+            part = slice(first, first + _TAKE_IDS)
+            sizes, begin = lengths[part], int(new_ends[first] - lengths[first])
+            offsets = np.repeat(starts[part] - (new_ends[part] - sizes), sizes)
+            blob[begin:begin + len(offsets)] = self.blob[np.arange(begin, begin + len(offsets)) + offsets]
+        return PackedIds(blob, new_ends)
 
     def crc32(self) -> np.ndarray:
         """``zlib.crc32`` of each id's bytes, as a uint32 array."""

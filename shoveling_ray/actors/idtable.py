@@ -43,6 +43,11 @@ _EMPTY = -1
 _MIN_SLOTS = 64
 #: Arrays of at least this many bytes come from a memory map of their own.
 _MAPPED_BYTES = 1 << 16
+#: Rows a rebuilt index takes at a time: the temporaries of inserting a million rows at once
+#: (about 60 MB) would stay in the process as freed heap (see :mod:`shoveling_ray.heap`).
+_INSERT_ROWS = 1 << 16
+#: Names compared at a time by :meth:`IdTable.rows` (it makes an index per byte of them).
+_COMPARE_ROWS = 4096
 #: Names' bytes up to which end offsets fit in 4 bytes.
 _SMALL_ENDS = np.iinfo(np.uint32).max
 
@@ -267,14 +272,15 @@ class IdTable:
         query_starts = np.where(asked > 0, query_ends[asked - 1], 0)
         lengths = ends - starts
         same = lengths == query_ends[asked] - query_starts
-        check = np.nonzero(same & (lengths > 0))[0]
-        if len(check):
-            lengths = lengths[check]
-            offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
-            within = np.arange(int(lengths.sum())) - offsets
-            stored = self._names[np.repeat(starts[check], lengths) + within]
-            asked_bytes = query[np.repeat(query_starts[check], lengths) + within]
-            differ = np.add.reduceat((stored != asked_bytes).astype(np.int64), np.cumsum(lengths) - lengths)
+        to_check = np.nonzero(same & (lengths > 0))[0]
+        for first in range(0, len(to_check), _COMPARE_ROWS):  # an index per byte: a few at a time
+            check = to_check[first:first + _COMPARE_ROWS]
+            sizes = lengths[check]
+            offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+            within = np.arange(int(sizes.sum())) - offsets
+            stored = self._names[np.repeat(starts[check], sizes) + within]
+            asked_bytes = query[np.repeat(query_starts[check], sizes) + within]
+            differ = np.add.reduceat((stored != asked_bytes).astype(np.int64), np.cumsum(sizes) - sizes)
             same[check] = differ == 0
         return same
 
@@ -394,12 +400,15 @@ class IdTable:
         while size > _MIN_SLOTS and self._rows < MAX_LOAD * size / 4:
             size //= 2
         self._index = _array(size, np.int32, _EMPTY)
-        self._insert(np.arange(self._rows))
+        for start in range(0, self._rows, _INSERT_ROWS):
+            self._insert(np.arange(start, min(start + _INSERT_ROWS, self._rows)))
 
     # -- listing -----------------------------------------------------------------------------
 
     def items(self, column: str) -> list[tuple[str, int]]:
         """``(name, value)`` of every id with ``column`` set (a snapshot)."""
+        if not self._counts[column]:
+            return []
         col = self._cols[column][:self._rows]
         rows = np.nonzero(col)[0]
         ends = self._ends
