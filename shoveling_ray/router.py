@@ -436,8 +436,8 @@ class Router:
         for c in range(0, len(new), PLACE_CHUNK):
             chunk, chosen = new[c:c + PLACE_CHUNK], targets[c:c + PLACE_CHUNK]
             target_nodes = list(dict.fromkeys(chosen))
-            number = {node: n for n, node in enumerate(target_nodes)}
-            target_of = dict(zip(chunk, (number[t] for t in chosen)))
+            index_of = {node: n for n, node in enumerate(target_nodes)}
+            target_of = dict(zip(chunk, (index_of[t] for t in chosen)))
             problems = []
             answers = self._to_homes("place_ids", ids, homes, chunk, lambda positions: (
                 np.fromiter(map(target_of.__getitem__, positions), np.int16, len(positions)), target_nodes))
