@@ -158,7 +158,7 @@ def test_killed_actor_turns_critical_within_ttl_and_is_reported(cluster, agents)
         wait_for(lambda: instances(agents, "dead")[victim][1] == "critical", timeout=3 * CHECK_TTL,
                  what="the instance to turn critical")
         print(f"critical {time.monotonic() - killed:.1f}s after the kill (TTL {CHECK_TTL}s)")  # no timed assert
-        wait_for(lambda: cache._consul.critical(victim), timeout=10, what="the client to see it")
+        wait_for(lambda: cache._calls.consul.critical(victim), timeout=10, what="the client to see it")
         with pytest.raises(sr.NodeUnavailable) as err:
             cache.get(ids[0])
         assert err.value.node_id == victim
@@ -179,12 +179,12 @@ def test_removed_ray_node_leaves_routing(cluster, agents, pairing):
         on_it = [i for i, n in placed.items() if n == node.node_id]
         cluster.remove_node(node)
         removed = time.monotonic()
-        wait_for(lambda: cache._consul.critical(node.node_id), timeout=3 * CHECK_TTL, what="critical")
+        wait_for(lambda: cache._calls.consul.critical(node.node_id), timeout=3 * CHECK_TTL, what="critical")
         print(f"removed node critical after {time.monotonic() - removed:.1f}s")
         with pytest.raises(sr.DataLost) as err:  # Ray reported the death: the coordinator followed it
             cache.get(on_it[0])
         assert err.value.node_id == node.node_id
-        wait_for(lambda: (cache._refresh(), node.node_id not in cache.nodes())[1], timeout=60,
+        wait_for(lambda: (cache._calls.refresh(), node.node_id not in cache.nodes())[1], timeout=60,
                  what="Ray to drop the node")
         print(f"removed node out of routing after {time.monotonic() - removed:.1f}s")
         assert node.node_id not in cache.init(["after-removal"]).values()
@@ -208,7 +208,7 @@ def test_a_killed_nodes_instance_turns_critical_and_its_ids_are_served_by_the_co
         removed = time.monotonic()
         wait_for(lambda: instances(agents, "copies")[node.node_id][1] == "critical", timeout=3 * CHECK_TTL,
                  what="the instance to turn critical")
-        wait_for(lambda: cache._consul.critical(node.node_id), timeout=10, what="the client to see it")
+        wait_for(lambda: cache._calls.consul.critical(node.node_id), timeout=10, what="the client to see it")
         critical = time.monotonic() - removed
         assert cache.get_many(list(values)) == values  # the copies answer
         ray_alive = any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes())
@@ -425,9 +425,9 @@ def test_rtt_matches_consul_rtt(cluster, agents):
     cache = sr.Cache("rtt")
     try:
         nodes = {consul: ray for ray, (consul, _s, _x) in instances(agents, "rtt").items()}
-        wait_for(lambda: cache._consul.consul_node(nodes["consul-2"]) is not None, timeout=15, what="health view")
+        wait_for(lambda: cache._calls.consul.consul_node(nodes["consul-2"]) is not None, timeout=15, what="health view")
         inject_until_visible(agents, coords)
-        ours = cache._consul.distance(nodes["consul-1"], nodes["consul-2"])
+        ours = cache._calls.consul.distance(nodes["consul-1"], nodes["consul-2"])
         printed = agents.rtt_cli("consul-1", "consul-2")
         ms = float(re.search(r"rtt: ([0-9.]+) ms", printed).group(1))
         assert ours * 1000 == pytest.approx(ms, abs=0.0015), printed
@@ -444,7 +444,7 @@ def test_scores_and_node_id_follow_coordinates(cluster, agents):
         near, far = by_consul["consul-2"], by_consul["consul-3"]
         cache_id = next(i for i in (f"n{k}" for k in range(10_000)) if cache.node_id(i) == holder)
         cache.set(cache_id, b"data")
-        wait_for(lambda: cache._consul.consul_node(far) is not None, timeout=15, what="health view")
+        wait_for(lambda: cache._calls.consul.consul_node(far) is not None, timeout=15, what="health view")
 
         def ranking():
             scores = {n: cache._node_cache_score(n, cache_id) for n in cache.nodes()}
@@ -461,7 +461,7 @@ def test_scores_and_node_id_follow_coordinates(cluster, agents):
         wait_for(lambda: ranking()[0] == [holder, far, near], timeout=10, what="the new ranking")
         # the holder's actor dies: node_id prefers the nearest passing node
         ray.kill(cache._router.members[holder])
-        wait_for(lambda: cache._consul.critical(holder), timeout=3 * CHECK_TTL, what="critical holder")
+        wait_for(lambda: cache._calls.consul.critical(holder), timeout=3 * CHECK_TTL, what="critical holder")
         inject_until_visible(agents, moved)
         assert cache.node_id(cache_id) == far
         assert not math.isinf(cache._node_cache_score(far, cache_id))

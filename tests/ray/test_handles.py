@@ -12,7 +12,7 @@ import pytest
 import ray
 
 import shoveling_ray as sr
-import shoveling_ray.cache as cache_module
+import shoveling_ray.client.lifecycle as lifecycle
 from shoveling_ray.actors.coordinator import running_caches
 from tests.conftest import MB, module_cluster
 
@@ -108,7 +108,7 @@ def test_a_call_to_a_hung_actor_raises_node_unavailable_naming_it_at_the_handles
             cache.get("k")
         assert info.value.node_id == node and info.value.cache_ids == ["k"]
         ray.kill(hung)
-        cache._refresh()  # the coordinator's view: the real actor again
+        cache._calls.refresh()  # the coordinator's view: the real actor again
         assert cache.get("k") == b"v"
 
 
@@ -116,7 +116,7 @@ def test_a_close_that_cannot_finish_raises(cluster, monkeypatch):
     cache = sr.Cache("unclosable", consul=False)
     coordinator = cache._coordinator
     # the name stays with this cache's coordinator, as if Ray never let it go
-    monkeypatch.setattr(cache_module, "find_coordinator", lambda name: coordinator)
+    monkeypatch.setattr(lifecycle, "find_coordinator", lambda name: coordinator)
     with pytest.raises(sr.ShovelingError, match="did not finish within 0.5 s"):
         cache.close(timeout=0.5)
     monkeypatch.undo()

@@ -17,6 +17,7 @@ import shoveling_ray as sr
 from shoveling_ray import protocol as p
 from shoveling_ray.view import View
 from shoveling_ray.cache import DEFAULT_TIMEOUT
+from shoveling_ray.client.calls import Calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FULL = (1000, 900, 200, "")  # (limit, used, needed, reason)
@@ -40,9 +41,11 @@ class Answers:
 
 
 def cache_answering(statuses: dict[str, tuple]) -> sr.Cache:
+    calls = Calls.__new__(Calls)
+    calls.name, calls.coordinator, calls.closed, calls.timeout = "unit", None, False, DEFAULT_TIMEOUT
+    calls.router = Answers(statuses)
     cache = sr.Cache.__new__(sr.Cache)
-    cache._name, cache._compression, cache._closed, cache._timeout = "unit", None, False, DEFAULT_TIMEOUT
-    cache._router = Answers(statuses)
+    cache._compression, cache._calls = None, calls
     return cache
 
 
