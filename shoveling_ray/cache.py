@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -37,6 +37,9 @@ from .objects import fetch
 from .observe.display import Stats, html_table
 from .wire import no_gc
 from .writer import BufferedWriter
+
+if TYPE_CHECKING:
+    from .router import Router
 
 __all__ = ["Cache", "COORDINATOR_TIMEOUT", "DEFAULT_TIMEOUT", "LIFECYCLE_DEADLINE", "SCAN_BATCH"]
 
@@ -227,7 +230,7 @@ class Cache:
     # -- internal, for shoveling_ray's other modules, tests and benchmarks ------------------
 
     @property
-    def _router(self):
+    def _router(self) -> Router:
         """The handle's routing engine (:class:`~shoveling_ray.router.Router`)."""
         return self._calls.router
 
@@ -570,7 +573,8 @@ class Cache:
         """
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a hex str, not {type(node_id).__name__}")
-        return locality.score(self._calls.consul, node_id, self._calls.holders(_check_id(cache_id)))
+        holders = self._calls.holders(_check_id(cache_id))
+        return locality.score(self._calls.consul, node_id, holders)
 
     #: The seed design's name of :meth:`node_cache_score`: the same function.
     _node_cache_score = node_cache_score

@@ -33,9 +33,9 @@ An empty id (``init`` makes millions of them) has no :class:`Entry`: it is a row
 :class:`~.idtable.IdTable` (column ``empty``), which the placement directory shares for its
 records; the table's whole memory is counted in ``used``. It becomes an entry when written.
 
-Small pieces appended to one value are joined into one payload once they add up to
-:data:`COALESCE_BYTES`, so a value built from many small appends costs its bytes, not a
-Python object per piece.
+Its parts: :mod:`.entries` (one value, :class:`~.entries.Entry`, and what it costs; small
+appended pieces are joined there) and :mod:`.spill_rounds` (which values a round of spilling
+writes, and what it left); the spill files are :mod:`.disk`'s.
 """
 
 from __future__ import annotations
@@ -47,13 +47,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ..codec import CODEC_RAW, KIND_BYTES, Stored, is_stored, payload_size, raw_size, stored_size
+from ..codec import KIND_BYTES
 from ..errors import CacheFull
 from ..idpack import PackedIds
 from ..settings import check_eviction as check_policy
 from ..settings import check_max_memory
 from .disk import Spilled, SpillFiles
+from .entries import FRAME_OVERHEAD, TOKEN_OVERHEAD, Entry, overhead
 from .idtable import IdTable
+from .spill_rounds import SpillJob, SpillRounds
 
 #: The columns of a node's id table: ``empty`` (the store's: held here, empty, no entry),
 #: ``record`` and ``lost`` (the directory's: see :mod:`.directory`).
@@ -61,91 +63,19 @@ ID_COLUMNS = ("empty", "record", "lost")
 
 log = logging.getLogger(__name__)
 
-#: Memory an id with a value takes besides its frames and the characters of its name: the entry, its frame
-#: list, its places in the store's dicts and the id's string object (measured with
-#: tracemalloc, checked in ``tests/unit/test_storage.py``).
-ID_OVERHEAD = 280
 #: Memory an empty id's row in the id table takes besides its name's bytes, as
 #: :attr:`.IdTable.nbytes` counts it on average (the index about 60% full); only to make room
 #: before the row exists: ``used`` counts the table's real size.
 EMPTY_BYTES = 30
-#: Memory a frame takes besides its payload bytes: its tuple, the payload's object header.
-FRAME_OVERHEAD = 110
-#: Memory an append token takes in its id's set (see :meth:`Store.append`).
-TOKEN_OVERHEAD = 100
-#: Trailing small appended pieces of a value are joined once they add up to this many bytes.
-COALESCE_BYTES = 64 << 10
 #: A spill goes down to this share of ``max_memory``, so that the writes that follow do not
 #: each spill a sliver.
 SPILL_TO = 0.9
-#: Bytes spilled per round; between rounds the writer's deadline is checked.
-SEGMENT_BYTES = 64 << 20
-#: A value with at least this many bytes to spill gets a spill file of its own; smaller ones
-#: share one, so small values do not cost a file each.
-OWN_FILE_BYTES = 1 << 20
 #: Seconds a write may wait for spilling to make room before it gets ``CacheFull``.
 SPILL_TIMEOUT = 60.0
 #: With a background spiller, the hard ceiling as a multiple of ``max_memory``: a write that
 #: stays under it returns once its bytes are counted while the node spills in the background;
 #: one that would pass it spills first (back-pressure, counted in ``spill_wait``).
 CEILING = 1.25
-
-
-def overhead(cache_id: str, frames: int) -> int:
-    """Memory an id with ``frames`` frames takes besides its payload bytes."""
-    return ID_OVERHEAD + len(cache_id) + FRAME_OVERHEAD * frames
-
-
-class Entry:
-    """One stored value: its kind, numpy meta, frames and sizes.
-
-    ``nbytes`` counts the payload bytes in memory, ``disk`` those in spill files, ``raw``
-    all of them before compression; ``tail`` / ``tail_bytes`` the trailing small raw frames
-    not joined yet.
-    """
-
-    __slots__ = ("kind", "meta", "frames", "nbytes", "raw", "disk", "tail", "tail_bytes", "tokens")
-
-    def __init__(self, kind: int, meta: bytes, frames: list) -> None:
-        self.kind, self.meta, self.frames = kind, meta, frames
-        self.disk = self.tail = self.tail_bytes = 0
-        self.tokens: set | None = None  # of the appends applied with a token
-        if len(frames) == 1 and len(frames[0]) == 3 and type(frames[0][2]) is bytes:
-            self.raw = frames[0][1]  # the common small case, without the generic walk
-            self.nbytes = len(frames[0][2])
-        else:
-            self.nbytes = stored_size(frames)
-            self.raw = raw_size(frames)
-
-    def cost(self, cache_id: str) -> int:
-        """Memory it takes."""
-        tokens = TOKEN_OVERHEAD * len(self.tokens) if self.tokens else 0
-        return self.nbytes + overhead(cache_id, len(self.frames)) + tokens
-
-
-class SpillJob:
-    """One round of spilling: its segment, its values ``(id, entry, frames in memory then)``,
-    their payload bytes; once written, where each frame went (or the disk's error)."""
-
-    __slots__ = ("segment", "victims", "size", "written", "error", "unreadable")
-
-    def __init__(self, segment: int, victims: list) -> None:
-        self.segment, self.victims = segment, victims
-        self.size = 0
-        self.written: list = []
-        self.error: OSError | None = None
-        self.unreadable: list = []  # (id, entry) whose payloads could not be loaded
-
-
-def _is_small_raw(frame: tuple) -> bool:
-    payload = frame[2]
-    return frame[0] == CODEC_RAW and type(payload) is bytes and len(payload) < COALESCE_BYTES
-
-
-def _in_memory(frame: tuple) -> bool:
-    """Whether a frame holds payload bytes in memory (the heap or Ray's object store)."""
-    payload = frame[2]
-    return type(payload) is not Spilled and (payload.size if type(payload) is Stored else payload_size(payload)) > 0
 
 
 class Store:
@@ -181,12 +111,8 @@ class Store:
         self.max_memory = check_max_memory(max_memory)
         self.policy = check_policy(policy)
         self.disk = disk
-        self._own, self._load, self._wake = own, load, wake
-        self._spilling: set[str] = set()  # ids a spill round is writing
-        # Values whose pieces could not be loaded to be spilled (a scratch id's piece, kept by
-        # its writer, which died): left in memory, not picked again (id -> that entry).
-        self._unspillable: dict[str, Entry] = {}
-        self._inflight = 0  # payload bytes those rounds are writing
+        self._own, self._wake = own, wake
+        self._rounds = SpillRounds(disk, load)
         self._closed = False
         self._entries: dict[str, Entry] = {}
         self.table = table if table is not None else IdTable(ID_COLUMNS)
@@ -322,24 +248,7 @@ class Store:
                 self.retable()
         else:
             self._account(cache_id, entry, -1)
-        for frame in frames:
-            entry.frames.append(frame)
-            if _is_small_raw(frame):
-                entry.tail += 1
-                entry.tail_bytes += len(frame[2])
-            else:
-                entry.tail = entry.tail_bytes = 0
-        entry.nbytes += added.nbytes
-        entry.raw += added.raw
-        if token is not None:
-            if entry.tokens is None:
-                entry.tokens = set()
-            entry.tokens.add(token)
-        if entry.tail > 1 and entry.tail_bytes >= COALESCE_BYTES:
-            tail = entry.frames[-entry.tail:]
-            del entry.frames[-entry.tail:]
-            entry.frames.append((CODEC_RAW, entry.tail_bytes, b"".join(f[2] for f in tail)))
-            entry.tail = entry.tail_bytes = 0
+        entry.extend(added, token)
         self._account(cache_id, entry, +1)
         self._settle()
         return added.nbytes
@@ -499,7 +408,7 @@ class Store:
 
     def _disk_room(self) -> int:
         """Bytes the disk tier can still take, less what spills under way will write."""
-        return self.disk.room() - self._inflight
+        return self._rounds.room()
 
     def _make_room(self, cache_id: str, grows: int, payload: int) -> None:
         """Raise ``CacheFull`` unless ``grows`` more bytes of memory can be held, spilling
@@ -579,110 +488,30 @@ class Store:
         limit = self.max_memory
         if limit is None or self.policy != "spill" or self.disk is None or self._closed:
             return None
-        excess = self.used - self._inflight - int(SPILL_TO * limit)
+        excess = self.used - self._rounds.inflight - int(SPILL_TO * limit)
         return self._pick(excess, None) if excess > 0 else None
 
     def _pick(self, excess: int, keep: str | None) -> SpillJob | None:
-        """A round: the least recently used value of at least :data:`OWN_FILE_BYTES` alone (a
-        file of its own, freed as soon as the value is deleted or replaced, as a shuffle does
-        with each partition), or smaller ones together up to ``excess`` or
-        :data:`SEGMENT_BYTES`; never past the disk's room, never a value another round has."""
-        room = self._disk_room()
-        victims, size = [], 0
-        for cache_id in self._resident:
-            if cache_id == keep or cache_id in self._spilling:
-                continue
-            entry = self._entries[cache_id]
-            if size + entry.nbytes > room or (victims and entry.nbytes >= OWN_FILE_BYTES) \
-                    or self._unspillable.get(cache_id) is entry:
-                continue
-            victims.append(cache_id)
-            size += entry.nbytes
-            if entry.nbytes >= OWN_FILE_BYTES or size >= excess or size >= SEGMENT_BYTES:
-                break
-        if not victims:
-            return None
-        job = SpillJob(self.disk.reserve(), [(c, self._entries[c], [f for f in self._entries[c].frames if _in_memory(f)])
-                                            for c in victims])
-        job.size = size
-        self._spilling.update(victims)
-        self._inflight += size
-        return job
+        """A round of spilling (see :meth:`.SpillRounds.pick`)."""
+        return self._rounds.pick(self._resident, self._entries, excess, keep)
 
     def write_spill(self, job: SpillJob) -> None:
-        """Write a round's payloads into its segment (no state of the store is touched: run it
-        without the owner's lock). A disk that refuses is kept in ``job.error``; a value whose
-        pieces cannot be loaded (a scratch piece whose writer died) is left out of the round,
-        in ``job.unreadable``."""
-        payloads, readable = [], []
-        for victim in job.victims:
-            try:
-                payloads += [self._load(f[2]) if is_stored(f) else f[2] for f in victim[2]]
-            except Exception:  # noqa: BLE001 - whatever the object store raises for a lost object
-                job.unreadable.append(victim[:2])
-                continue
-            readable.append(victim)
-        job.victims = readable
-        if not readable:
-            return
-        try:
-            job.written = self.disk.write_segment(job.segment, payloads)
-        except OSError as exc:
-            job.error = exc
+        """Write a round's payloads (see :meth:`.SpillRounds.write`); no state of the store is
+        touched: run it without the owner's lock."""
+        self._rounds.write(job)
 
     def finish_spill(self, job: SpillJob) -> None:
         """Under the owner's lock: the frames a round wrote that its values still hold become
         spill-file places; what changed meanwhile is kept: a value deleted or replaced frees its
         written bytes, pieces appended stay in memory, pieces joined with them since are freed
         on disk (the joined frame stays in memory)."""
-        self._inflight -= job.size
-        self._spilling.difference_update(c for c, _e, _f in job.victims)
-        self._spilling.difference_update(c for c, _e in job.unreadable)
-        self._unspillable = {c: e for c, e in [*self._unspillable.items(), *job.unreadable] if self._entries.get(c) is e}
-        if job.error is not None:
-            return
-        if self._closed or not job.victims:
-            self.disk.discard(job.segment)
-            return
-        self.disk.register(job.segment, sum(w.size for w in job.written))
-        written = iter(job.written)
-        for cache_id, entry, frames in job.victims:
-            places: dict[int, list] = {}
-            for f in frames:
-                places.setdefault(id(f), []).append(next(written))
-            if self._entries.get(cache_id) is entry:
-                self._place(cache_id, entry, places)
-            for left in places.values():  # not held any more
-                for where in left:
-                    self.disk.free(where)
+        self._rounds.finish(job, self._entries, self._closed, self._place)
 
     def _place(self, cache_id: str, entry: Entry, places: dict) -> None:
         """Put spill-file places (``{id(frame): [Spilled]}``, taken from it) in place of the
         frames of ``entry`` they were written from."""
         self._account(cache_id, entry, -1)
-        frames: list = []
-        moved = 0
-        for f in entry.frames:
-            where = places.get(id(f))
-            if not where:
-                frames.append(f)
-                continue
-            where = where.pop(0)
-            moved += where.size
-            last = frames[-1] if frames else None
-            if f[0] == CODEC_RAW and last and last[0] == CODEC_RAW and type(last[2]) is Spilled \
-                    and last[2].segment == where.segment and last[2].offset + last[2].size == where.offset:
-                # Raw pieces written one after another read back as one.
-                frames[-1] = (CODEC_RAW, last[1] + f[1], Spilled(where.segment, last[2].offset, last[2].size + where.size))
-            else:
-                frames.append((f[0], f[1], where))
-        entry.frames = frames
-        entry.nbytes -= moved
-        entry.disk += moved
-        tail = 0
-        while tail < len(frames) and _is_small_raw(frames[-1 - tail]):
-            tail += 1
-        entry.tail, entry.tail_bytes = tail, sum(len(f[2]) for f in frames[len(frames) - tail:])
+        entry.spilled(places)
         self._account(cache_id, entry, +1)
         self.spills += 1
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from shoveling_ray import CacheFull
-from shoveling_ray.actors import storage
+from shoveling_ray.actors import entries
 from shoveling_ray.actors.disk import SpillFiles
 from shoveling_ray.actors.spiller import Spiller
 from shoveling_ray.actors.storage import CEILING, SPILL_TO, Store, overhead
@@ -136,7 +136,7 @@ def test_appends_to_a_value_being_spilled_keep_their_order(tmp_path, monkeypatch
 
 
 def test_a_value_joined_while_its_pieces_are_written_frees_them_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "COALESCE_BYTES", 4_000)
+    monkeypatch.setattr(entries, "COALESCE_BYTES", 4_000)
     s = background_store(tmp_path, 2_800)
     for i in range(5):
         s.append("p", encode(bytes([i]) * 500, None)[2])
@@ -224,6 +224,6 @@ def test_a_piece_whose_writer_died_is_left_in_memory_and_the_others_spill(tmp_pa
     for key in "abcd":
         s.set(key, *encode(os.urandom(10_000), None))
     drain_rounds(s)
-    assert s.used <= SPILL_TO * s.max_memory and s._inflight == 0
+    assert s.used <= SPILL_TO * s.max_memory and s._rounds.inflight == 0
     assert s.peek("scratch").disk == 0 and s.peek("a").disk
     assert s.start_spill() is None  # done: not picking the dead piece again and again

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shoveling_ray import CacheFull
-from shoveling_ray.actors import storage
+from shoveling_ray.actors import entries, spill_rounds, storage
 from shoveling_ray.actors.disk import SpillFiles, check_max_disk
 from shoveling_ray.actors.storage import Store, overhead
 from shoveling_ray.codec import decode, encode
@@ -92,8 +92,8 @@ def test_small_appended_pieces_are_joined(tmp_path):
     for i in range(2000):
         s.append("p", encode(i.to_bytes(4, "little") * 25, None)[2])  # 100 bytes
     frames = s.peek("p").frames
-    joined = [f for f in frames if len(f[2]) >= storage.COALESCE_BYTES]
-    assert len(joined) == 2000 * 100 // storage.COALESCE_BYTES and len(frames) < 40
+    joined = [f for f in frames if len(f[2]) >= entries.COALESCE_BYTES]
+    assert len(joined) == 2000 * 100 // entries.COALESCE_BYTES and len(frames) < 40
     assert read(s, "p") == b"".join(i.to_bytes(4, "little") * 25 for i in range(2000))
     assert s.used == 200_000 + overhead("p", len(frames))
 
@@ -123,7 +123,7 @@ def test_disk_full_raises_and_loses_nothing(tmp_path):
 
 def test_spilling_past_the_timeout_raises_and_loses_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "SPILL_TIMEOUT", -1.0)  # every spill is already late
-    monkeypatch.setattr(storage, "SEGMENT_BYTES", 1)  # one value a file: a deadline check each
+    monkeypatch.setattr(spill_rounds, "SEGMENT_BYTES", 1)  # one value a file: a deadline check each
     s = spilling_store(tmp_path, 3 * (10_000 + overhead("a", 1)))
     values = {key: os.urandom(10_000) for key in "abc"}
     for key, value in values.items():

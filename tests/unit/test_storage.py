@@ -3,7 +3,7 @@ import tracemalloc
 import pytest
 
 from shoveling_ray import CacheFull
-from shoveling_ray.actors import storage
+from shoveling_ray.actors import entries
 from shoveling_ray.actors.storage import Store, check_max_memory, check_policy, overhead
 from shoveling_ray.codec import KIND_BYTES, KIND_MSGPACK, encode
 
@@ -169,7 +169,7 @@ def test_an_append_with_a_token_it_took_is_skipped():
     assert s.append("p", encode(b"a", None)[2], "t1") == 0  # a retried writer
     s.append("p", encode(b"b", None)[2], "t2")
     s.append("p", encode(b"c", None)[2])  # no token: always applied
-    assert s.peek("p").raw == 3 and s.used == cost("p", 3, 3) + 2 * storage.TOKEN_OVERHEAD
+    assert s.peek("p").raw == 3 and s.used == cost("p", 3, 3) + 2 * entries.TOKEN_OVERHEAD
     put(s, "p", b"")  # a new value forgets the tokens
     assert s.append("p", encode(b"a", None)[2], "t1") == 1
     s.set("moved", *encode(b"x", None), tokens={"t9"})  # a value moved from a drained node keeps them
