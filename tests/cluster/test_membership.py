@@ -140,7 +140,7 @@ def test_a_drained_node_then_removed_loses_nothing(cluster, tmp_path):
     assert ray.get(writer) == 1500
     assert moved > 0 and victim not in cache.nodes() and victim not in sr.Cache("drain").nodes()
     assert victim not in cache.init([f"q{i}" for i in range(30)]).values()
-    stale._refresh = lambda: None  # init raced the drain: its refresh came just before it
+    stale._calls.refresh = lambda: None  # init raced the drain: its refresh came just before it
     late = stale.init([f"late{i}" for i in range(30)])
     assert len(late) == 30 and victim not in late.values() and victim not in stale.nodes()
     cluster.remove_node(extra)
@@ -247,7 +247,7 @@ def test_a_dead_member_does_not_stop_others_from_attaching_and_configuring(clust
     cluster.remove_node(extra, allow_graceful=False)  # SIGKILL: Ray notices after a while
     reopened = sr.Cache.attach("prune")
     reopened.configure(max_memory=5 * (1 << 20))  # prunes, then configures
-    wait_for(lambda: (reopened._refresh(), extra.node_id not in reopened.nodes())[1], timeout=90,
+    wait_for(lambda: (reopened._calls.refresh(), extra.node_id not in reopened.nodes())[1], timeout=90,
              what="the dead member to leave")
     assert all(s["limit"] == 5 * (1 << 20) for s in reopened.stats().values())
     assert reopened.get(kept) == b"v"  # data on a live node stays readable
