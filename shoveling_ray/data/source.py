@@ -13,6 +13,7 @@ that consume a block downstream run on its node.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import ray
@@ -26,6 +27,12 @@ from .sink import CacheDatasink, block_ids, check_cache, check_dataset, forget_t
 
 #: Times ``read_dataset`` starts again when a replacement deleted blocks it was reading.
 MAX_READ_ATTEMPTS = 3
+#: Seconds ``read_dataset`` waits for the cache to replace a dead member, and between its
+#: looks, before it takes a block held nowhere for lost.
+SETTLE_SECONDS = 60.0
+SETTLE_POLL = 0.25
+#: Seconds more on a cache of copies (see :func:`_table_refs`).
+COPIES_GRACE = 10.0
 
 
 def write_dataset(ds: Dataset, cache: Cache, name: str) -> m.DatasetInfo:
@@ -129,9 +136,45 @@ def _local_context() -> ray.data.DataContext:
 def _table_refs(cache: Cache, name: str, blocks: list) -> list:
     """A reference per block to its table in the object store of a node holding it.
 
+    A block held nowhere is asked for again while a member of the cache is a dead Ray node
+    (until the cache has replaced it, up to :data:`SETTLE_SECONDS`), and on a cache of copies
+    for :data:`COPIES_GRACE` seconds more: until the cache has handled a node's loss, the
+    copies on other nodes may not answer for its blocks yet.
+
     Raises:
         CacheMiss: a block is not held anywhere (names it).
     """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    grace = time.monotonic() + (COPIES_GRACE if cache._router.replicas > 1 else 0.0)
+
+    def waiting() -> bool:
+        now = time.monotonic()
+        return now < deadline and (now < grace or _dead_member(cache))
+
+    while True:
+        try:
+            refs, missing = _held_refs(cache, name, blocks)
+        except NodeUnavailable:  # asked where a block is, a dead member's node did not answer
+            if not waiting():
+                raise
+        else:
+            if missing is None:
+                return refs
+            if not waiting():
+                raise CacheMiss(missing, cache.name)
+        time.sleep(SETTLE_POLL)
+        cache._calls.refresh()
+
+
+def _dead_member(cache: Cache) -> bool:
+    """Whether a member of the cache's view is a Ray node that died (its loss not handled yet)."""
+    alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    return not set(cache.nodes()) <= alive
+
+
+def _held_refs(cache: Cache, name: str, blocks: list) -> tuple[list, str | None]:
+    """:func:`_table_refs`' one try: the references, and the id of a block held nowhere
+    (``None`` if every block was found)."""
     members = set(cache.nodes())
     by_node: dict[str, list[int]] = {}
     for index, (block_id, _rows, _bytes, writer) in enumerate(blocks):
@@ -159,17 +202,16 @@ def _table_refs(cache: Cache, name: str, blocks: list) -> list:
                     missing.append(index)
                 refs[index] = ref
         if not missing:
-            return refs
+            return refs, None
         # not where it was written: moved since (a drain), or a copy took over after its node
         # died (or it died with it); ask where it is now
         by_node = {}
         for index in missing:
             holders = cache.node_ids(blocks[index][0])
             if not holders:
-                raise CacheMiss(blocks[index][0], cache.name)
+                return refs, blocks[index][0]
             by_node.setdefault(holders[0], []).append(index)
-    missing = next(blocks[i][0] for i, ref in enumerate(refs) if ref is None)
-    raise CacheMiss(missing, cache.name)
+    return refs, next(blocks[i][0] for i, ref in enumerate(refs) if ref is None)
 
 
 def cache_dataset(ds: Dataset, cache: Cache, name: str) -> Dataset:
