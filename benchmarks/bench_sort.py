@@ -9,11 +9,11 @@ generator; generation is included everywhere) on a local 3-node cluster of one C
   mappers' objects (as a ``Shuffle``'s partitions);
 - ``ray core``: the same sort hand-rolled with Ray tasks (mappers return their pieces with
   ``num_returns``, reducers take them as arguments and return the sorted partition);
-- ``bare holders`` (``--bare-holders``): the least a cache rolled by hand does: mappers
-  ``ray.put`` their pieces and hand the references to a bare actor on the partition's node
-  (one call per node), reducers placed there ask it for the references and ``ray.get`` them.
-  The floor of any design that keeps pieces by name in actors instead of passing them from
-  task to task;
+- ``bare holders`` (``--bare-holders``): a cache of pieces as one would roll it by hand:
+  mappers ``ray.put`` their pieces and hand the references to a bare actor on the partition's
+  node (one call per node), reducers placed there ask it for the references and ``ray.get``
+  them. What keeping pieces by name in actors, instead of passing them from task to task,
+  costs when done plainly;
 - Ray Data's ``sort`` (pull-based and push-based shuffle; the faster is the baseline),
   validated like the others (a pass over its sorted blocks: count, checksum, order, block
   boundaries); its time without that pass is printed beside it;
@@ -349,7 +349,7 @@ def main() -> None:
     parser.add_argument("--skip-ray-core", action="store_true", help="no hand-rolled Ray core shuffle")
     parser.add_argument("--skip-api", action="store_true", help="no sort written on the public API")
     parser.add_argument("--bare-holders", action="store_true",
-                        help="also the sort through bare holder actors (the floor of a cache of pieces)")
+                        help="also the sort through bare holder actors (a cache of pieces rolled by hand)")
     parser.add_argument("--partitions", type=int, help="default: 2 per node, up to one per block (64 at most)")
     parser.add_argument("--cold", action="store_true", help="no warm-up sort before the first round")
     parser.add_argument("--large-pieces", action="store_true",
@@ -439,7 +439,7 @@ def main() -> None:
                 report.add(f"{label}, first runs, vs the same", 1000 * gb / runs[name][0], 1000 * gb / runs["ray core"][0],
                            "MB/s", target)
             if "bare holders" in best and name != "bare holders":
-                report.add(f"{label} vs bare holder actors (a cache's floor)", rate, 1000 * gb / best["bare holders"],
+                report.add(f"{label} vs bare holder actors (rolled by hand)", rate, 1000 * gb / best["bare holders"],
                            "MB/s", None)
             if data:
                 target = 3.0 if max_memory else 5.0  # spilling (issue 12) / in memory (issue 14)

@@ -224,6 +224,12 @@ class Cache:
     def __reduce__(self):
         return _restore, (self._compression, self._calls)
 
+    def __copy__(self) -> Cache:
+        """A handle of its own (its own routing, timeout and closed state), as a pickled
+        one is."""
+        build, args = self._calls.__reduce__()
+        return _restore(self._compression, build(*args))
+
     def __repr__(self) -> str:
         return f"Cache({self.name!r}, nodes={len(self._router.members)})"
 

@@ -424,13 +424,21 @@ class Router:
     def _place_packed(self, ids: list[str], homes: list[str], weights: Mapping[str, float]) -> list[str]:
         """:meth:`place` of ids of one copy, each home sent its ids packed (``locate_ids``,
         then ``place_ids``, see :data:`~shoveling_ray.protocol.PACKED`): no string or tuple
-        per id in the actors. The node of each id."""
+        per id in the actors while they hold only empty ids. The node of each id.
+
+        Raises:
+            NodeUnavailable: an id is recorded on a node that left the cache (its loss not
+                handled yet at the id's home), as the item batches' redirect to it raises."""
         nodes: list = [None] * len(ids)
         for k in range(0, len(ids), PLACE_CHUNK):  # chunks: what a node holds at once stays small
             chunk = range(k, min(k + PLACE_CHUNK, len(ids)))
             for positions, (numbers, names) in self._to_homes("locate_ids", ids, homes, chunk):
                 for position, number in zip(positions, numbers.tolist()):
                     nodes[position] = names[number]
+                    # answered from a record naming a node that left: as the item batches'
+                    # redirect to it would, fail (the caller retries once the loss is handled)
+                    if nodes[position] is not None and nodes[position] not in self.members:
+                        raise NodeUnavailable(nodes[position], [ids[position]], "not a member of the cache")
         new = [k for k, node in enumerate(nodes) if node is None]
         targets = assign_homes([homes[k] for k in new], weights) if new else []
         for c in range(0, len(new), PLACE_CHUNK):

@@ -152,6 +152,7 @@ class Admin:
     def _bookkeeping(self) -> int:
         """Memory held besides the stored values, counted in ``used`` (see Store.charge)."""
         replication = self.replication
+        self.tables.forget_stale()  # a deleted, evicted or moved block's table is not held
         return (self.sessions.nbytes + RECORD_BYTES * (len(replication.copies) + len(self.layout.factors))
                 + REPAIR_BYTES * len(replication.repairs) + self._serving + self.tables.nbytes)
 

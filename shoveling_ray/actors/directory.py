@@ -131,7 +131,8 @@ class Directory:
             return
         backup_of = [c[1] if len(c) > 1 and c[1] != me else None for c in chains]
         names = sorted({b for b in backup_of if b is not None})
-        numbered = np.array([0 if b is None else names.index(b) + 1 for b in backup_of], np.int16)
+        number_of = {name: k for k, name in enumerate(names, 1)}
+        numbered = np.array([0 if b is None else number_of[b] for b in backup_of], np.int16)
         backup = numbered[cache_ids.crc32() % SLOTS]
         for number, name in enumerate(names, 1):
             chosen = np.nonzero(backup == number)[0]

@@ -228,12 +228,15 @@ class Drain:
 
     def _take_back(self, sent: dict, peers: dict) -> None:
         """After a home refused: ask every home what it took to give it back (under the lock)."""
-        for home, took in sent.items():
+        for home, (ids, records, lost) in sent.items():
             try:
-                for cache_id in self.peers.call(home, "give_back", (self.node_id, *took), members=peers):
-                    self.store.delete(cache_id)  # written or deleted there meanwhile
+                for k in range(0, max(len(ids), len(records), len(lost)), HAND_OVER_IDS):
+                    part = slice(k, k + HAND_OVER_IDS)
+                    returned = (self.node_id, ids[part], records[part], lost[part])
+                    for cache_id in self.peers.call(home, "give_back", returned, members=peers):
+                        self.store.delete(cache_id)  # written or deleted there meanwhile
             except ShovelingError as exc:
-                log.warning("cache %s: could not take back %d ids from %s: %s", self.cache, len(took[0]), home, exc)
+                log.warning("cache %s: could not take back %d ids from %s: %s", self.cache, len(ids), home, exc)
 
     def receive(self, handed: tuple, buffers: list, blob: tuple) -> None:
         """At a new home, from a node being drained (under the lock): values (with their append

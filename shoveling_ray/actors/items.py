@@ -392,7 +392,8 @@ class Items:
     def place_ids(self, batch: Batch, sent: tuple) -> tuple[np.ndarray, list, dict]:
         """:meth:`place` of ``init``'s ids of one copy and no factor of their own, packed:
         ``sent`` is ``(pack of ids, target of each as a number in nodes, nodes)``. Every step
-        is done for all ids at once, without a string or tuple per id.
+        is done for all ids at once, without a string or tuple per id (while the store holds
+        only empty ids).
 
         Returns:
             ``(numbers, nodes, problems)``: each id's node as its number in ``nodes``, and

@@ -139,8 +139,8 @@ class Store:
         return [bool(e) or i in entries for i, e in zip(cache_ids, self.table.values(cache_ids, "empty").tolist())]
 
     def holds_packed(self, cache_ids: PackedIds) -> np.ndarray:
-        """:meth:`holds_many` of a pack, as a bool array (a str per id only when some ids have
-        entries: ``init``'s empty ids have none)."""
+        """:meth:`holds_many` of a pack, as a bool array (a str per id only when the store
+        holds some value: a cache of ``init``'s empty ids only holds none)."""
         held = self.table.values(cache_ids, "empty") != 0
         if self._entries:
             entries = self._entries

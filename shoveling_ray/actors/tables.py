@@ -43,6 +43,12 @@ class Tables:
         self._forget_stale()
         return [self._ref(cache_id) for cache_id in cache_ids]
 
+    def forget_stale(self) -> None:
+        """Forget the tables of ids deleted, replaced, evicted, spilled away or moved since
+        (under the actor's lock): the object store frees them and ``used`` stops counting them."""
+        if self._refs:
+            self._forget_stale()
+
     def _forget_stale(self) -> None:
         for cache_id, (frames, _ref, nbytes) in list(self._refs.items()):
             entry = self.store.peek(cache_id)

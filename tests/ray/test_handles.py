@@ -129,3 +129,15 @@ def test_a_close_that_cannot_finish_raises(cluster, monkeypatch):
 def test_a_handle_pickles_with_its_timeout(cluster):
     with sr.Cache("pickled", consul=False, timeout=12.5) as cache:
         assert pickle.loads(pickle.dumps(cache)).timeout == 12.5
+
+
+def test_a_copied_handle_is_a_handle_of_its_own(cluster):
+    """``copy.copy(cache)`` gives a handle as a pickled one is: its own timeout and routing."""
+    import copy
+
+    with sr.Cache("copied", consul=False, timeout=12.5) as cache:
+        cache.set("a", b"1")
+        twin = copy.copy(cache)
+        twin.timeout = 3.0
+        assert cache.timeout == 12.5 and twin.timeout == 3.0
+        assert twin._router is not cache._router and twin.get("a") == b"1"

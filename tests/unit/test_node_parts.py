@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from shoveling_ray import NodeUnavailable
+from shoveling_ray import NodeUnavailable, ShovelingError
 from shoveling_ray.actors.directory import Directory
 from shoveling_ray.actors.layout import Layout
 from shoveling_ray.actors.peers import Peers
@@ -102,11 +102,16 @@ class _Recording:
 
     cache = "unit"
 
-    def __init__(self) -> None:
+    def __init__(self, refuse_after: int | None = None) -> None:
         self.calls: list[tuple] = []
+        self.refuse_after = refuse_after  # receive calls taken before one is refused
 
-    def call(self, node, method, handed, packed, members=None):
+    def call(self, node, method, handed, packed=None, members=None):
         self.calls.append((node, method, handed))
+        if method == "receive" and self.refuse_after is not None:
+            if sum(c[1] == "receive" for c in self.calls) > self.refuse_after:
+                raise ShovelingError("full")
+        return []
 
 
 def test_a_drain_sends_at_most_hand_over_ids_a_call(monkeypatch):
@@ -131,3 +136,11 @@ def test_a_drain_sends_at_most_hand_over_ids_a_call(monkeypatch):
     assert all(r <= 1000 for r, _ in sizes) and len(peers.calls) == 4
     assert [r for c in peers.calls for r in c[2][1]] == records
     assert d.chunks(store, held) == [held[:1000], held[1000:2000], held[2000:]]
+    # a home that refuses the last call: what it took comes back in calls as small
+    peers.calls, peers.refuse_after = [], 3
+    with pytest.raises(ShovelingError):
+        drain._send_home(held, {"node-b": (records, [])}, chains, [["node-b"]] * len(chains), {},
+                         time.monotonic() + 60)
+    given = [handed for _node, method, handed in peers.calls if method == "give_back"]
+    assert len(given) == 4 and all(len(g[1]) <= 1000 and len(g[2]) <= 1000 for g in given)
+    assert [r for g in given for r in g[2]] == records
