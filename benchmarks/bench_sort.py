@@ -161,6 +161,21 @@ def ray_data_sort(n: int, block: int, seed: int, strategy, expected: int) -> tup
     return seconds, sorted_at - t
 
 
+def summary(out: np.ndarray) -> tuple:
+    """What a reducer reports of its sorted partition for :func:`validate`: rows, checksum,
+    first and last keys, whether it is in order."""
+    first, last = (out[0, :ds.KEY].tobytes(), out[-1, :ds.KEY].tobytes()) if len(out) else (None, None)
+    return len(out), ds.checksum(out), first, last, ds.is_sorted(out)
+
+
+def validate(summaries: list[tuple], n: int, expected: int) -> None:
+    """The partitions' :func:`summary` s: ``n`` rows whose checksums add up to the input's
+    (``expected``), each in order, and in order one after the other."""
+    bounds = [(f, l) for count, _, f, l, _ in summaries if count]
+    assert sum(s[0] for s in summaries) == n and sum(s[1] for s in summaries) % 2**64 == expected
+    assert all(s[4] for s in summaries) and all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))
+
+
 def ray_core_sort(n: int, block: int, seed: int, partitions: int) -> float:
     """Seconds of the same sort hand-rolled with Ray core tasks, validated like ours: map tasks
     return their pieces (``num_returns``), reduce tasks take them as arguments and return the
@@ -179,17 +194,14 @@ def ray_core_sort(n: int, block: int, seed: int, partitions: int) -> float:
     @ray.remote(num_returns=2)
     def reducer(*pieces):
         out = ds.sort_records(np.concatenate(pieces).reshape(-1, ds.RECORD))
-        first, last = (out[0, :ds.KEY].tobytes(), out[-1, :ds.KEY].tobytes()) if len(out) else (None, None)
-        return out, (len(out), ds.checksum(out), first, last, ds.is_sorted(out))
+        return out, summary(out)
 
     maps = [mapper.remote(spec) for spec in blocks]
     reduced = [reducer.remote(*(m[p] for m in maps)) for p in range(partitions)]
     summaries = ray.get([r[1] for r in reduced])
     expected = sum(ray.get([m[partitions] for m in maps])) % 2**64
     seconds = time.perf_counter() - t
-    bounds = [(f, l) for count, _, f, l, _ in summaries if count]
-    assert sum(s[0] for s in summaries) == n and sum(s[1] for s in summaries) % 2**64 == expected
-    assert all(s[4] for s in summaries) and all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))
+    validate(summaries, n, expected)
     del reduced, maps
     return seconds
 
@@ -238,17 +250,14 @@ def bare_holders_sort(n: int, block: int, seed: int, partitions: int) -> float:
     def reducer(p):
         pieces = ray.get(ray.get(holders[p % len(holders)].take.remote(p)))
         out = ds.sort_records(np.frombuffer(b"".join(pieces), dtype=np.uint8).reshape(-1, ds.RECORD))
-        first, last = (out[0, :ds.KEY].tobytes(), out[-1, :ds.KEY].tobytes()) if len(out) else (None, None)
-        return out, (len(out), ds.checksum(out), first, last, ds.is_sorted(out))
+        return out, summary(out)
 
     expected = sum(ray.get([mapper.remote(spec) for spec in blocks])) % 2**64
     reduced = [reducer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[p % len(nodes)], soft=True))
                .remote(p) for p in range(partitions)]
     summaries = ray.get([r[1] for r in reduced])
     seconds = time.perf_counter() - t
-    bounds = [(f, l) for count, _, f, l, _ in summaries if count]
-    assert sum(s[0] for s in summaries) == n and sum(s[1] for s in summaries) % 2**64 == expected
-    assert all(s[4] for s in summaries) and all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))
+    validate(summaries, n, expected)
     del reduced
     for holder in holders:
         ray.kill(holder)
@@ -288,16 +297,13 @@ def api_sort(cache: sr.Cache, n: int, block: int, seed: int, partitions: int, sc
     @ray.remote(num_returns=2)
     def reducer(cache_id):
         out = ds.sort_records(np.frombuffer(cache.get(cache_id), dtype=np.uint8).reshape(-1, ds.RECORD))
-        first, last = (out[0, :ds.KEY].tobytes(), out[-1, :ds.KEY].tobytes()) if len(out) else (None, None)
-        return out, (len(out), ds.checksum(out), first, last, ds.is_sorted(out))
+        return out, summary(out)
 
     expected = sum(ray.get([mapper.remote(spec) for spec in blocks])) % 2**64
     reduced = [reducer.options(scheduling_strategy=cache.scheduling_strategy(i)).remote(i) for i in ids]
     summaries = ray.get([r[1] for r in reduced])
     seconds = time.perf_counter() - t
-    bounds = [(f, l) for count, _, f, l, _ in summaries if count]
-    assert sum(s[0] for s in summaries) == n and sum(s[1] for s in summaries) % 2**64 == expected
-    assert all(s[4] for s in summaries) and all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))
+    validate(summaries, n, expected)
     del reduced
     for cache_id in ids:
         cache.delete(cache_id)

@@ -105,15 +105,22 @@ class Directory:
         if backup is not None:
             backups.setdefault(backup, []).append(self.pair(cache_id, node))
 
+    def _backup_homes(self) -> list | None:
+        """Each slot's backup home (``None`` where it is this node or there is none), or
+        ``None`` before the first view."""
+        chains, me = self.layout.chains, self.node_id
+        if chains is None:
+            return None
+        return [c[1] if len(c) > 1 and c[1] != me else None for c in chains]
+
     def record_many(self, cache_ids: list[str], node: str, backups: dict) -> None:
         """:meth:`record` for many ids placed on one node."""
         if not cache_ids:
             return
         self.records.set_many(cache_ids, node)
-        chains, me = self.layout.chains, self.node_id
-        if chains is None:
+        backup_of = self._backup_homes()
+        if backup_of is None:
             return
-        backup_of = [c[1] if len(c) > 1 and c[1] != me else None for c in chains]
         pair = self.pair if self.layout.factors else (lambda cache_id, node: (cache_id, node))
         for cache_id, slot in zip(cache_ids, slots_of(cache_ids)):
             backup = backup_of[slot]
@@ -126,10 +133,9 @@ class Directory:
         if not len(cache_ids):
             return
         self.records.set_many(cache_ids, node)
-        chains, me = self.layout.chains, self.node_id
-        if chains is None:
+        backup_of = self._backup_homes()
+        if backup_of is None:
             return
-        backup_of = [c[1] if len(c) > 1 and c[1] != me else None for c in chains]
         names = sorted({b for b in backup_of if b is not None})
         number_of = {name: k for k, name in enumerate(names, 1)}
         numbered = np.array([0 if b is None else number_of[b] for b in backup_of], np.int16)
