@@ -4,8 +4,9 @@ own (an empty id held here, a placement record, a lost id), in a few bytes per i
 A Python ``dict`` from ``str`` to anything costs an id about 100-150 bytes before its value
 (the string object, 49 bytes plus its characters; the dict's entry and index; the value object),
 and a node keeps such an entry in several dicts. Here an id is a row: its UTF-8 name in one byte
-array (with its end offset), the low 32 bits of its hash, and one small integer per column
-(0 means "nothing"); an open-addressing index (linear probing, at most :data:`MAX_LOAD` full)
+array (with its end offset), the low 32 bits of its hash, and one integer per column
+(0 means "nothing"; int16 unless the column is declared wider, and a column takes no memory
+until some id sets it); an open-addressing index (linear probing, at most :data:`MAX_LOAD` full)
 finds the row of a name. End offsets are 4 bytes each until the names pass 4 GiB, 8 after. The
 hash is CRC-32 of the name's UTF-8 bytes, mixed (:mod:`shoveling_ray.idpack`): the same for a
 str and for its bytes in a :class:`~shoveling_ray.idpack.PackedIds`, so that ``init``'s ids
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import mmap
 import zlib
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Union
 
 import numpy as np
@@ -52,7 +53,7 @@ _COMPARE_ROWS = 4096
 _SMALL_ENDS = np.iinfo(np.uint32).max
 
 
-def _array(count: int, dtype, fill: int | None = None) -> np.ndarray:
+def new_array(count: int, dtype, fill: int | None = None) -> np.ndarray:
     """A numpy array of ``count`` items; large ones in an anonymous memory map (freed whole)."""
     dtype = np.dtype(dtype)
     nbytes = max(count, 1) * dtype.itemsize
@@ -68,12 +69,12 @@ def _array(count: int, dtype, fill: int | None = None) -> np.ndarray:
     return out
 
 
-def _grown(old: np.ndarray, used: int, need: int) -> np.ndarray:
+def grown(old: np.ndarray, used: int, need: int) -> np.ndarray:
     """``old`` with room for ``need`` items, its first ``used`` kept (doubling)."""
     if need <= len(old):
         return old
     size = max(need, 2 * len(old), 1024)
-    new = _array(size, old.dtype)
+    new = new_array(size, old.dtype)
     new[:used] = old[:used]
     return new
 
@@ -96,22 +97,26 @@ class IdTable:
 
     Args:
         columns: the column names; each holds an int16 per id, 0 meaning unset.
+        wide: the dtype of columns that hold more than an int16 (``{"small": np.int64}``).
     """
 
-    def __init__(self, columns: Sequence[str]) -> None:
+    def __init__(self, columns: Sequence[str], wide: dict | None = None) -> None:
         self.columns = tuple(columns)
+        self._dtypes = {c: np.dtype((wide or {}).get(c, np.int16)) for c in self.columns}
         self._clear()
 
     def _clear(self) -> None:
+        self._memo: tuple[str | None, int] = (None, -1)  # the last name asked for, and its row
         self._rows = 0  # rows used (live and dead)
         self._live = 0
-        self._names = _array(0, np.uint8)  # the names' UTF-8 bytes, one after another
+        self._names = new_array(0, np.uint8)  # the names' UTF-8 bytes, one after another
         self._names_used = 0
-        self._ends = _array(0, np.uint32)  # end of each row's name in _names (int64 past 4 GiB)
-        self._hash = _array(0, np.uint32)
-        self._cols = {c: _array(0, np.int16) for c in self.columns}
+        self._ends = new_array(0, np.uint32)  # end of each row's name in _names (int64 past 4 GiB)
+        self._hash = new_array(0, np.uint32)
+        # A column's array once some id set it (``None`` before: it reads as zeros).
+        self._cols: dict[str, np.ndarray | None] = dict.fromkeys(self.columns)
         self._counts = dict.fromkeys(self.columns, 0)
-        self._index = _array(_MIN_SLOTS, np.int32, _EMPTY)
+        self._index = new_array(_MIN_SLOTS, np.int32, _EMPTY)
 
     # -- size --------------------------------------------------------------------------------
 
@@ -126,7 +131,7 @@ class IdTable:
     @property
     def nbytes(self) -> int:
         """Memory the table takes (the parts of its arrays in use, and its whole index)."""
-        per_row = self._ends.itemsize + 4 + 2 * len(self.columns)
+        per_row = self._ends.itemsize + 4 + sum(c.itemsize for c in self._cols.values() if c is not None)
         return self._rows * per_row + self._names_used + self._index.nbytes
 
     # -- one id ------------------------------------------------------------------------------
@@ -136,7 +141,14 @@ class IdTable:
         return self._names[start:int(self._ends[row])].tobytes()
 
     def row(self, name: str) -> int:
-        """The row of ``name``, or -1."""
+        """The row of ``name``, or -1 (the last one asked is remembered: one write asks for
+        its id's row several times)."""
+        if name == self._memo[0]:
+            return self._memo[1]
+        self._memo = (name, self._find(name))
+        return self._memo[1]
+
+    def _find(self, name: str) -> int:
         encoded = name.encode()
         h = _hash(encoded)
         index, hashes = self._index, self._hash
@@ -153,14 +165,33 @@ class IdTable:
     def _wide_ends(self, names_bytes: int) -> None:
         """End offsets 8 bytes wide once the names take ``names_bytes`` past 4 GiB."""
         if names_bytes > _SMALL_ENDS and self._ends.dtype != np.int64:
-            wide = _array(len(self._ends), np.int64)
+            wide = new_array(len(self._ends), np.int64)
             wide[:self._rows] = self._ends[:self._rows]
             self._ends = wide
 
+    def _column(self, column: str) -> np.ndarray:
+        """The array of ``column``, made (zeros, as long as the rows' arrays) if no id set it yet."""
+        col = self._cols[column]
+        if col is None:
+            col = self._cols[column] = new_array(len(self._hash), self._dtypes[column])
+        return col
+
+    def _set_columns(self) -> list[np.ndarray]:
+        return [c for c in self._cols.values() if c is not None]
+
     def get(self, name: str, column: str) -> int:
         """``column`` of ``name`` (0 if unset or absent)."""
+        col = self._cols[column]
+        if col is None:
+            return 0
         row = self.row(name)
-        return 0 if row < 0 else int(self._cols[column][row])
+        return 0 if row < 0 else int(col[row])
+
+    def fields(self, name: str, columns: Sequence[str]) -> tuple[int, ...]:
+        """``columns`` of ``name`` (0 where unset or absent), with one lookup."""
+        row = self.row(name)
+        cols = self._cols
+        return tuple(0 if row < 0 or cols[c] is None else int(cols[c][row]) for c in columns)
 
     def set(self, name: str, column: str, value: int) -> None:
         """Set ``column`` of ``name`` (0 unsets it; an id with nothing set is dropped)."""
@@ -169,15 +200,15 @@ class IdTable:
             if value:
                 self._append_one(name, column, value)
             return
-        col = self._cols[column]
+        col = self._column(column)
         old = int(col[row])
         if bool(old) == bool(value):
             col[row] = value
             return
-        alive = any(c[row] for c in self._cols.values())
+        alive = any(c[row] for c in self._set_columns())
         col[row] = value
         self._counts[column] += 1 if value else -1
-        if alive != any(c[row] for c in self._cols.values()):
+        if alive != any(c[row] for c in self._set_columns()):
             self._live += -1 if alive else 1
             if alive and not self._live:
                 self._clear()  # its last id went: nothing stays behind
@@ -188,18 +219,21 @@ class IdTable:
         """Add a row for ``name`` (absent) with ``column`` set: without numpy's per-call cost."""
         encoded = name.encode()
         row, used = self._rows, self._names_used
-        self._names = _grown(self._names, used, used + len(encoded))
+        self._names = grown(self._names, used, used + len(encoded))
         self._names[used:used + len(encoded)] = np.frombuffer(encoded, np.uint8)
         self._names_used = used + len(encoded)
         self._wide_ends(self._names_used)
-        self._ends = _grown(self._ends, row, row + 1)
-        self._hash = _grown(self._hash, row, row + 1)
+        self._ends = grown(self._ends, row, row + 1)
+        self._hash = grown(self._hash, row, row + 1)
         h = _hash(encoded)
         self._ends[row], self._hash[row] = used + len(encoded), h
+        self._column(column)
         for c, col in self._cols.items():
-            self._cols[c] = col = _grown(col, row, row + 1)
-            col[row] = value if c == column else 0
+            if col is not None:
+                self._cols[c] = col = grown(col, row, row + 1)
+                col[row] = value if c == column else 0
         self._rows, self._live = row + 1, self._live + 1
+        self._memo = (name, row)
         self._counts[column] += 1
         if self._rows > MAX_LOAD * len(self._index):
             self._reindex(2 * len(self._index))
@@ -215,7 +249,7 @@ class IdTable:
         """Set ``column`` of existing ``rows`` (distinct) to ``value`` (a scalar or an array)."""
         if not len(rows):
             return
-        col = self._cols[column]
+        col = self._column(column)
         before = self._alive(rows)
         was = col[rows] != 0
         col[rows] = value
@@ -230,7 +264,7 @@ class IdTable:
 
     def _alive(self, rows: np.ndarray) -> np.ndarray:
         alive = np.zeros(len(rows), bool)
-        for col in self._cols.values():
+        for col in self._set_columns():
             alive |= col[rows] != 0
         return alive
 
@@ -289,17 +323,21 @@ class IdTable:
         return self.lookup(names, (column,))[column]
 
     def lookup(self, names: Names, columns: Sequence[str]) -> dict[str, np.ndarray]:
-        """``{column: its value for each name}`` (0 where unset or absent), int16 arrays."""
+        """``{column: its value for each name}`` (0 where unset or absent), arrays of the
+        columns' dtypes."""
         rows = self.rows(names)
         known = rows >= 0
         out = {}
         for column in columns:
-            out[column] = values = np.zeros(len(names), np.int16)
-            values[known] = self._cols[column][rows[known]]
+            out[column] = values = np.zeros(len(names), self._dtypes[column])
+            if self._cols[column] is not None:
+                values[known] = self._cols[column][rows[known]]
         return out
 
     def unset_many(self, names: Names, column: str) -> None:
         """Unset ``column`` of the ids in ``names`` that have it."""
+        if self._cols[column] is None:
+            return
         rows = self.rows(names)
         rows = rows[rows >= 0]
         rows = np.unique(rows[self._cols[column][rows] != 0])
@@ -310,7 +348,7 @@ class IdTable:
         per name; a name given twice takes its last), adding the names that are absent."""
         ids = _packed(names)
         rows, hashes = self._rows_of(ids)
-        values = np.broadcast_to(np.asarray(value, np.int16), (len(ids),))
+        values = np.broadcast_to(np.asarray(value, self._dtypes[column]), (len(ids),))
         missing = np.nonzero(rows < 0)[0]
         if len(missing):
             hashes = _hashes(ids) if hashes is None else hashes
@@ -329,25 +367,28 @@ class IdTable:
 
     def unset(self, column: str) -> None:
         """Unset ``column`` of every id."""
-        self._put(np.nonzero(self._cols[column][:self._rows])[0], column, 0)
+        if self._cols[column] is not None:
+            self._put(np.nonzero(self._cols[column][:self._rows])[0], column, 0)
 
     def _append(self, ids: PackedIds, hashes: np.ndarray | None = None) -> int:
         """Add rows for ``ids`` (distinct, absent, all columns 0; ``hashes``: theirs, if known);
         returns the first row."""
         blob, ends = ids.blob, ids.ends
         first, count = self._rows, len(ids)
-        self._names = _grown(self._names, self._names_used, self._names_used + len(blob))
+        self._names = grown(self._names, self._names_used, self._names_used + len(blob))
         self._names[self._names_used:self._names_used + len(blob)] = blob
         self._wide_ends(self._names_used + len(blob))
-        self._ends = _grown(self._ends, first, first + count)
-        self._hash = _grown(self._hash, first, first + count)
+        self._ends = grown(self._ends, first, first + count)
+        self._hash = grown(self._hash, first, first + count)
         self._ends[first:first + count] = self._names_used + ends
         self._hash[first:first + count] = _hashes(ids) if hashes is None else hashes
         for column, col in self._cols.items():
-            self._cols[column] = col = _grown(col, first, first + count)
-            col[first:first + count] = 0
+            if col is not None:
+                self._cols[column] = col = grown(col, first, first + count)
+                col[first:first + count] = 0
         self._names_used += len(blob)
         self._rows += count
+        self._memo = (None, -1)
         if self._rows > MAX_LOAD * len(self._index):
             size = len(self._index)
             while self._rows > MAX_LOAD * size:
@@ -372,6 +413,7 @@ class IdTable:
 
     def _rebuild(self, size: int) -> None:
         """The table rebuilt without its dead rows, and its index with ``size`` slots or fewer."""
+        self._memo = (None, -1)
         live = self._alive(np.arange(self._rows))
         if not live.all():
             ends = self._ends[:self._rows]
@@ -380,18 +422,19 @@ class IdTable:
             names = self._names[:self._names_used][keep_bytes]
             keep = np.nonzero(live)[0]
             rows = len(keep)
-            self._names = _array(max(len(names), 1), np.uint8)
+            self._names = new_array(max(len(names), 1), np.uint8)
             self._names[:len(names)] = names
             self._names_used = len(names)
-            new_ends = _array(rows, self._ends.dtype)
+            new_ends = new_array(rows, self._ends.dtype)
             new_ends[:rows] = np.cumsum(lengths[keep])
-            new_hash = _array(rows, np.uint32)
+            new_hash = new_array(rows, np.uint32)
             new_hash[:rows] = self._hash[keep]
             self._ends, self._hash = new_ends, new_hash
             for column, col in self._cols.items():
-                new = _array(rows, np.int16)
-                new[:rows] = col[keep]
-                self._cols[column] = new
+                if col is not None:
+                    new = new_array(rows, col.dtype)
+                    new[:rows] = col[keep]
+                    self._cols[column] = new
             self._rows = rows
         self._reindex(size)
 
@@ -399,9 +442,17 @@ class IdTable:
         """The index rebuilt with ``size`` slots (fewer if the rows fit in a quarter of it)."""
         while size > _MIN_SLOTS and self._rows < MAX_LOAD * size / 4:
             size //= 2
-        self._index = _array(size, np.int32, _EMPTY)
+        self._index = new_array(size, np.int32, _EMPTY)
         for start in range(0, self._rows, _INSERT_ROWS):
             self._insert(np.arange(start, min(start + _INSERT_ROWS, self._rows)))
+
+    def remap(self, column: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Put ``change(values)`` (as many values, none 0) in place of the set values of
+        ``column`` (given in row order)."""
+        col = self._cols[column]
+        if col is not None and self._counts[column]:
+            rows = np.nonzero(col[:self._rows])[0]
+            col[rows] = change(col[rows])
 
     # -- listing -----------------------------------------------------------------------------
 

@@ -32,6 +32,11 @@ below the limit.
 An empty id (``init`` makes millions of them) has no :class:`Entry`: it is a row of the node's
 :class:`~.idtable.IdTable` (column ``empty``), which the placement directory shares for its
 records; the table's whole memory is counted in ``used``. It becomes an entry when written.
+A small value (:func:`.slab.fits`: up to :data:`~.slab.SMALL_BYTES` stored bytes in one frame,
+without numpy meta or append tokens) has no entry either while no policy has to pick values one
+by one (no ``max_memory``, or ``reject``): it is kept in the node's :class:`~.slab.Slab`, its
+place in the table's ``small`` column. An append to it, or a limit under ``lru`` or ``spill``,
+turns it into an entry.
 
 Its parts: :mod:`.entries` (one value, :class:`~.entries.Entry`, and what it costs; small
 appended pieces are joined there) and :mod:`.spill_rounds` (which values a round of spilling
@@ -55,11 +60,16 @@ from ..settings import check_max_memory
 from .disk import Spilled, SpillFiles
 from .entries import FRAME_OVERHEAD, TOKEN_OVERHEAD, Entry, overhead
 from .idtable import IdTable
+from .slab import HEADER, Slab, fits
 from .spill_rounds import SpillJob, SpillRounds
 
-#: The columns of a node's id table: ``empty`` (the store's: held here, empty, no entry),
-#: ``record`` and ``lost`` (the directory's: see :mod:`.directory`).
-ID_COLUMNS = ("empty", "record", "lost")
+#: The columns of a node's id table: ``empty`` and ``small`` (the store's: held here, empty or
+#: a small value in the slab at that place; no entry), ``record`` and ``lost`` (the
+#: directory's: see :mod:`.directory`).
+ID_COLUMNS = ("empty", "small", "record", "lost")
+#: The columns wider than an int16.
+WIDE_COLUMNS = {"small": np.int64}
+_HELD = ("empty", "small")
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +125,9 @@ class Store:
         self._rounds = SpillRounds(disk, load)
         self._closed = False
         self._entries: dict[str, Entry] = {}
-        self.table = table if table is not None else IdTable(ID_COLUMNS)
-        self._table_bytes = 0  # of ``used``: the table's memory when last counted
+        self.table = table if table is not None else IdTable(ID_COLUMNS, WIDE_COLUMNS)
+        self._slab = Slab()
+        self._table_bytes = 0  # of ``used``: the table's and the slab's memory when last counted
         # Ids with payload bytes in memory, least recently used first: what may be spilled.
         self._resident: OrderedDict[str, None] = OrderedDict()
         self.used = 0
@@ -128,20 +139,25 @@ class Store:
         self.spill_wait = 0.0
 
     def __contains__(self, cache_id: str) -> bool:
-        return cache_id in self._entries or self.table.get(cache_id, "empty") != 0
+        return cache_id in self._entries or any(self.table.fields(cache_id, _HELD))
 
     def __len__(self) -> int:
-        return len(self._entries) + self.table.count("empty")
+        return len(self._entries) + self.table.count("empty") + self.table.count("small")
+
+    def _held_rows(self, cache_ids: list[str] | PackedIds) -> np.ndarray:
+        """Whether each id is held here without an entry (empty, or a small value)."""
+        found = self.table.lookup(cache_ids, _HELD)
+        return (found["empty"] != 0) | (found["small"] != 0)
 
     def holds_many(self, cache_ids: list[str]) -> list[bool]:
         """Whether each id is held here (``in`` for many at once)."""
         entries = self._entries
-        return [bool(e) or i in entries for i, e in zip(cache_ids, self.table.values(cache_ids, "empty").tolist())]
+        return [e or i in entries for i, e in zip(cache_ids, self._held_rows(cache_ids).tolist())]
 
     def holds_packed(self, cache_ids: PackedIds) -> np.ndarray:
         """:meth:`holds_many` of a pack, as a bool array (a str per id only when the store
         holds some value: a cache of ``init``'s empty ids only holds none)."""
-        held = self.table.values(cache_ids, "empty") != 0
+        held = self._held_rows(cache_ids)
         if self._entries:
             entries = self._entries
             held |= np.fromiter((i in entries for i in cache_ids.names()), bool, len(cache_ids))
@@ -151,27 +167,95 @@ class Store:
         """Whether ``cache_id`` is held as an empty id without an entry."""
         return self.table.get(cache_id, "empty") != 0
 
+    def _tabled(self, cache_id: str) -> tuple | None:
+        """The value of an id held without an entry (empty, or small), or ``None``."""
+        empty, place = self.table.fields(cache_id, _HELD)
+        if place:
+            kind, frame = self._slab.get(place)
+            return kind, b"", [frame]
+        return (KIND_BYTES, b"", []) if empty else None
+
     def peek(self, cache_id: str) -> Entry | None:
         """The entry without touching its recency; its frames may name spill files. An
-        empty id's is made for the caller (changing it changes nothing stored)."""
+        empty id's or a small value's is made for the caller (changing it changes nothing
+        stored)."""
         entry = self._entries.get(cache_id)
-        if entry is None and self._is_empty(cache_id):
-            return Entry(KIND_BYTES, b"", [])
+        if entry is None:
+            value = self._tabled(cache_id)
+            return None if value is None else Entry(*value)
         return entry
 
     def retable(self) -> None:
-        """Count the id table's memory in ``used`` as it is now (its owners call this after
-        changing it)."""
-        now = self.table.nbytes
+        """Count the id table's and the slab's memory in ``used`` as it is now (the table's
+        owners call this after changing it)."""
+        now = self.table.nbytes + self._slab.nbytes
         self.used += now - self._table_bytes
         self._table_bytes = now
 
     def _take_empty(self, cache_id: str) -> bool:
-        """Turn an empty id without an entry into an id about to get one; whether it was one."""
-        if not self._is_empty(cache_id):
-            return False
-        self.table.set(cache_id, "empty", 0)
-        return True
+        """Turn an id held without an entry (empty, or small) into an id about to get one;
+        whether it was one."""
+        empty, place = self.table.fields(cache_id, _HELD)
+        if place:
+            self._drop_small(cache_id, place)
+        elif empty:
+            self.table.set(cache_id, "empty", 0)
+        return bool(empty or place)
+
+    # -- small values ----------------------------------------------------------------------
+
+    def _slabs(self) -> bool:
+        """Whether small values go to the slab: while no policy picks values one by one."""
+        return self.max_memory is None or self.policy == "reject"
+
+    def _drop_small(self, cache_id: str, place: int) -> None:
+        self.raw -= self._slab.sizes(place)[1]
+        self._slab.free(place)
+        self.table.set(cache_id, "small", 0)
+        if self._slab.wants_compacting():
+            self.table.remap("small", self._slab.compact)
+
+    def _set_small(self, cache_id: str, kind: int, frame: tuple) -> int:
+        """:meth:`set` of a value that :func:`.slab.fits`, into the slab."""
+        grows = HEADER + len(frame[2])
+        old = self._entries.get(cache_id)
+        empty, place = self.table.fields(cache_id, _HELD)
+        if old is not None:
+            old_cost = old.cost(cache_id)
+            self._make_room(cache_id, grows - old_cost, 0)
+            del self._entries[cache_id]
+            self._remove(cache_id, old, old_cost)
+        else:
+            self._make_room(cache_id, grows if place or empty else grows + EMPTY_BYTES + len(cache_id), 0)
+        if place:
+            self._drop_small(cache_id, place)
+        elif empty:
+            self.table.set(cache_id, "empty", 0)
+        self.table.set(cache_id, "small", self._slab.put(kind, frame))
+        self.raw += frame[1]
+        self.retable()
+        return len(frame[2])
+
+    def _unslab_one(self, cache_id: str) -> Entry:
+        """Turn the small value of ``cache_id`` into an entry (to append to it)."""
+        place = self.table.get(cache_id, "small")
+        kind, frame = self._slab.get(place)
+        self._drop_small(cache_id, place)
+        entry = self._entries[cache_id] = Entry(kind, b"", [frame])
+        self._account(cache_id, entry, +1)
+        self.retable()
+        return entry
+
+    def _unslab(self) -> None:
+        """Turn every small value into an entry (a policy now picks values one by one)."""
+        for cache_id, place in self.table.items("small"):
+            kind, frame = self._slab.get(place)
+            self.raw -= frame[1]
+            self.table.set(cache_id, "small", 0)
+            entry = self._entries[cache_id] = Entry(kind, b"", [frame])
+            self._account(cache_id, entry, +1)
+        self._slab.clear()
+        self.retable()
 
     def get(self, cache_id: str, held: bool | None = None) -> tuple | None:
         """``(kind, meta, frames)`` with every payload readable, marked as recently used; or
@@ -179,7 +263,7 @@ class Store:
         ``held``: whether the id is held here, if the caller knows (see :meth:`holds_many`)."""
         entry = self._entries.get(cache_id)
         if entry is None:
-            return (KIND_BYTES, b"", []) if (self._is_empty(cache_id) if held is None else held) else None
+            return self._tabled(cache_id) if held is None or held else None
         if cache_id in self._resident:
             self._resident.move_to_end(cache_id)
         if not entry.disk:
@@ -204,6 +288,8 @@ class Store:
         Raises:
             CacheFull: it does not fit (see the module docstring); nothing changed.
         """
+        if not tokens and fits(meta, frames) and self._slabs():
+            return self._set_small(cache_id, kind, frames[0])
         new = Entry(kind, meta, frames)
         if tokens:
             new.tokens = set(tokens)
@@ -234,6 +320,8 @@ class Store:
             CacheFull: it does not fit; nothing changed.
         """
         entry = self._entries.get(cache_id)
+        if entry is None and self.table.get(cache_id, "small"):
+            entry = self._unslab_one(cache_id)
         if entry is not None and entry.kind != KIND_BYTES:
             raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
         if token is not None and entry is not None and entry.tokens and token in entry.tokens:
@@ -290,7 +378,7 @@ class Store:
         """
         entries = self._entries
         absent = [i for i in cache_ids if i not in entries]
-        held = self.table.values(absent, "empty").tolist()
+        held = self._held_rows(absent).tolist()
         created = [i for i, here in zip(absent, held) if not here]
         if created:
             grows = EMPTY_BYTES * len(created) + sum(map(len, created))
@@ -335,9 +423,9 @@ class Store:
         return True
 
     def ids(self, prefix: str = "") -> Iterator[str]:
-        """Ids starting with ``prefix`` (a snapshot of the empty ones)."""
-        empty = (i for i, _ in self.table.items("empty"))
-        return (i for source in (self._entries, empty) for i in source if i.startswith(prefix))
+        """Ids starting with ``prefix`` (a snapshot of those without an entry)."""
+        tabled = (i for column in _HELD for i, _ in self.table.items(column))
+        return (i for source in (self._entries, tabled) for i in source if i.startswith(prefix))
 
     def configure(self, max_memory: int | None, policy: str, max_disk: int | None = None) -> None:
         """Change the limits and policy; ``lru`` evicts and ``spill`` spills at once down to
@@ -346,6 +434,8 @@ class Store:
         self.policy = check_policy(policy)
         if self.disk is not None:
             self.disk.set_limit(max_disk)
+        if not self._slabs() and self.table.count("small"):
+            self._unslab()
         if self.max_memory is not None and self.used > self.max_memory:
             if self.policy == "lru":
                 self._evict_until(self.max_memory)
@@ -379,6 +469,7 @@ class Store:
         self._entries.clear()
         self._resident.clear()
         self.table.clear()
+        self._slab.clear()
         self.used = self.payload = self.raw = self.bookkeeping = self._table_bytes = 0
         if self.disk is not None:
             self.disk.close()

@@ -19,12 +19,12 @@ def cost(cache_id, nbytes, frames=1):
 
 def test_accounting_follows_set_append_delete():
     s = Store("n", None)
-    put(s, "a", b"x" * 10)
+    put(s, "a", b"x" * 1000)  # past SMALL_BYTES: an entry (small values: tests/unit/test_slab.py)
     s.append("a", encode(b"y" * 5, None)[2])
     s.append("b", encode(b"z" * 3, None)[2])
-    assert s.stats()["used"] == cost("a", 15, 2) + cost("b", 3) and s.stats()["ids"] == 2
-    put(s, "a", b"w")
-    assert s.used == cost("a", 1) + cost("b", 3)
+    assert s.stats()["used"] == cost("a", 1005, 2) + cost("b", 3) and s.stats()["ids"] == 2
+    put(s, "a", b"w" * 1000)
+    assert s.used == cost("a", 1000) + cost("b", 3)
     assert s.delete("a") and not s.delete("a")
     assert s.used == cost("b", 3) and s.raw == 3
     s.create_empty("e")
@@ -37,7 +37,7 @@ def test_used_is_the_memory_entries_really_take():
     try:
         s = Store("n", None)
         for i in range(20_000):
-            put(s, f"key-{i:06d}", i.to_bytes(4, "little") * 25)  # 100 bytes each
+            put(s, f"key-{i:06d}", i.to_bytes(4, "little") * 150)  # 600 bytes each: entries
         for i in range(0, 20_000, 2):
             s.append(f"key-{i:06d}", encode(i.to_bytes(5, "little") * 10, None)[2])  # 50 bytes
         allocated, _ = tracemalloc.get_traced_memory()
