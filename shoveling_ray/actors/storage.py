@@ -33,10 +33,12 @@ An empty id (``init`` makes millions of them) has no :class:`Entry`: it is a row
 :class:`~.idtable.IdTable` (column ``empty``), which the placement directory shares for its
 records; the table's whole memory is counted in ``used``. It becomes an entry when written.
 A small value (:func:`.slab.fits`: up to :data:`~.slab.SMALL_BYTES` stored bytes in one frame,
-without numpy meta or append tokens) has no entry either while no policy has to pick values one
-by one (no ``max_memory``, or ``reject``): it is kept in the node's :class:`~.slab.Slab`, its
-place in the table's ``small`` column. An append to it, or a limit under ``lru`` or ``spill``,
-turns it into an entry.
+without numpy meta or append tokens) has no entry either, except under ``lru`` with a limit
+(which evicts values one by one, least recently used first): it is kept in the node's
+:class:`~.slab.Slab`, its place in the table's ``small`` column, at about 50 bytes besides its
+payload where an entry costs about 500. Small values are not spilled: an entry's payload was
+the least of what it cost, so spilling one freed a fifth of it. An append to a small value, or
+``lru`` with a limit, turns it into an entry.
 
 Its parts: :mod:`.entries` (one value, :class:`~.entries.Entry`, and what it costs; small
 appended pieces are joined there) and :mod:`.spill_rounds` (which values a round of spilling
@@ -205,8 +207,8 @@ class Store:
     # -- small values ----------------------------------------------------------------------
 
     def _slabs(self) -> bool:
-        """Whether small values go to the slab: while no policy picks values one by one."""
-        return self.max_memory is None or self.policy == "reject"
+        """Whether small values go to the slab: unless ``lru`` evicts values one by one."""
+        return self.max_memory is None or self.policy != "lru"
 
     def _drop_small(self, cache_id: str, place: int) -> None:
         self.raw -= self._slab.sizes(place)[1]
@@ -247,7 +249,7 @@ class Store:
         return entry
 
     def _unslab(self) -> None:
-        """Turn every small value into an entry (a policy now picks values one by one)."""
+        """Turn every small value into an entry (``lru`` now evicts values one by one)."""
         for cache_id, place in self.table.items("small"):
             kind, frame = self._slab.get(place)
             self.raw -= frame[1]

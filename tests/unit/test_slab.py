@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from shoveling_ray import CacheFull
+from shoveling_ray.actors.disk import SpillFiles
 from shoveling_ray.actors.slab import COMPACT_BYTES, SMALL_BYTES, Slab
 from shoveling_ray.actors.storage import Store
 from shoveling_ray.codec import decode, encode
@@ -84,6 +85,22 @@ def test_a_limit_under_lru_turns_small_values_into_entries_it_can_evict():
     assert kept and all(read(s, k) == b"v" * 100 for k in kept) and "k99" in kept  # the newest stay
     put(s, "new", b"n" * 100)
     assert "new" in s._entries  # no slab while lru picks values one by one
+
+
+def test_under_spill_small_values_stay_in_memory_and_entries_spill(tmp_path):
+    s = Store("n", 60_000, "spill", SpillFiles(str(tmp_path / "spill")))
+    for i in range(100):
+        put(s, f"small{i}", b"s" * 100)
+    for i in range(10):
+        put(s, f"big{i}", bytes([i]) * 10_000)
+    assert slabbed(s) == 100 and s.used <= 60_000 and s.stats()["spilled_ids"] >= 4
+    assert all(read(s, f"small{i}") == b"s" * 100 for i in range(100))
+    assert all(read(s, f"big{i}") == bytes([i]) * 10_000 for i in range(10))
+    s.configure(s.table.nbytes + s._slab.nbytes + 5_000, "spill")  # room for small values only
+    with pytest.raises(CacheFull, match="cannot be spilled"):
+        for i in range(1000):
+            put(s, f"more{i}", b"m" * 100)
+    assert all(read(s, f"small{i}") == b"s" * 100 for i in range(100))
 
 
 def test_reject_refuses_a_small_value_that_does_not_fit_and_keeps_the_old_one():
