@@ -106,7 +106,6 @@ class IdTable:
         self._clear()
 
     def _clear(self) -> None:
-        self._memo: tuple[str | None, int] = (None, -1)  # the last name asked for, and its row
         self._rows = 0  # rows used (live and dead)
         self._live = 0
         self._names = new_array(0, np.uint8)  # the names' UTF-8 bytes, one after another
@@ -141,14 +140,7 @@ class IdTable:
         return self._names[start:int(self._ends[row])].tobytes()
 
     def row(self, name: str) -> int:
-        """The row of ``name``, or -1 (the last one asked is remembered: one write asks for
-        its id's row several times)."""
-        if name == self._memo[0]:
-            return self._memo[1]
-        self._memo = (name, self._find(name))
-        return self._memo[1]
-
-    def _find(self, name: str) -> int:
+        """The row of ``name``, or -1."""
         encoded = name.encode()
         h = _hash(encoded)
         index, hashes = self._index, self._hash
@@ -233,7 +225,6 @@ class IdTable:
                 self._cols[c] = col = grown(col, row, row + 1)
                 col[row] = value if c == column else 0
         self._rows, self._live = row + 1, self._live + 1
-        self._memo = (name, row)
         self._counts[column] += 1
         if self._rows > MAX_LOAD * len(self._index):
             self._reindex(2 * len(self._index))
@@ -388,7 +379,6 @@ class IdTable:
                 col[first:first + count] = 0
         self._names_used += len(blob)
         self._rows += count
-        self._memo = (None, -1)
         if self._rows > MAX_LOAD * len(self._index):
             size = len(self._index)
             while self._rows > MAX_LOAD * size:
@@ -413,7 +403,6 @@ class IdTable:
 
     def _rebuild(self, size: int) -> None:
         """The table rebuilt without its dead rows, and its index with ``size`` slots or fewer."""
-        self._memo = (None, -1)
         live = self._alive(np.arange(self._rows))
         if not live.all():
             ends = self._ends[:self._rows]
