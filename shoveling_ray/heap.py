@@ -7,8 +7,10 @@ about as much as the work on it: a gigabyte of fresh pages was measured at 2-3 s
 pages kept in the process at 0.15 s. :func:`keep_freed_memory` raises glibc's thresholds so
 that blocks up to 32 MiB come from the heap and up to ``KEEP_BYTES`` of freed heap stays.
 
-Called in the processes shoveling_ray runs in (node actors, shuffle tasks). A no-op where the
-C library is not glibc.
+Called in the processes shoveling_ray runs in (node actors, shuffle tasks). The node actors
+hand the freed heap back after ``init``'s packed batches (:func:`give_back_freed`): their
+temporaries are not reused soon, and kept they would count against the ids created. A no-op
+where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -26,11 +28,27 @@ _M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def give_back_freed() -> None:
+    """Hand the freed heap back to the kernel now (glibc's ``malloc_trim``): after a call whose
+    temporaries will not be reused soon (``init``'s packed batches of 100,000 ids), which the
+    thresholds above would keep, counted in the process's memory against the ids it created.
+    A no-op where the C library is not glibc."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Apply the thresholds once per process; whether they were applied."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))

@@ -29,7 +29,7 @@ import threading
 import ray
 
 from ..errors import NodeDrained
-from ..heap import keep_freed_memory
+from ..heap import give_back_freed, keep_freed_memory
 from ..idpack import PackedIds
 from ..membership.consul import ConsulConfig
 from ..objects import adopt, load, own_copies, refs_beside
@@ -170,6 +170,8 @@ class _NodeActor:
             count = len(items[0]) if method in PACKED else len(items)
             self.admin.metrics.served(method, count, moved if method in ("set", "append") else 0,
                                       moved if method == "get" else 0)
+            if method in PACKED:
+                give_back_freed()  # init's temporaries: see heap.py
             self.admin.publish()
             return (*pack(results), refs)
 
@@ -187,6 +189,7 @@ class _NodeActor:
         """See :meth:`.Items.create_empty_ids`."""
         full = self.items.create_empty_ids(cache_ids)
         self.admin.publish()
+        give_back_freed()  # init's temporaries: see heap.py
         return full
 
     @_locked
@@ -226,6 +229,7 @@ class _NodeActor:
         """See :meth:`.Directory.adopt_packed`."""
         self.directory.adopt_packed(parts)
         self.admin.publish()
+        give_back_freed()
 
     @_locked
     @ray.method(concurrency_group="peer")
