@@ -25,6 +25,9 @@ SMALL_BYTES = 512
 _HEADER = struct.Struct("<BBHI")  # kind, codec, stored length, raw length
 #: Bytes of a value's header.
 HEADER = _HEADER.size
+#: Bytes a slab holds at most (its places are uint32 in the id table): a small value that
+#: would pass it is an entry instead.
+MAX_BYTES = (1 << 32) - 2
 #: The slab is compacted once its garbage passes this many bytes and half of it.
 COMPACT_BYTES = 1 << 20
 #: Values copied at a time while compacting (an index per byte of them).
@@ -56,6 +59,10 @@ class Slab:
     def nbytes(self) -> int:
         """Memory it takes (the part of its array written)."""
         return self.used
+
+    def has_room(self, frame: tuple) -> bool:
+        """Whether a value of one frame ``frame`` fits under :data:`MAX_BYTES`."""
+        return self.used + HEADER + len(frame[2]) <= MAX_BYTES
 
     def put(self, kind: int, frame: tuple) -> int:
         """Store a value of ``kind`` whose one frame is ``frame`` (see :func:`fits`); its place."""

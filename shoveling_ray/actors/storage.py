@@ -70,7 +70,7 @@ from .spill_rounds import SpillJob, SpillRounds
 #: directory's: see :mod:`.directory`).
 ID_COLUMNS = ("empty", "small", "record", "lost")
 #: The columns wider than an int16.
-WIDE_COLUMNS = {"small": np.int64}
+WIDE_COLUMNS = {"small": np.uint32}
 _HELD = ("empty", "small")
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class Store:
         Raises:
             CacheFull: it does not fit (see the module docstring); nothing changed.
         """
-        if not tokens and fits(meta, frames) and self._slabs():
+        if not tokens and fits(meta, frames) and self._slabs() and self._slab.has_room(frames[0]):
             return self._set_small(cache_id, kind, frames[0])
         new = Entry(kind, meta, frames)
         if tokens:
