@@ -4,8 +4,7 @@ Used by ``tests/cluster/test_nemesis.py`` (a few short seeds) and ``benchmarks/s
 as asked). Writers run as Ray tasks on the head node (which never leaves) while the nemesis,
 in this process, applies faults chosen by a seeded generator: a node SIGKILLed, removed
 gracefully, drained then removed (each followed by a new node), a node added, ``replicas``
-changed between 2 and 3, ``max_memory`` lowered (the cache spills). With one copy each fault
-waits until the cache has handled the one before (see :meth:`Nemesis.settle`). Writers:
+changed between 2 and 3, ``max_memory`` lowered (the cache spills). Writers:
 
 - ``append``: numbered records to ids in turn, one ``append`` per record, no token;
 - ``token``: the same with ``append_many(..., token=)``;
@@ -188,25 +187,8 @@ class Nemesis:
             fault = "add"
             self.cluster.add_node(num_cpus=1)
         self.cluster.wait_for_nodes()
-        if self.replicas == 1 and fault != STALL:
-            self.settle()
         self.done[fault] += 1
         return fault
-
-    def settle(self, timeout: float = 120.0) -> None:
-        """Wait until the cache's members are the cluster's live nodes: each loss handled and
-        each new node's actor started. With one copy, an id's name is on its two directory
-        nodes only, and two losses inside one rebuild can leave it unrecorded (the gap
-        docs/fault-tolerance.md names): one-copy faults come a rebuild apart."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.cache._calls.refresh()
-            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-            if set(self.cache._router.members) == alive:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the cache's members did not become the live nodes within {timeout:.0f} s")
-            time.sleep(0.5)
 
 
 def _pid(actor) -> int:
