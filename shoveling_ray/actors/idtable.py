@@ -181,13 +181,19 @@ class IdTable:
 
     def fields(self, name: str, columns: Sequence[str]) -> tuple[int, ...]:
         """``columns`` of ``name`` (0 where unset or absent), with one lookup."""
-        row = self.row(name)
+        return self.fields_at(self.row(name), columns)
+
+    def fields_at(self, row: int, columns: Sequence[str]) -> tuple[int, ...]:
+        """:meth:`fields` of the id at ``row`` (from :meth:`row`, -1: absent)."""
         cols = self._cols
         return tuple(0 if row < 0 or cols[c] is None else int(cols[c][row]) for c in columns)
 
     def set(self, name: str, column: str, value: int) -> None:
         """Set ``column`` of ``name`` (0 unsets it; an id with nothing set is dropped)."""
-        row = self.row(name)
+        self.set_at(self.row(name), name, column, value)
+
+    def set_at(self, row: int, name: str, column: str, value: int) -> None:
+        """:meth:`set` of ``name`` at ``row``, its :meth:`row` since the table last changed."""
         if row < 0:
             if value:
                 self._append_one(name, column, value)

@@ -58,12 +58,16 @@ class Items:
     def get(self, batch: Batch, items: list) -> list:
         out = []
         with self._lock:  # held or not, record and loss: looked up at once for a large batch
-            for (cache_id, via), record, here, lost in zip(items, *self._known([i for i, _ in items])):
-                value = self.store.get(cache_id, here) if here else None
+            records, held, lost_ones, places = self._known([i for i, _ in items], places=True)
+            for k, ((cache_id, via), record, here, lost) in enumerate(zip(items, records, held, lost_ones)):
+                value = self.store.get(cache_id, here, places and places[k]) if here else None
                 if value is None:
                     out.append(self.directory.absent_known(record, lost, via))
                 elif not value[2]:
                     out.append((p.OK, value))  # empty: nothing to count or put
+                elif len(value[2]) == 1 and type(value[2][0][2]) is bytes and len(value[2][0][2]) < OBJECT_STORE_BYTES:
+                    batch.moved += len(value[2][0][2])  # one piece in the heap (a small value): nothing to put
+                    out.append((p.OK, value))
                 else:
                     entry = self.store.peek(cache_id)
                     batch.moved += entry.nbytes + entry.disk  # known sizes: no walk over the frames
@@ -94,14 +98,20 @@ class Items:
             return [(p.OK, live_holders(i)) if here else absent(target, dead, via)
                     for (i, via), here, target, dead in zip(items, held, records, lost)]
 
-    def _known(self, ids: list[str]) -> tuple[list, list, list]:
+    def _known(self, ids: list[str], places: bool = False) -> tuple:
         """Each id's placement record, whether it is held here, and its lost entry (``None``
-        where none): looked up at once for a large batch of distinct ids, else one by one."""
+        where none): looked up at once for a large batch of distinct ids, else one by one.
+        With ``places``, a fourth list: each id's place in the slab (see
+        :meth:`.Store.holds_places`), or ``None`` when looked up one by one."""
         if len(ids) >= BATCH_LOOKUP and len(set(ids)) == len(ids):
             records, lost = self.directory.known(ids)
+            if places:
+                held, found = self.store.holds_places(ids)
+                return records, held, lost, found
             return records, self.store.holds_many(ids), lost
         records, lost, store = self.directory.records, self.directory.lost, self.store
-        return [records.get(i) for i in ids], [i in store for i in ids], [lost.get(i) for i in ids]
+        known = [records.get(i) for i in ids], [i in store for i in ids], [lost.get(i) for i in ids]
+        return (*known, None) if places else known
 
     def _write(self, batch: Batch, items: list, apply, clears_loss: bool) -> list:
         """Apply writes to the ids this node may write (under the lock); ``apply`` adds each

@@ -50,13 +50,6 @@ from .spiller import Spiller
 from .storage import Store
 from .tables import Tables
 
-#: A client batch of at least this many items, averaging under ``SMALL_ITEM_BYTES`` each, hands
-#: the freed heap back when it is done (see heap.py): its temporaries (a tuple and a str per
-#: item) are not reused soon, and kept they would count against the ids it wrote; a shuffle's
-#: batches of large pieces keep theirs.
-TRIM_ITEMS = 10_000
-SMALL_ITEM_BYTES = 1024
-
 
 def _session_dir() -> str:
     """This node's directory of the running Ray session (``/tmp/ray/session_...``)."""
@@ -177,8 +170,8 @@ class _NodeActor:
             count = len(items[0]) if method in PACKED else len(items)
             self.admin.metrics.served(method, count, moved if method in ("set", "append") else 0,
                                       moved if method == "get" else 0)
-            if method in PACKED or (count >= TRIM_ITEMS and moved < SMALL_ITEM_BYTES * count):
-                give_back_freed()  # many small items' temporaries, not reused soon: see heap.py
+            if method in PACKED:
+                give_back_freed()  # init's temporaries: see heap.py
             self.admin.publish()
             return (*pack(results), refs)
 

@@ -156,6 +156,12 @@ class Store:
         entries = self._entries
         return [e or i in entries for i, e in zip(cache_ids, self._held_rows(cache_ids).tolist())]
 
+    def holds_places(self, cache_ids: list[str]) -> tuple[list[bool], list[int]]:
+        """:meth:`holds_many`, and each id's place in the slab (0: none), for :meth:`get`."""
+        found, entries = self.table.lookup(cache_ids, _HELD), self._entries
+        places = found["small"].tolist()
+        return [bool(e or s) or i in entries for i, e, s in zip(cache_ids, found["empty"].tolist(), places)], places
+
     def holds_packed(self, cache_ids: PackedIds) -> np.ndarray:
         """:meth:`holds_many` of a pack, as a bool array (a str per id only when the store
         holds some value: a cache of ``init``'s empty ids only holds none)."""
@@ -219,21 +225,25 @@ class Store:
 
     def _set_small(self, cache_id: str, kind: int, frame: tuple) -> int:
         """:meth:`set` of a value that :func:`.slab.fits`, into the slab."""
-        grows = HEADER + len(frame[2])
+        grows = HEADER + len(frame[2]) + EMPTY_BYTES + len(cache_id)  # a new row's, at most
         old = self._entries.get(cache_id)
-        empty, place = self.table.fields(cache_id, _HELD)
         if old is not None:
             old_cost = old.cost(cache_id)
             self._make_room(cache_id, grows - old_cost, 0)
             del self._entries[cache_id]
             self._remove(cache_id, old, old_cost)
         else:
-            self._make_room(cache_id, grows if place or empty else grows + EMPTY_BYTES + len(cache_id), 0)
+            self._make_room(cache_id, grows, 0)
+        row = self.table.row(cache_id)  # the table changes no more until it is set
+        empty, place = self.table.fields_at(row, _HELD)
+        self.table.set_at(row, cache_id, "small", self._slab.put(kind, frame))  # the row stays alive
         if place:
-            self._drop_small(cache_id, place)
+            self.raw -= self._slab.sizes(place)[1]
+            self._slab.free(place)
         elif empty:
             self.table.set(cache_id, "empty", 0)
-        self.table.set(cache_id, "small", self._slab.put(kind, frame))
+        if self._slab.wants_compacting():
+            self.table.remap("small", self._slab.compact)
         self.raw += frame[1]
         self.retable()
         return len(frame[2])
@@ -259,13 +269,19 @@ class Store:
         self._slab.clear()
         self.retable()
 
-    def get(self, cache_id: str, held: bool | None = None) -> tuple | None:
+    def get(self, cache_id: str, held: bool | None = None, place: int | None = None) -> tuple | None:
         """``(kind, meta, frames)`` with every payload readable, marked as recently used; or
         ``None``. A spilled value comes back into memory if it fits without spilling others.
-        ``held``: whether the id is held here, if the caller knows (see :meth:`holds_many`)."""
+        ``held`` / ``place``: whether the id is held here and its place in the slab, if the
+        caller knows (see :meth:`holds_many`, :meth:`holds_places`)."""
         entry = self._entries.get(cache_id)
         if entry is None:
-            return self._tabled(cache_id) if held is None or held else None
+            if place is None:
+                return self._tabled(cache_id) if held is None or held else None
+            if place:
+                kind, frame = self._slab.get(place)
+                return kind, b"", [frame]
+            return (KIND_BYTES, b"", []) if held else None
         if cache_id in self._resident:
             self._resident.move_to_end(cache_id)
         if not entry.disk:
