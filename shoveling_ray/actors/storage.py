@@ -220,7 +220,13 @@ class Store:
         self.raw -= self._slab.sizes(place)[1]
         self._slab.free(place)
         self.table.set(cache_id, "small", 0)
-        if self._slab.wants_compacting():
+        self._compact()
+
+    def _compact(self) -> None:
+        """Compact the slab once it is mostly garbage (an empty one is cleared)."""
+        if not self.table.count("small"):
+            self._slab.clear()
+        elif self._slab.wants_compacting():
             self.table.remap("small", self._slab.compact)
 
     def _set_small(self, cache_id: str, kind: int, frame: tuple) -> int:
@@ -242,10 +248,10 @@ class Store:
             self._slab.free(place)
         elif empty:
             self.table.set(cache_id, "empty", 0)
-        if self._slab.wants_compacting():
-            self.table.remap("small", self._slab.compact)
+        self._compact()
         self.raw += frame[1]
         self.retable()
+        self._settle()  # past the limit below the ceiling: the background spiller makes room
         return len(frame[2])
 
     def _unslab_one(self, cache_id: str) -> Entry:
@@ -260,12 +266,16 @@ class Store:
 
     def _unslab(self) -> None:
         """Turn every small value into an entry (``lru`` now evicts values one by one)."""
-        for cache_id, place in self.table.items("small"):
+        converted = self.table.items("small")  # in the order they were first written
+        for cache_id, place in converted:
             kind, frame = self._slab.get(place)
             self.raw -= frame[1]
             self.table.set(cache_id, "small", 0)
             entry = self._entries[cache_id] = Entry(kind, b"", [frame])
             self._account(cache_id, entry, +1)
+        for cache_id, _ in reversed(converted):  # not used since lru began: evicted first
+            if cache_id in self._resident:
+                self._resident.move_to_end(cache_id, last=False)
         self._slab.clear()
         self.retable()
 
@@ -338,16 +348,18 @@ class Store:
             CacheFull: it does not fit; nothing changed.
         """
         entry = self._entries.get(cache_id)
-        if entry is None and self.table.get(cache_id, "small"):
-            entry = self._unslab_one(cache_id)
-        if entry is not None and entry.kind != KIND_BYTES:
+        place = self.table.get(cache_id, "small") if entry is None else 0
+        kind = self._slab.get(place)[0] if place else entry.kind if entry is not None else KIND_BYTES
+        if kind != KIND_BYTES:
             raise TypeError(f"cannot append to {cache_id!r}: its value is not bytes")
         if token is not None and entry is not None and entry.tokens and token in entry.tokens:
             return 0
         added = Entry(KIND_BYTES, b"", frames)
         grows = added.nbytes + FRAME_OVERHEAD * len(frames) + (0 if entry else overhead(cache_id, 0))
-        grows += TOKEN_OVERHEAD if token is not None else 0
+        grows += (FRAME_OVERHEAD if place else 0) + (TOKEN_OVERHEAD if token is not None else 0)
         self._make_room(cache_id, grows, added.nbytes)
+        if place:  # a small value becomes an entry, now that there is room for it
+            entry = self._unslab_one(cache_id)
         if entry is None:
             entry = self._entries[cache_id] = Entry(KIND_BYTES, b"", [])
             if self._take_empty(cache_id):

@@ -58,6 +58,31 @@ def test_replacing_deleting_and_appending_keep_the_store_consistent():
     assert s.create_empty_many(["c", "d"]) == ["d"] and read(s, "c") == b"now small"
 
 
+def test_a_refused_append_leaves_a_small_value_as_it_was():
+    s = Store("n", None, "reject")
+    put(s, "n", 5)
+    put(s, "b", b"small")
+    with pytest.raises(TypeError, match="not bytes"):
+        s.append("n", encode(b"x", None)[2])
+    s.configure(s.used + 10, "reject")
+    used = s.used
+    with pytest.raises(CacheFull):
+        s.append("b", encode(b"more", None)[2])
+    assert slabbed(s) == 2 and not s._entries and s.used == used and read(s, "b") == b"small"
+
+
+def test_small_writes_past_the_limit_wake_the_background_spiller(tmp_path):
+    woken = []
+    s = Store("n", 50_000, "spill", SpillFiles(str(tmp_path / "spill")), wake=lambda: woken.append(1))
+    put(s, "big", b"b" * 40_000)
+    i = 0
+    while s.used <= s.max_memory:
+        assert not woken
+        put(s, f"small{i}", b"s" * 100)
+        i += 1
+    assert woken and s.peek("big").disk == 0  # the spiller makes room in the background
+
+
 def test_a_value_with_append_tokens_stays_an_entry():
     s = Store("n", None)
     s.set("a", *encode(b"v", None), tokens={"t1"})
