@@ -171,10 +171,6 @@ class Store:
             held |= np.fromiter((i in entries for i in cache_ids.names()), bool, len(cache_ids))
         return held
 
-    def _is_empty(self, cache_id: str) -> bool:
-        """Whether ``cache_id`` is held as an empty id without an entry."""
-        return self.table.get(cache_id, "empty") != 0
-
     def _tabled(self, cache_id: str) -> tuple | None:
         """The value of an id held without an entry (empty, or small), or ``None``."""
         empty, place = self.table.fields(cache_id, _HELD)
