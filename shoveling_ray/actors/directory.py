@@ -273,9 +273,16 @@ class Directory:
 
     def _of_slots(self, slots: set) -> tuple[list, list]:
         """The records and lost ids here of ``slots`` (a record of an id of its own factor
-        with that factor, as :meth:`adopt_records` takes them)."""
-        return ([self.pair(i, n) for i, n in self.records.items() if slot_of(i) in slots],
-                [(i, n) for i, n in self.lost.items() if slot_of(i) in slots])
+        with that factor, as :meth:`adopt_records` takes them), and a record of each id of one
+        copy held here: a node keeps no record of its own ids, so without it a new directory
+        node of the slot would not know them, and once this node died they would read as
+        never written instead of lost."""
+        records = [self.pair(i, n) for i, n in self.records.items() if slot_of(i) in slots]
+        named = {record[0] for record in records}
+        copies, factor, me = self._copies, self.layout.factor, self.node_id
+        records += [self.pair(i, me) for i in self.store.ids()
+                    if i not in copies and i not in named and factor(i) == 1 and slot_of(i) in slots]
+        return records, [(i, n) for i, n in self.lost.items() if slot_of(i) in slots]
 
     def _send_directory(self, node: str, method: str, arg, count: int) -> None:
         try:

@@ -230,6 +230,34 @@ def test_with_one_copy_the_directory_outlives_the_home_and_the_backup():
         rest, again = lose(survivors, after, second, 1)
         alive = [i for i, n in placed.items() if n in rest]
         assert all(get(again, i) == b"" for i in alive)
+        # and every id that died with either node reads as lost, not as never written
+        gone = sorted(i for i, n in placed.items() if n not in rest)
+        assert sorted(i for a in rest.values() for i in a.lost_ids()) == gone
+        assert all(again.run("get", [(i,)])[0][:2] == (p.LOST, placed[i]) for i in gone)
+
+
+def test_with_one_copy_every_order_of_two_losses_leaves_the_dead_ids_lost():
+    """The node holding an id of one copy keeps no record of it; when it becomes a slot's
+    directory node, the new other directory node learns its ids from it, so losing it next
+    still makes them ``DataLost`` (a write held on the backup home by ``init``, or on the home
+    by ``set``)."""
+    for first in NODES4:
+        for second in NODES4:
+            if second == first:
+                continue
+            actors = make_actors(NODES4, replicas=1)
+            router = make_router(actors)
+            placed = dict(router.place([f"q{i}" for i in range(120)], {n: 1.0 for n in NODES4}))
+            router.run("set", [(f"s{i}", *encode(b"v")) for i in range(40)])
+            placed.update((f"s{i}", router.home(f"s{i}")) for i in range(40))
+            survivors, after = lose(actors, router, first, 1)
+            rest, again = lose(survivors, after, second, 1)
+            for cache_id, node in placed.items():
+                status, value, _node = again.run("get", [(cache_id,)])[0]
+                if node in (first, second):
+                    assert (status, value) == (p.LOST, node), (first, second, cache_id)
+                else:
+                    assert status == p.OK, (first, second, cache_id)
 
 
 def test_with_one_copy_ids_written_on_their_home_are_lost_not_missing_when_it_dies():
