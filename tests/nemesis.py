@@ -62,7 +62,7 @@ def run_writer(cache: sr.Cache, kind: str, writer: int, ids: list[str], until: f
     """Write until ``until`` (wall clock). Returns the calls ``acked`` and ``unknown`` (they
     raised), each ``(seq, id, op)`` (``id`` ``"*"``: every live id, a batch), and the ids found
     ``lost`` ``{id: node}``."""
-    acked, unknown, lost = [], [], {}
+    acked, unknown, lost, raised = [], [], {}, Counter()
     w = cache.writer(max_bytes=1 << 30) if kind == "writer" else None
     pending: list[tuple] = []  # the writer's records not flushed yet
     seq = 0
@@ -95,6 +95,7 @@ def run_writer(cache: sr.Cache, kind: str, writer: int, ids: list[str], until: f
                 call = (seq, cache_id, "delete")
                 cache.delete(cache_id)
         except sr.ShovelingError as exc:  # DataLost, NodeUnavailable, CacheFull, ...
+            raised[f"{type(exc).__name__} at {time.time() - until:+.0f}s: {str(exc)[:80]}"] += 1
             if isinstance(exc, sr.DataLost):
                 lost[exc.cache_id or cache_id] = exc.node_id
             if kind == "writer":
@@ -116,7 +117,8 @@ def run_writer(cache: sr.Cache, kind: str, writer: int, ids: list[str], until: f
             acked.extend(pending)
         except sr.ShovelingError:
             unknown.extend(pending)
-    return {"kind": kind, "writer": writer, "ids": ids, "acked": acked, "unknown": unknown, "lost": lost}
+    return {"kind": kind, "writer": writer, "ids": ids, "acked": acked, "unknown": unknown, "lost": lost,
+            "raised": dict(raised)}
 
 
 @ray.remote(num_cpus=0)

@@ -37,6 +37,7 @@ def run_seed(cluster, name: str, seed: int, replicas: int, faults: int, seconds:
     report = check(cache, results, nemesis.replicas, nemesis.unwarned)
     report["faults"] = dict(nemesis.done)
     report["acked"] = {r["kind"]: len(r["acked"]) for r in results}
+    report["raised"] = {r["kind"]: r["raised"] for r in results}
     cache.close()
     return report
 
@@ -51,4 +52,8 @@ def test_two_copies_every_acknowledged_write_exactly_once_under_the_nemesis(clus
 def test_one_copy_lost_ids_raise_data_lost_the_rest_exactly_once(cluster):
     report = run_seed(cluster, "nemesis1", seed=2, replicas=1, faults=3, seconds=30)
     assert report["errors"] == [], report
-    assert all(report["acked"].values()) and report["records"] > 0, report
+    # not vacuous: writes were acknowledged, and every kind of writer was acknowledged or met a
+    # lost id (on Ray alone a call that meets a SIGKILLed node waits until Ray declares it dead,
+    # 13-16 s: a batch over every node may meet both kills and see no acknowledgement at all)
+    met_loss = {kind for kind, raised in report["raised"].items() if any(k.startswith("DataLost") for k in raised)}
+    assert report["records"] > 0 and all(n or kind in met_loss for kind, n in report["acked"].items()), report
