@@ -20,8 +20,9 @@ runs them all):
 
 - ``--ids``: what an id costs and how ``init`` grows with ids (``--id-nodes`` nodes, 3), for
   each count in ``--id-counts``: bytes per id in the node actors (growth of the actor
-  processes' own resident memory, ``RssAnon``, divided by the ids; also after ``malloc_trim``,
-  and the actors' ``stats()`` ``used``) for ids created empty by one ``init`` call and for ids
+  processes' own resident memory, ``RssAnon``, divided by the ids, once the actors have been
+  idle for ``IDLE_SECONDS`` and handed their freed heap back, see heap.py; also right after
+  the call, after ``malloc_trim``, and the actors' ``stats()`` ``used``) for ids created empty by one ``init`` call and for ids
   created by ``set_many`` of 100-byte values (up to ``--set-ids``; with and without the
   values' bytes), against the 100-byte target and Redis's bytes per key (``INFO memory``
   ``used_memory`` growth for the same names). Each case first writes ``WARM_IDS`` other ids
@@ -51,6 +52,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import common
 import shoveling_ray as sr
+from shoveling_ray.heap import IDLE_SECONDS
 from common import MB, Report, parse_args, settle, start, stop
 from redis_server import RedisServer
 
@@ -282,6 +284,14 @@ def trimmed_rss(cache: sr.Cache) -> int:
     return actor_rss(cache)
 
 
+def idle_growth(cache: sr.Cache, rss0: int, count: int) -> tuple[float, float]:
+    """Bytes per id the actors grew since ``rss0``: right after the call, and once they have
+    been idle for ``IDLE_SECONDS`` (they hand their freed heap back then, see heap.py)."""
+    busy = (actor_rss(cache) - rss0) / count
+    time.sleep(IDLE_SECONDS + 1)
+    return busy, (settle(lambda: actor_rss(cache)) - rss0) / count
+
+
 def used(cache: sr.Cache) -> int:
     """``used`` of every node, without what the sessions remember of recent writes."""
     return sum(s["used"] - s["bookkeeping"] for s in cache.stats().values())
@@ -301,11 +311,13 @@ def bytes_per_id(report: Report, count: int, ids: list[str], redis: dict, set_id
     seconds = time.perf_counter() - t
     assert len(placed) == count
     del placed
-    grown, counted = (settle(lambda: actor_rss(cache)) - rss0) / count, (used(cache) - used0) / count
+    busy, grown = idle_growth(cache, rss0, count)
+    counted = (used(cache) - used0) / count
     trimmed = trimmed_rss(cache)
     held, cold = (trimmed - rss0) / count, (trimmed - opened) / count
     shared = (actor_rss(cache, "RssShmem") - shm0) / count
-    print(f"init of {count:,} ids: {seconds:.2f} s; actors +{grown:.1f} B/id ({held:.1f} after malloc_trim; "
+    print(f"init of {count:,} ids: {seconds:.2f} s; actors +{grown:.1f} B/id once idle (+{busy:.1f} right after it; "
+          f"{held:.1f} after malloc_trim; "
           f"object store pages touched +{shared:.1f}), used +{counted:.1f} B/id (used/measured {counted / grown:.2f}); "
           f"from the opened cache (its first calls included, after malloc_trim): +{cold:.1f} B/id")
     report.add(f"init-placed id, {count:,} ids: bytes/id vs target", grown, TARGET_BYTES, "B", 1.0, False)
@@ -330,13 +342,14 @@ def set_bytes(report: Report, count: int, ids: list[str], redis: dict) -> None:
         small.set_many({i: value for i in ids[k:k + SET_BATCH]})
     set_seconds = time.perf_counter() - t
     small.set("flush", b"")  # the sessions forget the writes before this one
-    grown, counted = (settle(lambda: actor_rss(small)) - rss0) / count, (used(small) - used0) / count
+    busy, grown = idle_growth(small, rss0, count)
+    counted = (used(small) - used0) / count
     trimmed = trimmed_rss(small)
     cold = (trimmed - opened) / count - VALUE_BYTES
     print(f"after malloc_trim: +{(trimmed - rss0) / count:.1f} B/id; from the opened cache (its first calls "
           f"included, after malloc_trim): +{cold:.1f} B/id without the value")
     print(f"set_many of {count:,} ids of {VALUE_BYTES} B: {set_seconds:.2f} s; actors +{grown:.1f} B/id with the "
-          f"value, {grown - VALUE_BYTES:.1f} without; used +{counted:.1f} B/id (used/measured {counted / grown:.2f})")
+          f"value once idle (+{busy:.1f} right after it), {grown - VALUE_BYTES:.1f} without; used +{counted:.1f} B/id (used/measured {counted / grown:.2f})")
     report.add(f"set id of {VALUE_BYTES} B, {count:,} ids: bytes/id without the value vs target",
                grown - VALUE_BYTES, TARGET_BYTES, "B", 1.0, False)
     report.add(f"set id of {VALUE_BYTES} B, {count:,} ids, first calls included: bytes/id without the value vs "

@@ -21,6 +21,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..errors import ShovelingError
+from ..heap import ONE_ARENA
 from ..membership import NodeInfo, draining_nodes, ray_nodes
 from ..membership.consul import ConsulConfig
 from ..placement import build_chains, reassign_chains
@@ -328,6 +329,7 @@ class _Coordinator:
             namespace=NAMESPACE,
             lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            runtime_env={"env_vars": ONE_ARENA},
         ).remote(self.cache, node.node_id, self._limit(node), self.settings["eviction"], self.settings["max_disk"],
                  self.settings["spill_dir"], self.consul, self.settings["http"])
 

@@ -29,7 +29,7 @@ import threading
 import ray
 
 from ..errors import NodeDrained
-from ..heap import give_back_freed, keep_freed_memory
+from ..heap import IdleTrim, give_back_freed, keep_freed_memory
 from ..idpack import PackedIds
 from ..membership.consul import ConsulConfig
 from ..objects import adopt, load, own_copies, refs_beside
@@ -63,8 +63,11 @@ def _locked(method):
     # create_empty build entries by the thousand too.
     @functools.wraps(method)
     def wrapper(self, *args):
-        with self._lock, no_gc():
-            return method(self, *args)
+        try:
+            with self._lock, no_gc():
+                return method(self, *args)
+        finally:
+            self.idle_trim.ended()
 
     return wrapper
 
@@ -90,6 +93,7 @@ class _NodeActor:
     def __init__(self, cache: str, node_id: str, max_memory: int | None, policy: str, max_disk: int | None = None,
                  spill_dir: str | None = None, consul: ConsulConfig | None = None, http: bool = False) -> None:
         keep_freed_memory()
+        self.idle_trim = IdleTrim()  # the freed heap goes back once calls stop (see heap.py)
         self.cache = cache
         self.node_id = node_id
         disk = SpillFiles(os.path.join(spill_dir or _session_dir(), cache, node_id), max_disk)
@@ -173,6 +177,7 @@ class _NodeActor:
             if method in PACKED:
                 give_back_freed()  # init's temporaries: see heap.py
             self.admin.publish()
+            self.idle_trim.ended()
             return (*pack(results), refs)
 
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function

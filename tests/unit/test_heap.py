@@ -1,11 +1,15 @@
-"""keep_freed_memory: freed blocks stay in the process instead of going back to the kernel."""
+"""keep_freed_memory: freed blocks stay in the process instead of going back to the kernel,
+until it has been idle for a while (IdleTrim)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
+
+from shoveling_ray.heap import IdleTrim
 
 _PROBE = """
 import sys, numpy as np, psutil
@@ -31,3 +35,44 @@ def test_a_freed_block_stays_in_the_process_only_when_asked():
     assert applied == "None" and released >= 20  # glibc hands (nearly all of) the 24 MiB block back
     applied, released = _released_mib("keep")
     assert applied == "True" and released <= 2  # kept: at most page-level noise leaves
+
+
+_IDLE_PROBE = """
+import time, numpy as np, psutil
+from shoveling_ray.heap import IdleTrim, keep_freed_memory
+keep_freed_memory()
+proc = psutil.Process()
+trim = IdleTrim(idle=0.3)
+block = np.ones(24 * 2**20, dtype=np.uint8)
+before = proc.memory_info().rss
+del block
+trim.ended()
+kept = (before - proc.memory_info().rss) // 2**20
+time.sleep(1.5)
+print(kept, (before - proc.memory_info().rss) // 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_an_idle_process_hands_its_freed_heap_back():
+    out = subprocess.run([sys.executable, "-c", _IDLE_PROBE], capture_output=True, text=True, check=True).stdout
+    kept, released = (int(x) for x in out.split())
+    assert kept <= 2 and released >= 20  # kept while calls may follow, handed back once idle
+
+
+def test_the_heap_goes_back_once_after_a_burst_of_calls_not_during_it():
+    trims = []
+    trim = IdleTrim(idle=0.4, trim=lambda: trims.append(time.monotonic()))
+    start = time.monotonic()
+    for _ in range(6):  # a burst: a call ends every 0.1 s
+        last = time.monotonic()
+        trim.ended()
+        time.sleep(0.1)
+    wait_until = time.monotonic() + 5
+    while not trims and time.monotonic() < wait_until:
+        time.sleep(0.05)
+    time.sleep(0.6)
+    assert len(trims) == 1 and trims[0] >= last + 0.4 and trims[0] > start + 0.5
+    trim.ended()  # a later call: once more
+    time.sleep(1.0)
+    assert len(trims) == 2
