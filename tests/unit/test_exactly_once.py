@@ -8,6 +8,8 @@ died mid-call, and on the node an id was drained or repaired to.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from shoveling_ray import NodeUnavailable
@@ -15,11 +17,12 @@ from shoveling_ray import protocol as p
 from shoveling_ray.actors.sessions import ENTRY_BYTES, SESSION_BYTES, Sessions
 from shoveling_ray.codec import encode, encode_append
 from shoveling_ray.placement import holders, reassign_chains, slot_of
+from shoveling_ray import router as router_module
 from shoveling_ray.router import Router
 from shoveling_ray.view import View
 
 from .test_replicas import NODES4, lose, repair_all, values_on
-from .test_router import NODES, Serial, get, make_actors, make_router, set_
+from .test_router import NODES, Counting, Serial, get, make_actors, make_router, set_
 
 
 def appends(ids, record: bytes) -> list[tuple]:
@@ -245,3 +248,36 @@ def test_the_count_of_remembered_ids_follows_every_way_they_come_and_go():
             now[0] += 100.0  # every session goes quiet past the ttl: the next call sweeps
         walked = sum(len(a) for _seen, calls in sessions._sessions.values() for a in calls.values())
         assert sessions.nbytes == walked * ENTRY_BYTES + len(sessions) * SESSION_BYTES
+
+
+class DiesOnItsSecondCall:
+    """A node that serves one call of a batch split into several, then is lost."""
+
+    def __init__(self, actor):
+        self.actor, self.calls = actor, 0
+
+    def batch(self, *args):
+        self.calls += 1
+        if self.calls > 1:
+            raise NodeUnavailable(self.actor.node_id, [], "died after its first call")
+        return self.actor.batch(*args)
+
+
+def test_a_large_batch_goes_to_a_node_in_several_calls_and_a_retry_after_some_applies_the_rest_once(monkeypatch):
+    monkeypatch.setattr(router_module, "CALL_ITEMS", 7)
+    actors = make_actors()
+    on_a = ids_homed(make_router(actors), "node-a", 30)
+    calls = Counter()
+    dying = {"node-a": DiesOnItsSecondCall(actors["node-a"])}
+    router = make_router(actors, lambda node, ids: dying.get(node) or Counting(actors[node], calls, node))
+    stamp = router.stamp()
+    items = appends(on_a, b"r1,")
+    with pytest.raises(NodeUnavailable):
+        router.run("append", items, stamp=stamp)
+    reader = make_router(actors)
+    assert sum(get(reader, i) == b"r1," for i in on_a) == 7  # the first call of 7 was applied
+    dying.clear()  # the client tries again, with the same stamp
+    results = router.run("append", [*items, ("other", encode_append(b"x"))], stamp=stamp)
+    assert [r[0] for r in results] == [p.OK] * 31
+    assert calls[("node-a", "append")] == 5  # 30 ids, at most 7 a call
+    assert [get(reader, i) for i in on_a] == [b"r1,"] * 30 and get(reader, "other") == b"x"
