@@ -164,3 +164,15 @@ def test_the_table_is_the_process_own_memory():
     shared = rss("RssShmem")
     table.add([f"id-{i:09d}" for i in range(300_000)], "a", 1)
     assert rss("RssShmem") - shared < table.nbytes / 10
+
+
+def test_the_index_stays_between_forty_and_sixty_percent_full_as_the_table_grows():
+    table = IdTable(("a",))
+    loads = []
+    for k in range(0, 200_000, 4096):
+        table.add([f"id-{i}" for i in range(k, k + 4096)], "a", 1)
+        loads.append(len(table) / len(table._index))
+        for i in range(k, k + 4096, 997):  # every id is still found
+            assert table.get(f"id-{i}", "a") == 1
+    assert all(0.39 <= load <= 0.6 for load in loads[5:]), loads
+    assert table.get("absent", "a") == 0 and table.rows(["absent", "id-7"]).tolist() == [-1, 7]
