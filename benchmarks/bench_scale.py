@@ -288,10 +288,11 @@ def forget_writes(cache: sr.Cache) -> None:
     """Write an id homed on each node: every node's sessions forget this client's writes before
     it (a node remembers the ids of a client's last call to it until its next one, see
     sessions.py; counted in ``used`` as ``bookkeeping``, not what an id costs)."""
-    router, flush, n = cache._router, {}, 0
-    while len(flush) < len(router.members):
+    router, flush = cache._router, {}
+    for n in range(100 * len(router.members)):  # 4,096 slots: each member is home of some
         flush.setdefault(router.home(f"flush-{n}"), f"flush-{n}")
-        n += 1
+        if len(flush) == len(router.members):
+            break
     cache.set_many(dict.fromkeys(flush.values(), b""))
 
 

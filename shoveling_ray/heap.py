@@ -17,6 +17,7 @@ it. A no-op where the C library is not glibc.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -67,32 +68,46 @@ def keep_freed_memory() -> bool:
 
 
 class IdleTrim:
-    """Hands the freed heap back (:func:`give_back_freed`) once no call has ended for ``idle``
-    seconds since the last one that did; a background thread waits for it.
+    """Hands the freed heap back (:func:`give_back_freed`) once no call has run for ``idle``
+    seconds; a background thread waits for it. Calls say when they run (:meth:`call`).
 
     Args:
-        idle: seconds of quiet before the heap is handed back.
+        idle: seconds without a call before the heap is handed back.
         trim: what hands it back (:func:`give_back_freed`; a fake in tests).
     """
 
     def __init__(self, idle: float = IDLE_SECONDS, trim=give_back_freed) -> None:
         self.idle, self._trim = idle, trim
         self._last = time.monotonic()
-        self._calls = threading.Event()
+        self._running = 0
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
         threading.Thread(target=self._run, daemon=True, name="shoveling-idle-trim").start()
 
-    def ended(self) -> None:
-        """A call just ended: hand the heap back once the process stays idle after it."""
-        self._last = time.monotonic()
-        self._calls.set()
+    @contextlib.contextmanager
+    def call(self):
+        """Around a call: the heap is not handed back while it runs, and is ``idle`` seconds
+        after it (and every other call) ended."""
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._last = time.monotonic()
+            self._ended.set()
 
     def _run(self) -> None:
         while True:
-            self._calls.wait()
-            while True:  # until ``idle`` seconds passed since the last call ended
-                self._calls.clear()
-                left = self._last + self.idle - time.monotonic()
+            self._ended.wait()
+            while True:  # until no call ran for ``idle`` seconds
+                self._ended.clear()
+                with self._lock:
+                    running, left = self._running, self._last + self.idle - time.monotonic()
+                if running:
+                    break  # the call running now sets the event when it ends
                 if left <= 0:
+                    self._trim()
                     break
                 time.sleep(left)
-            self._trim()

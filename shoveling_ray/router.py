@@ -332,8 +332,15 @@ class Router:
                 rounds[r][0][node] = self.submit(handle, "batch", method, stamp, buffers, *split(blob))
                 rounds[r][1][node] = ids if len(calls) == 1 else [ids[k] for k in positions]
         answers: dict[str, list] = defaultdict(list)
-        for pending, ids in rounds:
-            for node, (blob, buffers, refs) in self.gather(pending, ids, method).items():
+        for r, (pending, ids) in enumerate(rounds):
+            try:
+                gathered = self.gather(pending, ids, method)
+            except NodeUnavailable as exc:  # the node's later calls are unanswered too
+                later = [i for _pending, more in rounds[r + 1:] for i in more.get(exc.node_id, ())]
+                if not later:
+                    raise
+                raise type(exc)(exc.node_id, [*exc.cache_ids, *later], exc.reason) from exc
+            for node, (blob, buffers, refs) in gathered.items():
                 answers[node].extend(refs_back(unpack(blob, buffers), refs))
         for node, positions in order.items():  # split nodes: their answers back in item order
             answered, answers[node] = answers[node], [None] * len(positions)

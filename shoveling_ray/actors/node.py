@@ -63,11 +63,19 @@ def _locked(method):
     # create_empty build entries by the thousand too.
     @functools.wraps(method)
     def wrapper(self, *args):
-        try:
-            with self._lock, no_gc():
-                return method(self, *args)
-        finally:
-            self.idle_trim.ended()
+        with self.idle_trim.call(), self._lock, no_gc():
+            return method(self, *args)
+
+    return wrapper
+
+
+def _counted(method):
+    # A call of the default group (a client batch, a view change, a drain, a repair round): the
+    # freed heap is handed back once none ran for a while (see heap.IdleTrim).
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.idle_trim.call():
+            return method(self, *args, **kwargs)
 
     return wrapper
 
@@ -128,6 +136,7 @@ class _NodeActor:
         """The zone this node's Consul agent names in its node meta (``zone``), if any."""
         return self.admin.zone
 
+    @_counted
     def batch(self, method: str, stamp: tuple | None, buffers: list, *blob: bytes) -> tuple:
         """Run an item method (:mod:`.items`) on a packed batch (see :mod:`shoveling_ray.wire`:
         its blob in pieces, its large payloads as references, see :mod:`shoveling_ray.objects`).
@@ -177,7 +186,6 @@ class _NodeActor:
             if method in PACKED:
                 give_back_freed()  # init's temporaries: see heap.py
             self.admin.publish()
-            self.idle_trim.ended()
             return (*pack(results), refs)
 
     @_locked  # outside ray.method: Ray reads the group from the unwrapped function
@@ -243,6 +251,7 @@ class _NodeActor:
         self.directory.adopt_directory(sent)
         self.admin.publish()
 
+    @_counted
     def hand_over(self, old_chains: list, chains: list, peers: dict) -> int:
         """Drain this node; see :meth:`.Drain.hand_over`."""
         moved = self.drain.hand_over(old_chains, chains, peers)
@@ -272,6 +281,7 @@ class _NodeActor:
         self.admin.publish()
         return failed
 
+    @_counted
     def repair(self, max_bytes: int = HAND_OVER_BYTES) -> tuple[int, int]:
         """See :meth:`.Replication.repair`."""
         done = self.replication.repair(max_bytes)
@@ -307,6 +317,7 @@ class _NodeActor:
         """``{id: dead node}`` of the ids homed here whose only copy died."""
         return self.directory.lost_ids()
 
+    @_counted
     def rebuild(self, old_chains: list | None, chains: list, gone: list, peers: dict | MembersChange, replicas: int,
                 full: bool = False, zones: dict | None = None, members_version: int | None = None) -> int:
         """Take a new view of the cache (the coordinator calls every member after any change)

@@ -61,6 +61,15 @@ def test_one_actor_pinned_to_each_node_without_cpu(cache):
     assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
 
 
+def _arenas(actor) -> str | None:
+    return os.environ.get("MALLOC_ARENA_MAX")
+
+
+def test_node_actors_run_with_one_allocator_arena_so_an_idle_one_can_give_memory_back(cache):
+    handles = cache._router.members.values()
+    assert ray.get([h.__ray_call__.remote(_arenas) for h in handles]) == ["1"] * len(handles)
+
+
 def test_opening_again_attaches_to_the_same_actors(cache):
     again = sr.Cache("main")
     assert again._router.members == cache._router.members

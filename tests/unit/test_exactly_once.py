@@ -22,7 +22,7 @@ from shoveling_ray.router import Router
 from shoveling_ray.view import View
 
 from .test_replicas import NODES4, lose, repair_all, values_on
-from .test_router import NODES, Counting, Serial, get, make_actors, make_router, set_
+from .test_router import NODES, Counting, Serial, get, make_actors, make_router, set_, view_of
 
 
 def appends(ids, record: bytes) -> list[tuple]:
@@ -263,17 +263,35 @@ class DiesOnItsSecondCall:
         return self.actor.batch(*args)
 
 
+def later(handle, method: str, *args):
+    """``submit`` as Ray's: the call runs when its reply is waited for."""
+    return lambda: getattr(handle, method)(*args)
+
+
+def waited(pending: dict, ids: dict, method: str) -> dict:
+    """``gather`` as the client's: a node that fails names the ids of its call."""
+    out = {}
+    for node, reply in pending.items():
+        try:
+            out[node] = reply()
+        except NodeUnavailable as exc:
+            raise NodeUnavailable(node, ids[node], exc.reason) from exc
+    return out
+
+
 def test_a_large_batch_goes_to_a_node_in_several_calls_and_a_retry_after_some_applies_the_rest_once(monkeypatch):
     monkeypatch.setattr(router_module, "CALL_ITEMS", 7)
     actors = make_actors()
     on_a = ids_homed(make_router(actors), "node-a", 30)
     calls = Counter()
     dying = {"node-a": DiesOnItsSecondCall(actors["node-a"])}
-    router = make_router(actors, lambda node, ids: dying.get(node) or Counting(actors[node], calls, node))
+    router = Router("unit", view_of(actors), lambda node, ids: dying.get(node) or Counting(actors[node], calls, node),
+                    submit=later, gather=waited)
     stamp = router.stamp()
     items = appends(on_a, b"r1,")
-    with pytest.raises(NodeUnavailable):
+    with pytest.raises(NodeUnavailable) as raised:
         router.run("append", items, stamp=stamp)
+    assert sorted(raised.value.cache_ids) == sorted(on_a[7:])  # its failed call and the later ones
     reader = make_router(actors)
     assert sum(get(reader, i) == b"r1," for i in on_a) == 7  # the first call of 7 was applied
     dying.clear()  # the client tries again, with the same stamp

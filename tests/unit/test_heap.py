@@ -43,12 +43,14 @@ from shoveling_ray.heap import IdleTrim, keep_freed_memory
 keep_freed_memory()
 proc = psutil.Process()
 trim = IdleTrim(idle=0.3)
-block = np.ones(24 * 2**20, dtype=np.uint8)
-before = proc.memory_info().rss
-del block
-trim.ended()
+with trim.call():
+    block = np.ones(24 * 2**20, dtype=np.uint8)
+    before = proc.memory_info().rss
+    del block
 kept = (before - proc.memory_info().rss) // 2**20
-time.sleep(1.5)
+deadline = time.monotonic() + 30
+while (before - proc.memory_info().rss) // 2**20 < 20 and time.monotonic() < deadline:
+    time.sleep(0.1)
 print(kept, (before - proc.memory_info().rss) // 2**20)
 """
 
@@ -60,19 +62,22 @@ def test_an_idle_process_hands_its_freed_heap_back():
     assert kept <= 2 and released >= 20  # kept while calls may follow, handed back once idle
 
 
-def test_the_heap_goes_back_once_after_a_burst_of_calls_not_during_it():
+def wait_for(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_the_heap_goes_back_once_no_call_ran_for_a_while_and_never_during_a_call():
     trims = []
-    trim = IdleTrim(idle=0.4, trim=lambda: trims.append(time.monotonic()))
-    start = time.monotonic()
-    for _ in range(6):  # a burst: a call ends every 0.1 s
-        last = time.monotonic()
-        trim.ended()
-        time.sleep(0.1)
-    wait_until = time.monotonic() + 5
-    while not trims and time.monotonic() < wait_until:
-        time.sleep(0.05)
-    time.sleep(0.6)
-    assert len(trims) == 1 and trims[0] >= last + 0.4 and trims[0] > start + 0.5
-    trim.ended()  # a later call: once more
-    time.sleep(1.0)
+    trim = IdleTrim(idle=0.2, trim=lambda: trims.append(time.monotonic()))
+    with trim.call():
+        time.sleep(0.6)  # a long call: three idle periods long, and no trim while it runs
+        assert trims == []
+    ended = time.monotonic()
+    wait_for(lambda: trims)
+    assert len(trims) == 1 and trims[0] >= ended + 0.2  # once, after the idle period
+    with trim.call():  # a later call: once more after it
+        pass
+    wait_for(lambda: len(trims) == 2)
     assert len(trims) == 2

@@ -237,10 +237,10 @@ def test_with_one_copy_the_directory_outlives_the_home_and_the_backup():
 
 
 def test_with_one_copy_every_order_of_two_losses_leaves_the_dead_ids_lost():
-    """The node holding an id of one copy keeps no record of it; when it becomes a slot's
-    directory node, the new other directory node learns its ids from it, so losing it next
-    still makes them ``DataLost`` (a write held on the backup home by ``init``, or on the home
-    by ``set``)."""
+    """A node drops the records it is sent of ids it holds (``init`` puts some ids on their
+    slot's backup home); when it becomes a slot's directory node, the new other directory node
+    learns those ids from it, so losing it next still makes them ``DataLost`` (and ids ``set``
+    on their home too)."""
     for first in NODES4:
         for second in NODES4:
             if second == first:
