@@ -66,12 +66,17 @@ PLACE_CHUNK = 100_000
 #: serves its part of a batch one id after another, and a call costs about what a thousand
 #: small ids do.
 SPREAD_READS_OVER = 1000
-#: Items a node is sent in one call at most: a larger batch goes as several calls, all sent at
-#: once (a node serves them one after another). Serving a call builds Python objects for each
-#: of its items, and the few that outlive it (a timestamp, a counter) keep whole arenas of
-#: Python's allocator in the actor: measured with 3 nodes and 1 M ids written in calls of
-#: 100,000, 20 MB of a node actor's memory stayed beyond ``used``, 6 MB in calls of 4,096.
+#: Items a node is sent in one call at most, when its part of a batch is larger than
+#: :data:`WHOLE_ITEMS`: the part goes as several calls of even sizes, all sent at once (the
+#: node serves them one after another). Serving a call builds Python objects for each of its
+#: items, and the few that outlive it (a timestamp, a counter) keep whole arenas of Python's
+#: allocator in the actor: measured with 3 nodes and 1 M ids of 100 B written in calls of
+#: 100,000, 20 MB of a node actor's memory stayed beyond ``used``; in calls of 4,096, 6 MB;
+#: of 6,667, 8 MB.
 CALL_ITEMS = 4096
+#: A node's part of a batch up to this many items goes in one call: splitting 5,000 small
+#: writes or reads in two cost 10-20% of their speed (``bench_small.py``) for a few megabytes.
+WHOLE_ITEMS = 2 * CALL_ITEMS
 #: Placements a router remembers at most (about 100 MB of 12-byte ids and their entries); past
 #: it, it forgets the eighth it learned first. A forgotten id is asked of its home again,
 #: which redirects to the holder: one hop more, then it is remembered again.
@@ -350,14 +355,16 @@ class Router:
 
     def _calls(self, method: str, node: str, batch: list[tuple]) -> list[tuple[Sequence[int], bytes, list]]:
         """``batch`` (the items for ``node``) packed: ``[(positions in batch, blob, buffers)]``,
-        at most :data:`CALL_ITEMS` items a call (:meth:`_packed_calls` of each part); ``place``
-        in one (each of its calls fans out to the nodes it creates ids on)."""
-        if len(batch) <= CALL_ITEMS or method == "place":
+        up to :data:`WHOLE_ITEMS` in one call, more in calls of at most :data:`CALL_ITEMS` items
+        (:meth:`_packed_calls` of each part); ``place`` in one (each of its calls fans out to the
+        nodes it creates ids on)."""
+        if len(batch) <= WHOLE_ITEMS or method == "place":
             return self._packed_calls(method, node, batch)
+        size = -(-len(batch) // -(-len(batch) // CALL_ITEMS))  # as few calls as may be, of even sizes
         return [(range(k + positions.start, k + positions.stop) if isinstance(positions, range)
                  else [k + j for j in positions], blob, buffers)
-                for k in range(0, len(batch), CALL_ITEMS)
-                for positions, blob, buffers in self._packed_calls(method, node, batch[k:k + CALL_ITEMS])]
+                for k in range(0, len(batch), size)
+                for positions, blob, buffers in self._packed_calls(method, node, batch[k:k + size])]
 
     def _packed_calls(self, method: str, node: str, batch: list[tuple]) -> list[tuple[Sequence[int], bytes, list]]:
         """``batch`` packed as one call, or as several by copy holders:

@@ -281,6 +281,7 @@ def waited(pending: dict, ids: dict, method: str) -> dict:
 
 def test_a_large_batch_goes_to_a_node_in_several_calls_and_a_retry_after_some_applies_the_rest_once(monkeypatch):
     monkeypatch.setattr(router_module, "CALL_ITEMS", 7)
+    monkeypatch.setattr(router_module, "WHOLE_ITEMS", 14)
     actors = make_actors()
     on_a = ids_homed(make_router(actors), "node-a", 30)
     calls = Counter()
@@ -291,11 +292,14 @@ def test_a_large_batch_goes_to_a_node_in_several_calls_and_a_retry_after_some_ap
     items = appends(on_a, b"r1,")
     with pytest.raises(NodeUnavailable) as raised:
         router.run("append", items, stamp=stamp)
-    assert sorted(raised.value.cache_ids) == sorted(on_a[7:])  # its failed call and the later ones
+    assert sorted(raised.value.cache_ids) == sorted(on_a[6:])  # its failed call and the later ones
     reader = make_router(actors)
-    assert sum(get(reader, i) == b"r1," for i in on_a) == 7  # the first call of 7 was applied
+    assert sum(get(reader, i) == b"r1," for i in on_a) == 6  # the first call (30 ids in 5 calls of 6)
     dying.clear()  # the client tries again, with the same stamp
     results = router.run("append", [*items, ("other", encode_append(b"x"))], stamp=stamp)
     assert [r[0] for r in results] == [p.OK] * 31
-    assert calls[("node-a", "append")] == 5  # 30 ids, at most 7 a call
+    assert calls[("node-a", "append")] == 5  # 30 ids in calls of at most 7: 5 of 6
+    small = ids_homed(make_router(actors), "node-a", 14, prefix="small")
+    router.run("append", appends(small, b"s"))
+    assert calls[("node-a", "append")] == 6  # up to WHOLE_ITEMS in one call
     assert [get(reader, i) for i in on_a] == [b"r1,"] * 30 and get(reader, "other") == b"x"
