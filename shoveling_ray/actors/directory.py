@@ -258,10 +258,7 @@ class Directory:
             other = chain[1] if chain[0] == me else chain[0]
             if (chain[0] == me) if full else (other not in old_chains[slot][:2] or other in gone):
                 push.setdefault(other, set()).add(slot)
-        if not push:
-            return {}
-        held = self._held_alone(set().union(*push.values()))
-        return {node: (sorted(slots), self._of_slots(slots, held)) for node, slots in push.items()}
+        return {node: (sorted(slots), self._of_slots(slots)) for node, slots in push.items()}
 
     def send(self, directory: dict, announce: dict) -> int:
         """Send what a rebuild gives other directory nodes (outside the lock): the records and
@@ -274,32 +271,11 @@ class Directory:
             self._send_directory(node, "adopt_records", pairs, len(pairs))
         return sum(len(pairs) for pairs in announce.values()) + sum(len(d[1][0]) for d in directory.values())
 
-    def _held_alone(self, slots: set) -> dict[int, list]:
-        """The ids of one copy held here in ``slots``, by slot (with copies for every id, none):
-        a node drops the records it is sent of ids it holds, so a new directory node of their
-        slot learns them from it (else, once this node died, they would read as never written
-        instead of lost)."""
-        layout = self.layout
-        if layout.replicas > 1 and not layout.factors:
-            return {}
-        held: dict[int, list] = {}
-        copies, factor = self._copies, layout.factor
-        for cache_id in self.store.ids():
-            if cache_id not in copies and factor(cache_id) == 1:
-                slot = slot_of(cache_id)
-                if slot in slots:
-                    held.setdefault(slot, []).append(cache_id)
-        return held
-
-    def _of_slots(self, slots: set, held: dict[int, list]) -> tuple[list, list]:
+    def _of_slots(self, slots: set) -> tuple[list, list]:
         """The records and lost ids here of ``slots`` (a record of an id of its own factor
-        with that factor, as :meth:`adopt_records` takes them), and a record of each id of
-        ``held`` (:meth:`_held_alone`) in them."""
-        records = [self.pair(i, n) for i, n in self.records.items() if slot_of(i) in slots]
-        named = {record[0] for record in records}
-        me = self.node_id
-        records += [self.pair(i, me) for slot in slots for i in held.get(slot, ()) if i not in named]
-        return records, [(i, n) for i, n in self.lost.items() if slot_of(i) in slots]
+        with that factor, as :meth:`adopt_records` takes them)."""
+        return ([self.pair(i, n) for i, n in self.records.items() if slot_of(i) in slots],
+                [(i, n) for i, n in self.lost.items() if slot_of(i) in slots])
 
     def _send_directory(self, node: str, method: str, arg, count: int) -> None:
         try:

@@ -349,7 +349,8 @@ class Replication:
         primary queues copies for holders that lack one (sent in the background), and a node
         that is no longer a holder drops its copy. Returns ``{directory node: [(id, this
         node)]}``: primaries held away from their home, for directory nodes that are new, or
-        all of them when ``full`` or the copy count went down to one."""
+        all of them when ``full`` or the copy count went down to one; and primaries of one
+        copy held at their home, for a new backup home."""
         me, layout, gone = self.node_id, self.layout, change.gone
         chains, announce = layout.chains, {}
         # Down to one copy: ids written while there were copies have no placement records (a
@@ -378,7 +379,12 @@ class Replication:
                 renewed = directory != change.old_chains[slot][:2] or any(n in gone for n in directory)
                 if lowered and directory[0] == me:  # written with copies: no record yet
                     self.directory.records.setdefault(cache_id, me)
-                if (directory[0] != me and (primary != old_primary or full or renewed)) or lowered:
+                # With one copy and a new directory node, the ids held here are announced even
+                # at their home: a node drops the records it is sent of ids it holds, so the
+                # other directory node would not know them, and once this node died they
+                # would read as never written instead of lost.
+                alone = renewed and layout.factor(cache_id) == 1
+                if (directory[0] != me and (primary != old_primary or full or renewed)) or lowered or alone:
                     for node in directory:
                         if node != me:
                             announce.setdefault(node, []).append(self.directory.pair(cache_id, me))
